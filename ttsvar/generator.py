@@ -1,0 +1,170 @@
+"""The step-wise generator interface every next-scale model implements.
+
+A search drives a generator one scale at a time, like a diffusers pipeline drives a scheduler:
+
+    state = gen.start(prompts, rows)            # rows: prompt index, candidate id, seed per row
+    for k in range(gen.num_scales):
+        state = gen.step(state)                 # sample scale k for every row (CFG inside)
+        if k is a decision scale:
+            imgs = gen.preview(state, size)     # decode what each row has so far
+            state = gen.select(state, keep)     # rows live, die or branch (duplicates allowed)
+    images = gen.finish(state)
+
+States of rows at the same scale can be packed together (`concat`) and cut into memory-bounded chunks
+(`split`). Sampling randomness of a row depends only on (seed, candidate id, scale), so a row's output
+never depends on which rows share its batch. Who calls what: the engine (`ttsvar/engine.py`) or a Ray
+actor (`cluster/`) calls every method; search strategies never see a state, only `Rows` ids and arrays.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix64(*values: int) -> int:
+    """Deterministically mix integers into a 63-bit seed (splitmix64 finaliser per value)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & _MASK64)) & _MASK64
+        h = (h + 0x9E3779B97F4A7C15) & _MASK64
+        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
+        h ^= h >> 31
+    return h & ((1 << 63) - 1)
+
+
+@dataclass
+class Rows:
+    """Identity of each candidate row, kept on the CPU (it crosses process boundaries)."""
+
+    prompt_index: np.ndarray  # int64 [B] which prompt (line of the job's prompt file)
+    candidate_id: np.ndarray  # int64 [B] candidate within the prompt's group; keys the row's randomness
+    seed: np.ndarray  # int64 [B] the prompt's seed
+
+    def __post_init__(self):
+        self.prompt_index = np.asarray(self.prompt_index, dtype=np.int64).reshape(-1)
+        self.candidate_id = np.asarray(self.candidate_id, dtype=np.int64).reshape(-1)
+        self.seed = np.asarray(self.seed, dtype=np.int64).reshape(-1)
+        n = len(self.prompt_index)
+        if len(self.candidate_id) != n or len(self.seed) != n:
+            raise ValueError(f"Rows fields differ in length: prompt_index {n}, candidate_id "
+                             f"{len(self.candidate_id)}, seed {len(self.seed)}")
+
+    def __len__(self) -> int:
+        return len(self.prompt_index)
+
+    @classmethod
+    def for_prompts(cls, n_per_prompt: int, seeds: Sequence[int], prompt_indices: Sequence[int] | None = None) -> Rows:
+        """`n_per_prompt` candidates (ids 0..n-1) for each prompt."""
+        idx = list(range(len(seeds))) if prompt_indices is None else list(prompt_indices)
+        return cls(np.repeat(idx, n_per_prompt), np.tile(np.arange(n_per_prompt), len(idx)),
+                   np.repeat(np.asarray(seeds, dtype=np.int64), n_per_prompt))
+
+    def select(self, index: np.ndarray, candidate_id: np.ndarray | None = None) -> Rows:
+        index = np.asarray(index, dtype=np.int64)
+        cand = self.candidate_id[index] if candidate_id is None else candidate_id
+        return Rows(self.prompt_index[index], cand, self.seed[index])
+
+    @staticmethod
+    def concat(parts: Sequence[Rows]) -> Rows:
+        return Rows(np.concatenate([p.prompt_index for p in parts]), np.concatenate([p.candidate_id for p in parts]),
+                    np.concatenate([p.seed for p in parts]))
+
+    def step_seeds(self, scale: int) -> list[int]:
+        """The seed of each row's sampling noise at `scale`."""
+        return [mix64(s, c, scale) for s, c in zip(self.seed.tolist(), self.candidate_id.tolist())]
+
+
+def _per_scale(value: float | Sequence[float], n: int, name: str) -> list[float]:
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    vals = [float(v) for v in value]
+    if len(vals) != n:
+        raise ValueError(f"sampling.{name} has {len(vals)} entries but the model has {n} scales; "
+                         f"give one value or exactly {n}")
+    return vals
+
+
+@dataclass
+class SamplingConfig:
+    """How each scale is sampled. Lists give one value per scale."""
+
+    cfg: float | list[float] = 3.0  # classifier-free guidance weight on the logits (1 = no guidance)
+    tau: float | list[float] = 0.5  # temperature
+    top_k: int = 900  # 0 = off; on bitwise heads each bit has only 2 choices, so top_k >= 2 is a no-op
+    top_p: float = 0.97  # 0 = off
+    extra: dict = field(default_factory=dict)  # model-specific options
+
+    def per_scale(self, num_scales: int) -> tuple[list[float], list[float]]:
+        cfg = _per_scale(self.cfg, num_scales, "cfg")
+        tau = _per_scale(self.tau, num_scales, "tau")
+        if any(t <= 0 for t in tau):
+            raise ValueError(f"sampling.tau must be > 0, got {tau}")
+        if not 0 <= self.top_p <= 1:
+            raise ValueError(f"sampling.top_p must be in [0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
+        return cfg, tau
+
+
+class GenState(ABC):
+    """Per-row state of a batch of candidate paths; opaque to everything but its generator."""
+
+    rows: Rows
+    scale: int  # number of scales sampled so far (0 .. num_scales)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+class Generator(ABC):
+    """A next-scale generator that can be driven, forked and pruned one scale at a time."""
+
+    #: (h, w) token grid of each scale, coarse to fine
+    scale_schedule: list[tuple[int, int]]
+    device: torch.device
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.scale_schedule)
+
+    def tokens_at_scale(self, k: int) -> int:
+        """Transformer tokens one row forwards at scale k (for compute accounting)."""
+        h, w = self.scale_schedule[k]
+        return h * w
+
+    @abstractmethod
+    def start(self, prompts: Sequence[str], rows: Rows) -> GenState:
+        """New paths: row i is conditioned on prompts[rows.prompt_index[i]] (prompts indexed by prompt_index)."""
+
+    @abstractmethod
+    def step(self, state: GenState) -> GenState:
+        """Sample the next scale of every row; returns the advanced state (may reuse the input's storage)."""
+
+    @abstractmethod
+    def preview(self, state: GenState, size: int | None = None) -> torch.Tensor:
+        """Decode each row's accumulated latent: [B,3,H,W] float in [0,1], resized to size x size if given."""
+
+    @abstractmethod
+    def select(self, state: GenState, index: Sequence[int] | np.ndarray,
+               candidate_id: np.ndarray | None = None) -> GenState:
+        """Gather rows (duplicates allowed, any order). New candidate ids re-key the rows' randomness."""
+
+    @abstractmethod
+    def concat(self, states: Sequence[GenState]) -> GenState:
+        """Pack states at the same scale into one batch."""
+
+    @abstractmethod
+    def split(self, state: GenState, sizes: Sequence[int]) -> list[GenState]:
+        """Cut a state into consecutive parts of the given row counts."""
+
+    @abstractmethod
+    def finish(self, state: GenState) -> torch.Tensor:
+        """Final images [B,3,H,W] float in [0,1]; requires state.scale == num_scales."""

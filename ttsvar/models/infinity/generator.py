@@ -1,0 +1,219 @@
+"""Step-wise sampling of Infinity behind the `Generator` interface.
+
+Sampling follows the released sampler: classifier-free guidance on the logits (cond and uncond rows
+run as one batch, uncond rows use the learned `cfg_uncond` text of the same length), temperature per
+scale, per-bit top-k/top-p, bits -> BSQ codes, codes accumulated at the final latent size, and the next
+scale's input is the accumulated latent resized to that scale (with the VAE's up-sampling mode, as the
+released sampler does). On the 8B configuration each transformer token carries 2x2 VAE tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...generator import Generator, GenState, Rows, SamplingConfig
+from ...sampling import row_uniforms, sample_categorical
+from ...text import TextEncoder
+from .model import Infinity, TextCond
+
+
+@dataclass
+class InfinityState(GenState):
+    rows: Rows
+    scale: int
+    cond: TextCond  # R rows: the B cond rows, then (with CFG) the B uncond rows in the same order
+    caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
+    summed_codes: torch.Tensor | None  # [B,d,H,W] accumulated codes at the final latent size
+    cfg_pairs: bool
+
+
+def _gather_cond(c: TextCond, idx: torch.Tensor) -> TextCond:
+    return TextCond(c.cond_BD[idx], c.gss[idx], [(k[idx], v[idx]) for k, v in c.ca_kv], c.text_mask[idx])
+
+
+def _pad_T(x: torch.Tensor, T: int, dim: int, value=0) -> torch.Tensor:
+    if x.shape[dim] == T:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, T - x.shape[dim]]
+    return F.pad(x, pad, value=value)
+
+
+def _cat_cond(parts: Sequence[TextCond]) -> TextCond:
+    T = max(c.text_mask.shape[1] for c in parts)
+    ca_kv = []
+    for i in range(len(parts[0].ca_kv)):
+        ca_kv.append((torch.cat([_pad_T(c.ca_kv[i][0], T, 2) for c in parts]),
+                      torch.cat([_pad_T(c.ca_kv[i][1], T, 2) for c in parts])))
+    return TextCond(torch.cat([c.cond_BD for c in parts]), torch.cat([c.gss for c in parts]), ca_kv,
+                    torch.cat([_pad_T(c.text_mask, T, 1, False) for c in parts]))
+
+
+class InfinityGenerator(Generator):
+    """Drives an `Infinity` transformer and a BSQ-VAE scale by scale.
+
+    vae: any object with `bits_to_codes(bits [B,h,w,d]) -> [B,d,h,w]`, `upsample_codes(codes, size)`
+    and `decode(z [B,d,H,W]) -> [B,3,H',W'] in [-1,1]` (our `BSQVAE`).
+    """
+
+    def __init__(self, model: Infinity, vae, text_encoder: TextEncoder, scale_schedule: Sequence[tuple[int, int]],
+                 sampling: SamplingConfig | None = None, device: str | torch.device = "cpu"):
+        self.model, self.vae, self.text_encoder = model, vae, text_encoder
+        self.device = torch.device(device)
+        self.scale_schedule = [tuple(map(int, s)) for s in scale_schedule]
+        if self.scale_schedule[0] != (1, 1):
+            raise ValueError(f"the first scale must be a 1x1 grid (the start token), got {self.scale_schedule[0]}")
+        if len(self.scale_schedule) > model.config.num_lvl_embeds:
+            raise ValueError(f"{len(self.scale_schedule)} scales but the model has {model.config.num_lvl_embeds} "
+                             "scale embeddings")
+        if text_encoder.dim != model.config.text_channels:
+            raise ValueError(f"text encoder width {text_encoder.dim} != model text_channels "
+                             f"{model.config.text_channels}")
+        self.patchify = model.config.apply_spatial_patchify
+        f = 2 if self.patchify else 1
+        self.vae_schedule = [(h * f, w * f) for h, w in self.scale_schedule]
+        self.set_sampling(sampling or SamplingConfig())
+
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Called once per job (like a scheduler's set_timesteps) before `start`."""
+        self.sampling = sampling
+        self.cfg_list, self.tau_list = sampling.per_scale(self.num_scales)
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, prompts: Sequence[str] | Mapping[int, str], rows: Rows) -> InfinityState:
+        texts = [prompts[int(i)] for i in rows.prompt_index]
+        uniq = list(dict.fromkeys(texts))
+        feats, mask = self.text_encoder.encode(uniq)
+        where = torch.tensor([uniq.index(t) for t in texts], device=feats.device)
+        feats, mask = feats[where].to(self.device), mask[where].to(self.device)
+        cfg_pairs = any(c != 1 for c in self.cfg_list)
+        if cfg_pairs:
+            lens = mask.sum(1)
+            un = self.model.uncond_text(lens, feats.shape[1]).to(feats.dtype)
+            feats, mask = torch.cat((feats, un)), torch.cat((mask, mask))
+        cond = self.model.encode_text(feats, mask)
+        return InfinityState(rows, 0, cond, None, None, cfg_pairs)
+
+    def _paired(self, idx: torch.Tensor, B: int, cfg_pairs: bool) -> torch.Tensor:
+        return torch.cat((idx, idx + B)) if cfg_pairs else idx
+
+    @torch.inference_mode()
+    def step(self, state: InfinityState) -> InfinityState:
+        si, B = state.scale, len(state.rows)
+        if si >= self.num_scales:
+            raise ValueError(f"state already has all {self.num_scales} scales; call finish()")
+        model, sched = self.model, self.scale_schedule
+        if si == 0:
+            x = model.sos(state.cond)  # [R,1,C]
+        else:
+            x = model.embed_scale_input(self._next_input(state.summed_codes, si))  # [B,l,C]
+            if state.cfg_pairs:
+                x = torch.cat((x, x))
+        logits, caches = model.forward_scale(x, si, sched, state.cond, state.caches)
+        cfg, tau = self.cfg_list[si], self.tau_list[si]
+        logits = logits / tau
+        if state.cfg_pairs:
+            logits = cfg * logits[:B] + (1 - cfg) * logits[B:]  # [B,l,V]
+        h, w = sched[si]
+        bits_per_tok = logits.shape[-1] // 2
+        u = row_uniforms(state.rows.step_seeds(si), (h * w, bits_per_tok), self.device)
+        bits = sample_categorical(logits.view(B, h * w, bits_per_tok, 2), u, self.sampling.top_k,
+                                  self.sampling.top_p)  # [B,l,bits]
+        codes = self.vae.bits_to_codes(self._vae_grid(bits, h, w)).float()  # [B,d,h',w']
+        final = self.vae_schedule[-1]
+        if si == self.num_scales - 1:
+            summed = codes if state.summed_codes is None else state.summed_codes + codes
+        else:
+            up = self.vae.upsample_codes(codes, final)
+            summed = up if state.summed_codes is None else state.summed_codes + up
+        return InfinityState(state.rows, si + 1, state.cond, caches, summed, state.cfg_pairs)
+
+    def _vae_grid(self, bits: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Sampled bits [B,h*w,bits] -> VAE bit grid [B,h',w',d] (un-patchified on the 8B)."""
+        B = bits.shape[0]
+        grid = bits.reshape(B, h, w, -1)  # [B,h,w,bits]
+        if self.patchify:
+            grid = F.pixel_shuffle(grid.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # [B,2h,2w,d]
+        return grid
+
+    def _next_input(self, summed: torch.Tensor, si: int) -> torch.Tensor:
+        """Accumulated codes [B,d,H,W] -> the input tokens of scale si [B,h*w,d_vae]."""
+        x = self.vae.upsample_codes(summed, self.vae_schedule[si])  # [B,d,h',w']
+        if self.patchify:
+            x = F.pixel_unshuffle(x, 2)  # [B,4d,h,w]
+        return x.flatten(2).transpose(1, 2)  # [B,h*w,d_vae]
+
+    @torch.inference_mode()
+    def preview(self, state: InfinityState, size: int | None = None) -> torch.Tensor:
+        if state.summed_codes is None:
+            raise ValueError("preview needs at least one sampled scale; call step() first")
+        img = self.vae.decode(state.summed_codes.to(next(iter(self.vae.parameters())).dtype)).float()
+        img = ((img + 1) / 2).clamp_(0, 1)
+        if size is not None and tuple(img.shape[-2:]) != (size, size):
+            img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            img = img.clamp_(0, 1)
+        return img
+
+    def finish(self, state: InfinityState) -> torch.Tensor:
+        if state.scale != self.num_scales:
+            raise ValueError(f"finish() needs all {self.num_scales} scales sampled, state has {state.scale}")
+        return self.preview(state)
+
+    # -- row bookkeeping ------------------------------------------------------------------------------
+
+    def select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None) -> InfinityState:
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        B = len(state.rows)
+        if index.size and (index.min() < 0 or index.max() >= B):
+            raise IndexError(f"select index out of range for a state of {B} rows: {index.tolist()}")
+        idx = torch.as_tensor(index, device=self.device)
+        full = self._paired(idx, B, state.cfg_pairs)
+        caches = None if state.caches is None else [(k[full], v[full]) for k, v in state.caches]
+        summed = None if state.summed_codes is None else state.summed_codes[idx]
+        return InfinityState(state.rows.select(index, candidate_id), state.scale, _gather_cond(state.cond, full),
+                             caches, summed, state.cfg_pairs)
+
+    def concat(self, states: Sequence[InfinityState]) -> InfinityState:
+        if not states:
+            raise ValueError("concat needs at least one state")
+        if len({s.scale for s in states}) != 1 or len({s.cfg_pairs for s in states}) != 1:
+            raise ValueError(f"concat needs states at the same scale, got scales {[s.scale for s in states]}")
+        if len(states) == 1:
+            return states[0]
+
+        def cond_then_uncond(xs):
+            if not states[0].cfg_pairs:
+                return torch.cat(xs)
+            halves = [x.chunk(2) for x in xs]
+            return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+        conds = [s.cond for s in states]
+        if states[0].cfg_pairs:  # reorder so all cond rows precede all uncond rows
+            firsts = [_gather_cond(c, torch.arange(len(s.rows), device=self.device)) for c, s in zip(conds, states)]
+            seconds = [_gather_cond(c, torch.arange(len(s.rows), 2 * len(s.rows), device=self.device))
+                       for c, s in zip(conds, states)]
+            cond = _cat_cond(firsts + seconds)
+        else:
+            cond = _cat_cond(conds)
+        caches = None
+        if states[0].caches is not None:
+            caches = [(cond_then_uncond([s.caches[i][0] for s in states]),
+                       cond_then_uncond([s.caches[i][1] for s in states])) for i in range(len(states[0].caches))]
+        summed = None if states[0].summed_codes is None else torch.cat([s.summed_codes for s in states])
+        return InfinityState(Rows.concat([s.rows for s in states]), states[0].scale, cond, caches, summed,
+                             states[0].cfg_pairs)
+
+    def split(self, state: InfinityState, sizes: Sequence[int]) -> list[InfinityState]:
+        if sum(sizes) != len(state.rows) or any(s < 0 for s in sizes):
+            raise ValueError(f"split sizes {list(sizes)} must be >= 0 and sum to {len(state.rows)} rows")
+        out, start = [], 0
+        for n in sizes:
+            out.append(self.select(state, np.arange(start, start + n)))
+            start += n
+        return out

@@ -1,0 +1,50 @@
+"""Per-row random numbers and top-k/top-p categorical sampling.
+
+Each row draws its uniforms from its own generator seeded by (seed, candidate id, scale), and a sample
+is the inverse CDF of the filtered distribution at that uniform. A row's sample therefore never depends
+on the other rows of its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def row_uniforms(seeds: Sequence[int], shape: tuple[int, ...], device: torch.device | str) -> torch.Tensor:
+    """[len(seeds), *shape] uniforms in [0, 1); row i comes from a generator seeded with seeds[i]."""
+    device = torch.device(device)
+    out = torch.empty((len(seeds), *shape), device=device, dtype=torch.float32)
+    gen = torch.Generator(device=device)
+    for i, s in enumerate(seeds):
+        gen.manual_seed(int(s))
+        out[i] = torch.rand(shape, generator=gen, device=device, dtype=torch.float32)
+    return out
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Mask logits [..., V] outside the top-k and outside the top-p nucleus with -inf.
+
+    Same rules as the released samplers: top-k keeps values >= the k-th largest; top-p drops the
+    smallest-probability entries whose cumulative mass is <= 1 - top_p and always keeps the largest.
+    """
+    V = logits.shape[-1]
+    logits = logits.float()
+    if 0 < top_k < V:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if top_p > 0:
+        sorted_logits, sorted_idx = logits.sort(dim=-1, descending=False)
+        remove = sorted_logits.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        remove[..., -1:] = False
+        logits = logits.masked_fill(remove.scatter(-1, sorted_idx, remove), -torch.inf)
+    return logits
+
+
+def sample_categorical(logits: torch.Tensor, u: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> torch.Tensor:
+    """Sample indices [...] from logits [..., V] with uniforms u [...] by inverse CDF."""
+    probs = filter_logits(logits, top_k, top_p).softmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    idx = torch.searchsorted(cdf, (u * cdf[..., -1]).unsqueeze(-1).contiguous(), right=True).squeeze(-1)
+    return idx.clamp_(max=logits.shape[-1] - 1)
