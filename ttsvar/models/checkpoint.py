@@ -39,10 +39,12 @@ def load_strict(
     state_dict: dict[str, torch.Tensor],
     source: str | Path = "<state dict>",
     adapt: Callable[[dict, nn.Module], dict] | None = None,
+    assign: bool = False,
 ) -> nn.Module:
     """Copy `state_dict` into `model`, refusing any missing/unexpected key or shape mismatch.
 
-    `adapt` is the model family's single key-remapping function, applied first.
+    `adapt` is the model family's single key-remapping function, applied first. `assign=True` loads
+    into a model built on the meta device without allocating it twice.
     """
     if adapt is not None:
         state_dict = adapt(state_dict, model)
@@ -65,5 +67,5 @@ def load_strict(
             f"checkpoint {source} does not match {type(model).__name__} ({'; '.join(parts)}). "
             "Check that the file is complete and that the model config (size, codebook bits) matches it."
         )
-    model.load_state_dict(state_dict, strict=True)
+    model.load_state_dict(state_dict, strict=True, assign=assign)
     return model

@@ -149,6 +149,25 @@ class InfinityGenerator(Generator):
             x = F.pixel_unshuffle(x, 2)  # [B,4d,h,w]
         return x.flatten(2).transpose(1, 2)  # [B,h*w,d_vae]
 
+    def teacher_inputs(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-scale VAE bit grids [B,h',w',d] (as `BSQVAE.encode_bits` returns them) -> the inputs of
+        scales 1..S-1 [B,L-1,d_vae], built exactly as `step` builds them while sampling (for training)."""
+        final, summed, xs = self.vae_schedule[-1], None, []
+        for si in range(self.num_scales - 1):
+            up = self.vae.upsample_codes(self.vae.bits_to_codes(bits[si]).float(), final)
+            summed = up if summed is None else summed + up
+            xs.append(self._next_input(summed, si + 1))
+        return torch.cat(xs, 1)
+
+    def token_bits(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Per-scale VAE bit grids -> the transformer's targets [B,L,bits per token] (inverse of `_vae_grid`)."""
+        out = []
+        for grid in bits:
+            if self.patchify:
+                grid = F.pixel_unshuffle(grid.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # [B,h,w,4d]
+            out.append(grid.reshape(grid.shape[0], -1, grid.shape[-1]))
+        return torch.cat(out, 1)
+
     @torch.inference_mode()
     def preview(self, state: InfinityState, size: int | None = None) -> torch.Tensor:
         if state.summed_codes is None:

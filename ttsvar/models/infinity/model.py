@@ -335,6 +335,14 @@ class Infinity(nn.Module):
         self.head_nm = AdaLNBeforeHead(C, D, cfg.norm_eps)
         self.head = nn.Linear(C, self.V)
 
+    def cast_blocks(self, dtype: torch.dtype) -> Infinity:
+        """Put the blocks' matmul weights in `dtype` (bfloat16 on GPU), as the released sampler does;
+        norms, AdaLN, the residual stream and the head stay float32."""
+        for b in self.blocks:
+            for m in (b.sa.mat_qkv, b.sa.proj, b.ca.mat_q, b.ca.mat_kv, b.ca.proj, b.ffn):
+                m.to(dtype)
+        return self
+
     @property
     def blocks(self) -> list[CrossAttnBlock]:
         return [b for chunk in self.block_chunks for b in chunk.module]

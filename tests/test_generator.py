@@ -1,0 +1,180 @@
+"""The step-wise generator interface on a tiny random Infinity: select, concat/split, batch invariance, RNG."""
+
+import numpy as np
+import pytest
+import torch
+
+from ttsvar.generator import Rows, SamplingConfig, mix64
+from ttsvar.models.infinity.builders import tiny_random
+from ttsvar.models.infinity.generator import InfinityGenerator
+from ttsvar.models.infinity.model import Infinity, InfinityConfig
+from ttsvar.models.infinity.vae import BSQVAE, BSQVAEConfig
+from ttsvar.sampling import filter_logits, row_uniforms, sample_categorical
+
+PROMPTS = {0: "a photo of a red circle", 1: "a photo of two squares", 2: "a blue triangle above a circle"}
+
+
+@pytest.fixture(scope="module")
+def gen():
+    torch.set_num_threads(1)
+    # randomise the (zero-initialised) weights so the rows really depend on their text and history
+    g = tiny_random(seed=0, sampling=SamplingConfig(cfg=2.0, tau=1.0, top_k=0, top_p=0.0),
+                    vocab=sorted({w for p in PROMPTS.values() for w in p.split()}))
+    gen_ = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in list(g.model.parameters()) + list(g.text_encoder.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen_) * 0.05)
+    return g
+
+
+def run(gen, state, until=None):
+    until = gen.num_scales if until is None else until
+    while state.scale < until:
+        state = gen.step(state)
+    return state
+
+
+def rows(prompt_idx, cand, seed=7):
+    return Rows(prompt_idx, cand, [seed] * len(prompt_idx))
+
+
+def test_batch_composition_invariance(gen):
+    alone = run(gen, gen.start(PROMPTS, rows([1], [3])))
+    mixed = run(gen, gen.start(PROMPTS, rows([0, 1, 2, 1], [0, 3, 5, 4])))
+    torch.testing.assert_close(mixed.summed_codes[1:2], alone.summed_codes, rtol=0, atol=0)
+    torch.testing.assert_close(gen.finish(mixed)[1:2], gen.finish(alone), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_select_equivalence(gen, k):
+    r = rows([0, 1, 2], [0, 1, 2])
+    state = gen.select(run(gen, gen.start(PROMPTS, r), until=k), [2, 2, 0])
+    assert state.rows.prompt_index.tolist() == [2, 2, 0]
+    selected = run(gen, state)
+    direct = run(gen, gen.start(PROMPTS, r.select(np.array([2, 2, 0]))))
+    torch.testing.assert_close(selected.summed_codes, direct.summed_codes, rtol=0, atol=0)
+    torch.testing.assert_close(gen.finish(selected), gen.finish(direct), rtol=0, atol=1e-5)
+    # duplicates with the same candidate id share their randomness, so they stay identical
+    torch.testing.assert_close(selected.summed_codes[0], selected.summed_codes[1])
+
+
+def test_select_with_new_candidate_ids_branches_the_duplicates(gen):
+    r = rows([0, 1], [0, 1])
+    mid = run(gen, gen.start(PROMPTS, r), until=2)
+    branched = run(gen, gen.select(mid, [1, 1], candidate_id=np.array([1, 9])))
+    assert not torch.equal(branched.summed_codes[0], branched.summed_codes[1])
+    # the same decision taken on the direct path gives the same rows
+    direct = gen.start(PROMPTS, r.select(np.array([1, 1])))
+    direct = run(gen, gen.select(run(gen, direct, until=2), [0, 1], candidate_id=np.array([1, 9])))
+    torch.testing.assert_close(branched.summed_codes, direct.summed_codes, rtol=0, atol=0)
+
+
+def test_concat_split_round_trip(gen):
+    a = run(gen, gen.start(PROMPTS, rows([0, 1], [0, 1])), until=2)
+    b = run(gen, gen.start(PROMPTS, rows([2], [4])), until=2)
+    packed = gen.concat([a, b])
+    assert len(packed) == 3 and packed.rows.prompt_index.tolist() == [0, 1, 2]
+    parts = gen.split(packed, [2, 1])
+    for part, ref in zip(parts, (a, b)):
+        for (k1, v1), (k2, v2) in zip(part.caches, ref.caches):
+            assert torch.equal(k1, k2) and torch.equal(v1, v2)
+        assert torch.equal(part.summed_codes, ref.summed_codes)
+    done = run(gen, packed)
+    torch.testing.assert_close(done.summed_codes[2:], run(gen, b).summed_codes, rtol=0, atol=0)
+
+
+def test_concat_rejects_mixed_scales(gen):
+    a = gen.start(PROMPTS, rows([0], [0]))
+    b = gen.step(gen.start(PROMPTS, rows([1], [0])))
+    with pytest.raises(ValueError, match="same scale"):
+        gen.concat([a, b])
+    with pytest.raises(ValueError, match="sum to"):
+        gen.split(a, [2])
+    with pytest.raises(IndexError, match="out of range"):
+        gen.select(a, [3])
+
+
+def test_preview_and_finish(gen):
+    s = gen.start(PROMPTS, rows([0, 2], [0, 0]))
+    with pytest.raises(ValueError, match="step"):
+        gen.preview(s)
+    s = gen.step(gen.step(s))
+    img = gen.preview(s)
+    assert img.shape == (2, 3, 32, 32) and img.min() >= 0 and img.max() <= 1
+    assert gen.preview(s, size=16).shape == (2, 3, 16, 16)
+    with pytest.raises(ValueError, match="finish"):
+        gen.finish(s)
+
+
+def test_per_scale_sampling_lists_are_validated(gen):
+    with pytest.raises(ValueError, match="sampling.cfg has 2 entries"):
+        gen.set_sampling(SamplingConfig(cfg=[1.0, 2.0]))
+    with pytest.raises(ValueError, match="tau"):
+        SamplingConfig(tau=0.0).per_scale(6)
+
+
+def test_teacher_inputs_match_sampling_inputs(gen):
+    s = run(gen, gen.start(PROMPTS, rows([0], [0])), until=gen.num_scales)
+    # recover each scale's bits by re-running the same sampler step by step
+    st, bits = gen.start(PROMPTS, rows([0], [0])), []
+    for si in range(gen.num_scales):
+        before = torch.zeros_like(s.summed_codes) if st.summed_codes is None else st.summed_codes
+        st = gen.step(st)
+        h, w = gen.vae_schedule[si]
+        delta = st.summed_codes - before
+        codes = delta if si == gen.num_scales - 1 else gen.vae.downsample_codes(delta, (h, w))
+        bits.append((codes.permute(0, 2, 3, 1) > 0).long())
+    x = gen.teacher_inputs(bits)
+    assert x.shape == (1, sum(h * w for h, w in gen.scale_schedule) - 1, gen.model.config.d_vae)
+    assert gen.token_bits(bits).shape == (1, sum(h * w for h, w in gen.scale_schedule), 6)
+    np.testing.assert_array_equal(torch.cat([b.flatten() for b in bits]).numpy() >= 0, True)
+
+
+def test_spatial_patchify_generator_runs():
+    """The 8B layout: each transformer token carries 2x2 VAE tokens (4d bits)."""
+    torch.manual_seed(0)
+    vcfg = BSQVAEConfig.tiny(codebook_dim=4)
+    model = Infinity(InfinityConfig.tiny(codebook_dim=4, apply_spatial_patchify=True)).eval()
+    from ttsvar.text import WordEncoderConfig, WordTextEncoder
+
+    text = WordTextEncoder(WordEncoderConfig(dim=32, max_len=16)).eval()
+    g = InfinityGenerator(model, BSQVAE(vcfg).eval(), text, [(1, 1), (2, 2), (4, 4)], SamplingConfig(cfg=2.0))
+    assert g.vae_schedule == [(2, 2), (4, 4), (8, 8)]
+    s = run(g, g.start(PROMPTS, rows([0, 1], [0, 1])))
+    assert s.summed_codes.shape == (2, 4, 8, 8)
+    assert g.finish(s).shape == (2, 3, 32, 32)
+    grids = [torch.randint(0, 2, (2, h, w, 4)) for h, w in g.vae_schedule]
+    assert g.token_bits(grids).shape == (2, 1 + 4 + 16, 16)
+    assert g.teacher_inputs(grids).shape == (2, 4 + 16, 16)
+
+
+# ---------------------------------------------------------------------------- randomness and sampling
+
+
+def test_row_uniforms_depend_only_on_the_seed():
+    a = row_uniforms([5, 6, 7], (4, 3), "cpu")
+    b = row_uniforms([7], (4, 3), "cpu")
+    assert torch.equal(a[2], b[0]) and not torch.equal(a[0], a[1])
+    assert Rows([0, 0], [1, 2], [3, 3]).step_seeds(4) == [mix64(3, 1, 4), mix64(3, 2, 4)]
+    assert mix64(3, 1, 4) != mix64(3, 1, 5)
+
+
+def test_filter_logits_known_values():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, top_k=2)).tolist() == [[False, False, True, True]]
+    # top_p=0.8: drop the smallest entries whose cumulative mass is <= 0.2 -> 0.05 and 0.15
+    assert torch.isinf(filter_logits(logits, top_p=0.8)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, top_p=0.9)).tolist() == [[False, False, False, True]]
+    # the largest entry always survives
+    assert torch.isinf(filter_logits(logits, top_p=1e-9)).tolist() == [[False, True, True, True]]
+
+
+def test_sample_categorical_follows_probabilities():
+    probs = torch.tensor([0.1, 0.2, 0.7])
+    logits = probs.log().expand(200_000, 3)
+    u = torch.rand(200_000, generator=torch.Generator().manual_seed(0))
+    freq = torch.bincount(sample_categorical(logits, u), minlength=3).float() / 200_000
+    torch.testing.assert_close(freq, probs, atol=0.005, rtol=0)
+    # inverse CDF: u below the first mass picks 0, above picks the last
+    assert sample_categorical(probs.log()[None], torch.tensor([0.05])).item() == 0
+    assert sample_categorical(probs.log()[None], torch.tensor([0.99])).item() == 2

@@ -1,0 +1,380 @@
+"""The search engine: schedule -> step -> (decide) -> select, for many prompts at once.
+
+The loop is split in two halves that can live in different processes (the Ray layer puts them in
+different processes; the local engine calls both in one):
+
+* `Worker` (model side) owns the generator, the reward and the feature model, and the per-row state
+  of each work unit. It advances a unit scale by scale to the next decision scale and returns only
+  small per-row arrays (rewards, features) keyed by row id: a `Report`.
+* `Coordinator` (decision side) owns the strategy and the per-group search state. It turns a
+  `Report` into a `Selection` (rows to keep, with their new row ids) and records the traces.
+
+A work unit is a fixed group of prompts. Seeds depend only on (job seed, prompt index) and row
+randomness only on (seed, row id, scale), so a prompt's result does not depend on how units are packed
+or where they run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from search.base import Observation, SearchPlan, Strategy
+
+from .generator import Generator, GenState, Rows, mix64
+
+# ----------------------------------------------------------------------------- messages (picklable)
+
+
+@dataclass
+class WorkUnit:
+    unit_id: int
+    prompt_indices: list[int]
+    prompts: list[str]
+    seeds: list[int]
+
+
+@dataclass
+class GroupArrays:
+    """One prompt group's live rows after a scale, as the coordinator sees them."""
+
+    prompt_index: int
+    row_ids: np.ndarray  # int64 [n]
+    rewards: np.ndarray | None  # float32 [n]
+    features: np.ndarray | None  # float32 [n, F]
+
+
+@dataclass
+class Report:
+    unit_id: int
+    scale: int  # index of the scale just completed
+    final: bool
+    groups: list[GroupArrays]
+    counters: dict[int, dict]  # prompt index -> compute counters accumulated since the last report
+
+
+@dataclass
+class Selection:
+    unit_id: int
+    scale: int
+    parents: dict[int, np.ndarray]  # prompt index -> positions into that group's reported rows
+    row_ids: dict[int, np.ndarray]  # prompt index -> ids of the new rows (a row's id keys its randomness)
+
+
+@dataclass
+class UnitImages:
+    unit_id: int
+    images: dict[int, np.ndarray]  # prompt index -> uint8 [k,H,W,3] final candidates (picked first)
+    positions: dict[int, list[int]]  # prompt index -> positions of those candidates among the final rows
+
+
+def prompt_seed(job_seed: int, prompt_index: int) -> int:
+    return mix64(job_seed, prompt_index) & 0x7FFFFFFF
+
+
+def make_units(indices: Sequence[int], prompts: Sequence[str], job_seed: int, per_unit: int) -> list[WorkUnit]:
+    units = []
+    for u, start in enumerate(range(0, len(indices), per_unit)):
+        idx = list(indices[start:start + per_unit])
+        units.append(WorkUnit(u, idx, list(prompts[start:start + per_unit]), [prompt_seed(job_seed, i) for i in idx]))
+    return units
+
+
+def _new_counters() -> dict:
+    return {"token_forwards": 0, "preview_decodes": 0, "reward_images": 0, "feature_images": 0,
+            "time_generate": 0.0, "time_decode": 0.0, "time_reward": 0.0, "time_features": 0.0}
+
+
+# ----------------------------------------------------------------------------- model side
+
+
+@dataclass
+class _Unit:
+    unit: WorkUnit
+    chunks: list[GenState]
+    sizes: list[int]  # rows per group, in unit order
+    row_ids: list[np.ndarray]
+    scale: int = 0
+    counters: dict[int, dict] = field(default_factory=dict)
+    final_images: torch.Tensor | None = None
+
+
+class Worker:
+    """Model side of the engine. Called by the local `Engine` or hosted in a Ray actor.
+
+    Per unit: `start(unit)` -> Report; then `apply(selection)` -> Report until a report is final;
+    then `collect(unit_id, picks, keep_all)` -> UnitImages, which also frees the unit.
+    """
+
+    def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
+                 max_rows_per_forward: int = 64, preview_size: int | None = None, score_batch: int = 64):
+        if plan.num_scales != generator.num_scales:
+            raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
+        self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
+        self.max_rows = max(1, int(max_rows_per_forward))
+        self.preview_size = preview_size
+        self.score_batch = max(1, int(score_batch))
+        self.units: dict[int, _Unit] = {}
+        self.cfg_factor = 2 if any(c != 1 for c in getattr(generator, "cfg_list", [1])) else 1
+
+    # -- protocol ---------------------------------------------------------------------------------
+
+    def start(self, unit: WorkUnit) -> Report:
+        n = self.plan.batch_sizes[0]
+        rows = Rows.for_prompts(n, unit.seeds, unit.prompt_indices)
+        prompts = dict(zip(unit.prompt_indices, unit.prompts))
+        state = self.gen.start(prompts, rows)
+        u = _Unit(unit, self.gen.split(state, self._chunk_sizes(len(rows))), [n] * len(unit.prompt_indices),
+                  [np.arange(n, dtype=np.int64) for _ in unit.prompt_indices],
+                  counters={i: _new_counters() for i in unit.prompt_indices})
+        self.units[unit.unit_id] = u
+        return self._advance(u)
+
+    def apply(self, sel: Selection) -> Report:
+        u = self.units[sel.unit_id]
+        if sel.scale != u.scale - 1:
+            raise ValueError(f"selection for scale {sel.scale} but unit {sel.unit_id} is after scale {u.scale - 1}")
+        index, offset, sizes, row_ids = [], 0, [], []
+        for p, n in zip(u.unit.prompt_indices, u.sizes):
+            parents = np.asarray(sel.parents[p], dtype=np.int64)
+            if parents.size and (parents.min() < 0 or parents.max() >= n):
+                raise ValueError(f"selection for prompt {p} points outside its {n} rows: {parents.tolist()}")
+            index.append(parents + offset)
+            offset += n
+            sizes.append(len(parents))
+            row_ids.append(np.asarray(sel.row_ids[p], dtype=np.int64))
+        full = self.gen.concat(u.chunks) if len(u.chunks) > 1 else u.chunks[0]
+        state = self.gen.select(full, np.concatenate(index), np.concatenate(row_ids))
+        u.chunks, u.sizes, u.row_ids = self.gen.split(state, self._chunk_sizes(len(state))), sizes, row_ids
+        return self._advance(u)
+
+    def collect(self, unit_id: int, picks: dict[int, int], keep_all: bool = False) -> UnitImages:
+        from .output import to_uint8
+
+        u = self.units.pop(unit_id)
+        imgs = to_uint8(u.final_images)
+        out, pos, offset = {}, {}, 0
+        for p, n in zip(u.unit.prompt_indices, u.sizes):
+            order = [picks[p]] + ([i for i in range(n) if i != picks[p]] if keep_all else [])
+            out[p] = imgs[offset + np.asarray(order)]
+            pos[p] = order
+            offset += n
+        return UnitImages(unit_id, out, pos)
+
+    def drop(self, unit_id: int) -> None:
+        self.units.pop(unit_id, None)
+
+    # -- internals --------------------------------------------------------------------------------
+
+    def _chunk_sizes(self, n: int) -> list[int]:
+        return [min(self.max_rows, n - s) for s in range(0, n, self.max_rows)] or [0]
+
+    def _advance(self, u: _Unit) -> Report:
+        """Step until the next decision scale (or the end); then score what the decision needs."""
+        S = self.gen.num_scales
+        while True:
+            k = u.scale
+            t0 = time.perf_counter()
+            u.chunks = [self.gen.step(c) for c in u.chunks]
+            dt = time.perf_counter() - t0
+            u.scale = k + 1
+            tok = self.gen.tokens_at_scale(k) * self.cfg_factor
+            total = sum(u.sizes)
+            for p, n in zip(u.unit.prompt_indices, u.sizes):
+                c = u.counters[p]
+                c["token_forwards"] += n * tok
+                c["time_generate"] += dt * n / total
+            if k == S - 1 or k in self.plan.decision_scales:
+                break
+        final = u.scale == S
+        need_r = final or k in self.plan.reward_scales
+        need_f = (not final) and k in self.plan.feature_scales
+        rewards = features = None
+        if need_r or need_f:
+            images = self._decode(u, final)
+            if final:
+                u.final_images = images
+            if need_r:
+                rewards = self._score(u, images)
+            if need_f:
+                features = self._features(u, images)
+        groups, offset = [], 0
+        for p, n, ids in zip(u.unit.prompt_indices, u.sizes, u.row_ids):
+            sl = slice(offset, offset + n)
+            groups.append(GroupArrays(p, ids, None if rewards is None else rewards[sl],
+                                      None if features is None else features[sl]))
+            offset += n
+        counters, u.counters = u.counters, {p: _new_counters() for p in u.unit.prompt_indices}
+        return Report(u.unit.unit_id, k, final, groups, counters)
+
+    def _per_group(self, u: _Unit, key: str, amount_per_row: float) -> None:
+        for p, n in zip(u.unit.prompt_indices, u.sizes):
+            u.counters[p][key] += amount_per_row * n
+
+    def _timed(self, u: _Unit, key: str, t0: float) -> None:
+        self._per_group(u, key, (time.perf_counter() - t0) / max(1, sum(u.sizes)))
+
+    def _decode(self, u: _Unit, final: bool) -> torch.Tensor:
+        t0 = time.perf_counter()
+        parts = [self.gen.finish(c) if final else self.gen.preview(c, self.preview_size) for c in u.chunks]
+        self._timed(u, "time_decode", t0)
+        self._per_group(u, "preview_decodes", 0 if final else 1)
+        return torch.cat(parts)
+
+    def _row_prompts(self, u: _Unit) -> list[str]:
+        return [t for t, n in zip(u.unit.prompts, u.sizes) for _ in range(n)]
+
+    def _score(self, u: _Unit, images: torch.Tensor) -> np.ndarray:
+        t0 = time.perf_counter()
+        prompts = self._row_prompts(u)
+        groups = np.repeat(np.arange(len(u.sizes)), u.sizes)
+        out = []
+        for s in range(0, len(images), self.score_batch):
+            e = s + self.score_batch
+            out.append(np.asarray(score_images(self.reward, images[s:e], prompts[s:e], groups[s:e]), np.float32))
+        self._timed(u, "time_reward", t0)
+        self._per_group(u, "reward_images", 1)
+        return np.concatenate(out)
+
+    def _features(self, u: _Unit, images: torch.Tensor) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = [np.asarray(self.features.extract(images[s:s + self.score_batch]), np.float32)
+               for s in range(0, len(images), self.score_batch)]
+        self._timed(u, "time_features", t0)
+        self._per_group(u, "feature_images", 1)
+        return np.concatenate(out)
+
+
+def score_images(reward, images: torch.Tensor, prompts: list[str], groups: np.ndarray | None = None) -> np.ndarray:
+    """Score with a reward object (`score(images, prompts[, groups])`) or a plain callable."""
+    fn = reward.score if hasattr(reward, "score") else reward
+    if getattr(reward, "uses_groups", False):
+        scores = fn(images, prompts, groups=groups)
+    else:
+        scores = fn(images, prompts)
+    scores = scores.detach().float().cpu().numpy() if hasattr(scores, "detach") else np.asarray(scores, np.float32)
+    if scores.shape != (len(images),):
+        raise ValueError(f"reward returned shape {scores.shape} for {len(images)} images; expected ({len(images)},)")
+    return scores
+
+
+# ----------------------------------------------------------------------------- decision side
+
+
+@dataclass
+class _GroupTrace:
+    prompt_index: int
+    seed: int
+    state: object
+    next_id: int
+    parent_of: dict[int, int | None]
+    decisions: list[dict] = field(default_factory=list)
+    counters: dict = field(default_factory=_new_counters)
+
+
+class Coordinator:
+    """Decision side: applies the strategy to reports and keeps per-prompt traces.
+
+    Called by the engine (or the Ray driver): `begin(unit)` once, `decide(report)` for every non-final
+    report, `pick(report)` for the final one, then `trace(prompt_index)` for the output.
+    """
+
+    def __init__(self, strategy: Strategy, plan: SearchPlan):
+        self.strategy, self.plan = strategy, plan
+        self.groups: dict[int, _GroupTrace] = {}
+        self.time_decide = 0.0
+
+    def begin(self, unit: WorkUnit) -> None:
+        n = self.plan.batch_sizes[0]
+        for p, s in zip(unit.prompt_indices, unit.seeds):
+            self.groups[p] = _GroupTrace(p, s, self.strategy.init_group(p, s), n, {i: None for i in range(n)})
+
+    def _absorb(self, report: Report) -> None:
+        for p, c in report.counters.items():
+            g = self.groups[p].counters
+            for k, v in c.items():
+                g[k] += v
+
+    def decide(self, report: Report) -> Selection:
+        t0 = time.perf_counter()
+        self._absorb(report)
+        parents_out, ids_out = {}, {}
+        for ga in report.groups:
+            g = self.groups[ga.prompt_index]
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, ga.rewards, ga.features)
+            dec = self.strategy.decide(g.state, obs)
+            parents = np.asarray(dec.parents, dtype=np.int64)
+            # the first child of a row continues it (same id, same random stream); extra children are new rows
+            seen, new_ids = set(), []
+            for q in parents.tolist():
+                if q not in seen:
+                    seen.add(q)
+                    new_ids.append(int(ga.row_ids[q]))
+                else:
+                    new_ids.append(g.next_id)
+                    g.next_id += 1
+            children = np.bincount(parents, minlength=len(ga.row_ids)).tolist()
+            g.decisions.append(self._trace_entry(g, report.scale, ga, dec.trace, dec.info, children))
+            g.parent_of = {nid: int(ga.row_ids[q]) for nid, q in zip(new_ids, parents.tolist())}
+            parents_out[ga.prompt_index] = parents
+            ids_out[ga.prompt_index] = np.asarray(new_ids, dtype=np.int64)
+        self.time_decide += time.perf_counter() - t0
+        return Selection(report.unit_id, report.scale, parents_out, ids_out)
+
+    def _trace_entry(self, g, scale, ga, trace, info, children=None) -> dict:
+        rows = []
+        for i, rid in enumerate(ga.row_ids.tolist()):
+            row = {"row_id": rid, "parent": g.parent_of.get(rid)}
+            if ga.rewards is not None:
+                r = float(ga.rewards[i])
+                row["reward"] = r if np.isfinite(r) else None
+            for key, vals in (trace or {}).items():
+                if key != "reward":
+                    row[key] = vals[i]
+            if children is not None:
+                row["children"] = children[i]
+                row["kept"] = children[i] > 0
+            rows.append(row)
+        return {"scale": scale, "info": info or {}, "rows": rows}
+
+    def pick(self, report: Report) -> dict[int, int]:
+        t0 = time.perf_counter()
+        self._absorb(report)
+        picks = {}
+        for ga in report.groups:
+            g = self.groups[ga.prompt_index]
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, ga.rewards, None)
+            k = int(self.strategy.pick(g.state, obs))
+            picks[ga.prompt_index] = k
+            entry = self._trace_entry(g, report.scale, ga, None, {"kind": "final"})
+            entry["picked_row"] = int(ga.row_ids[k])
+            entry["picked_position"] = k
+            g.decisions.append(entry)
+        self.time_decide += time.perf_counter() - t0
+        return picks
+
+    def trace(self, prompt_index: int) -> dict:
+        g = self.groups[prompt_index]
+        return {"prompt_index": prompt_index, "seed": g.seed, "strategy": self.strategy.name,
+                "batch_sizes": list(self.plan.batch_sizes), "decision_scales": list(self.plan.decision_scales),
+                "decisions": g.decisions}
+
+    def finish_group(self, prompt_index: int) -> tuple[dict, dict]:
+        """Trace and counters of a finished prompt; frees its state."""
+        tr = self.trace(prompt_index)
+        g = self.groups.pop(prompt_index)
+        return tr, g.counters
+
+
+def run_unit(worker: Worker, coord: Coordinator, unit: WorkUnit, keep_all: bool = False):
+    """Drive one unit to the end in-process. Returns (final report, picks, images)."""
+    coord.begin(unit)
+    rep = worker.start(unit)
+    while not rep.final:
+        rep = worker.apply(coord.decide(rep))
+    picks = coord.pick(rep)
+    return rep, picks, worker.collect(unit.unit_id, picks, keep_all)

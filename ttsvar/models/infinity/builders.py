@@ -1,0 +1,66 @@
+"""Registered Infinity generators: the released 2B/8B checkpoints and a tiny random configuration."""
+
+from __future__ import annotations
+
+import torch
+
+from ...generator import SamplingConfig
+from ...text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
+from ..checkpoint import load_strict, read_state_dict
+from ..registry import ModelConfig, ModelDefaults, register_generator, require_file, resolve_device, resolve_dtype
+from .generator import InfinityGenerator
+from .model import Infinity, InfinityConfig, official_state_dict_to_ours
+from .schedules import scale_schedule
+from .vae import TINY_SCALE_SCHEDULE, BSQVAE, BSQVAEConfig
+
+
+def load_vae(path, config: BSQVAEConfig, device) -> BSQVAE:
+    from .vae import load_bsq_vae
+
+    return load_bsq_vae(path, config, device=device)
+
+
+def _released(cfg: ModelConfig, sampling: SamplingConfig | None, icfg: InfinityConfig, vcfg: BSQVAEConfig,
+              names: tuple[str, str]) -> InfinityGenerator:
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    wpath = require_file(cfg.weights, "model.weights", f"the Infinity checkpoint ({names[0]})")
+    vpath = require_file(cfg.vae_weights, "model.vae_weights", f"the BSQ-VAE checkpoint ({names[1]})")
+    tpath = require_file(cfg.text_encoder, "model.text_encoder", "a local flan-t5-xl directory")
+    with torch.device("meta"):
+        model = Infinity(icfg)
+    model = load_strict(model, read_state_dict(wpath), wpath, official_state_dict_to_ours, assign=True)
+    model = model.to(device).eval().requires_grad_(False)
+    model.cast_blocks(dtype)
+    vae = load_vae(vpath, vcfg, device).eval().requires_grad_(False)
+    text = T5TextEncoder(tpath, device=device)
+    return InfinityGenerator(model, vae, text, scale_schedule(cfg.h_div_w, cfg.pixels), sampling, device)
+
+
+@register_generator("infinity-2b", ModelDefaults(reward="imagereward", features="dinov2", preview_size=224))
+def infinity_2b(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+    return _released(cfg, sampling, InfinityConfig.infinity_2b(), BSQVAEConfig.infinity_d32(),
+                     ("infinity_2b_reg.pth", "infinity_vae_d32reg.pth"))
+
+
+@register_generator("infinity-8b", ModelDefaults(reward="imagereward", features="dinov2", preview_size=224))
+def infinity_8b(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+    return _released(cfg, sampling, InfinityConfig.infinity_8b(), BSQVAEConfig.infinity_d14_patchify(),
+                     ("infinity_8b_weights", "infinity_vae_d56_f8_14_patchify.pth"))
+
+
+def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = None, vocab=()) -> InfinityGenerator:
+    """A tiny Infinity with random weights: 32x32 images over scales 1,2,3,4,6,8 (for tests and demos)."""
+    torch.manual_seed(seed)
+    vcfg = BSQVAEConfig.tiny()
+    model = Infinity(InfinityConfig.tiny(codebook_dim=vcfg.codebook_dim)).eval().requires_grad_(False)
+    text = WordTextEncoder(WordEncoderConfig(vocab=tuple(vocab), dim=model.config.text_channels,
+                                             max_len=model.config.text_maxlen)).eval()
+    vae = BSQVAE(vcfg).eval().requires_grad_(False)
+    return InfinityGenerator(model.to(device), vae.to(device), text.to(device), list(TINY_SCALE_SCHEDULE),
+                             sampling, device)
+
+
+@register_generator("infinity-tiny-random", ModelDefaults(reward="pixel-stats", features="pixels"))
+def infinity_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+    return tiny_random(0, resolve_device(cfg.device), sampling)

@@ -1,0 +1,58 @@
+"""The embedded `shapes-tiny` generator: a tiny Infinity + BSQ-VAE + word encoder trained on the shapes
+world by `python -m ttsvar.testbed.train`, shipped inside the package (no files to find)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..generator import SamplingConfig
+from ..models.checkpoint import CheckpointError, load_strict, read_state_dict
+from ..models.infinity.generator import InfinityGenerator
+from ..models.infinity.model import Infinity, InfinityConfig
+from ..models.infinity.vae import BSQVAE, BSQVAEConfig
+from ..models.registry import ModelConfig, ModelDefaults, register_generator, resolve_device
+from ..text import WordEncoderConfig, WordTextEncoder
+
+WEIGHTS = Path(__file__).parent / "weights" / "shapes_tiny.safetensors"
+
+# Sampling that suits the tiny model (chosen on the training prompts, see docs/testbed.md).
+SHAPES_SAMPLING = {"cfg": 3.0, "tau": 1.0, "top_k": 0, "top_p": 0.0}
+
+
+def weights_available(path: Path = WEIGHTS) -> bool:
+    return path.is_file() and path.with_suffix(".json").is_file()
+
+
+def load_shapes_tiny(path: str | Path | None = None, device: str | torch.device = "cpu",
+                     sampling: SamplingConfig | None = None) -> InfinityGenerator:
+    path = Path(path) if path else WEIGHTS
+    meta_path = path.with_suffix(".json")
+    if not path.is_file() or not meta_path.is_file():
+        raise FileNotFoundError(f"shapes-tiny weights not found at {path} (+ .json); reinstall the package or "
+                                "rebuild them with `python -m ttsvar.testbed.train`")
+    meta = json.loads(meta_path.read_text())
+    vd = {k: (tuple(map(tuple, v)) if k == "scale_schedule" and v else tuple(v) if isinstance(v, list) else v)
+          for k, v in meta["vae"].items()}
+    vcfg = BSQVAEConfig(**vd)
+    icfg = InfinityConfig(**meta["infinity"])
+    wcfg = WordEncoderConfig(**{**meta["text"], "vocab": tuple(meta["text"]["vocab"])})
+    sd = {k: v.float() for k, v in read_state_dict(path).items()}
+    parts = {"gpt.": Infinity(icfg), "text.": WordTextEncoder(wcfg), "vae.": BSQVAE(vcfg)}
+    for prefix, module in parts.items():
+        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+        if not sub:
+            raise CheckpointError(f"{path} has no '{prefix}*' tensors; it is not a shapes-tiny checkpoint")
+        load_strict(module, sub, f"{path} [{prefix}*]")
+        module.to(device).eval().requires_grad_(False)
+    schedule = [tuple(s) for s in meta["scale_schedule"]]
+    return InfinityGenerator(parts["gpt."], parts["vae."], parts["text."], schedule,
+                             sampling or SamplingConfig(**SHAPES_SAMPLING), device)
+
+
+@register_generator("shapes-tiny", ModelDefaults(reward="shapes-clip", features="shapes-clip",
+                                                 sampling=SHAPES_SAMPLING))
+def shapes_tiny(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+    return load_shapes_tiny(cfg.weights, resolve_device(cfg.device), sampling)

@@ -1,0 +1,258 @@
+"""Train the embedded `shapes-tiny` testbed from a seed: BSQ-VAE, then Infinity + word encoder, then CLIP.
+
+    python -m ttsvar.testbed.train [--device cpu|cuda] [--out DIR] [--seed 0] [--quick]
+
+Everything is generated on the fly from the shapes world, so nothing is downloaded. Outputs (in --out,
+default the package's `weights/` folder): `shapes_tiny.safetensors` (keys `gpt.*`, `text.*`, `vae.*`),
+`shapes_tiny.json` (configs, vocabulary, training metrics, quality numbers, the command) and, unless
+`--skip-clip`, `shapes_clip.safetensors` + `shapes_clip.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models.infinity.generator import InfinityGenerator
+from ..models.infinity.model import Infinity, InfinityConfig
+from ..models.infinity.vae import TINY_SCALE_SCHEDULE, BSQVAE, BSQVAEConfig
+from ..text import WordEncoderConfig, WordTextEncoder
+from . import world
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+@dataclass
+class TestbedConfig:
+    seed: int = 0
+    # VAE
+    vae_bits: int = 8
+    vae_ch: int = 48
+    vae_steps: int = 1000
+    vae_batch: int = 192
+    vae_lr: float = 2e-3
+    # transformer
+    depth: int = 6
+    embed_dim: int = 192
+    num_heads: int = 6
+    text_dim: int = 64
+    gen_steps: int = 1200
+    gen_batch: int = 160
+    gen_lr: float = 2e-3
+    gen_warmup: int = 100
+    weight_decay: float = 0.05
+    cond_drop: float = 0.1  # rows trained unconditionally (learned uncond text), for CFG
+    train_examples: int = 200_000  # pool the transformer batches are drawn from
+    p_distractor: float = 0.0
+
+
+def model_configs(tc: TestbedConfig) -> tuple[BSQVAEConfig, InfinityConfig, WordEncoderConfig]:
+    vcfg = BSQVAEConfig.tiny(codebook_dim=tc.vae_bits, ch=tc.vae_ch)
+    icfg = InfinityConfig(depth=tc.depth, embed_dim=tc.embed_dim, num_heads=tc.num_heads, text_channels=tc.text_dim,
+                          text_maxlen=world.MAX_PROMPT_WORDS, codebook_dim=tc.vae_bits, block_chunks=1,
+                          pool_head_dim=32)
+    wcfg = WordEncoderConfig(vocab=tuple(world.VOCAB), dim=tc.text_dim, depth=2, num_heads=4,
+                             max_len=world.MAX_PROMPT_WORDS)
+    return vcfg, icfg, wcfg
+
+
+def to_model_images(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 [B,32,32,3] -> float [B,3,32,32] in [-1,1]."""
+    return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+
+
+def _lr(step: int, steps: int, lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def encode_dataset(vae: BSQVAE, images_u8: np.ndarray, device, batch: int = 1024) -> list[torch.Tensor]:
+    """All training images -> per-scale bit grids (uint8 tensors on the CPU)."""
+    out: list[list[torch.Tensor]] = [[] for _ in TINY_SCALE_SCHEDULE]
+    with torch.inference_mode():
+        for s in range(0, len(images_u8), batch):
+            _, bits = vae.encode_bits(to_model_images(images_u8[s:s + batch]).to(device), list(TINY_SCALE_SCHEDULE))
+            for k, b in enumerate(bits):
+                out[k].append(b.to(torch.uint8).cpu())
+    return [torch.cat(x) for x in out]
+
+
+def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[torch.Tensor], prompts: list[str],
+                    tc: TestbedConfig, device, log=print) -> dict:
+    """Teacher-forced bitwise cross-entropy over all scales, with text dropout for CFG."""
+    model = gen.model.train()
+    text.train()
+    params = list(model.parameters()) + list(text.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.gen_lr, betas=(0.9, 0.95))
+    ids_all = text.tokenize(prompts)
+    g = torch.Generator().manual_seed(tc.seed + 1)
+    sched = gen.scale_schedule
+    metrics = {"step": [], "loss": [], "bit_acc": [], "lr": []}
+    acc_loss = acc_bit = 0.0
+    n_acc, t0 = 0, time.time()
+    log_every = max(1, tc.gen_steps // 40)
+    for step in range(tc.gen_steps):
+        idx = torch.randint(0, len(prompts), (tc.gen_batch,), generator=g)
+        grids = [b[idx].to(device).long() for b in bits]
+        x = gen.teacher_inputs(grids)  # [B,L-1,d]
+        target = gen.token_bits(grids)  # [B,L,d]
+        feats, mask = text(ids_all[idx].to(device))
+        drop = torch.rand(tc.gen_batch, generator=g).to(device) < tc.cond_drop
+        if drop.any():
+            un = model.uncond_text(mask.sum(1), feats.shape[1]).to(feats.dtype)
+            feats = torch.where(drop[:, None, None], un, feats)
+        logits = model(feats, mask, x, sched)  # [B,L,2d]
+        B, L, V = logits.shape
+        loss = F.cross_entropy(logits.view(-1, 2), target.reshape(-1))
+        for pg in opt.param_groups:
+            pg["lr"] = _lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        with torch.no_grad():
+            acc_bit += (logits.view(B, L, -1, 2).argmax(-1) == target).float().mean().item()
+        acc_loss += loss.item()
+        n_acc += 1
+        if (step + 1) % log_every == 0 or step + 1 == tc.gen_steps:
+            metrics["step"].append(step + 1)
+            metrics["loss"].append(acc_loss / n_acc)
+            metrics["bit_acc"].append(acc_bit / n_acc)
+            metrics["lr"].append(_lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup))
+            if log:
+                log(f"gpt step {step + 1}/{tc.gen_steps} loss {acc_loss / n_acc:.4f} bit-acc {acc_bit / n_acc:.4f} "
+                    f"({time.time() - t0:.0f}s)")
+            acc_loss = acc_bit = 0.0
+            n_acc = 0
+    metrics["seconds"] = time.time() - t0
+    metrics["samples"] = tc.gen_steps * tc.gen_batch
+    model.eval()
+    text.eval()
+    return metrics
+
+
+def save_testbed(out: Path, gen: InfinityGenerator, text: WordTextEncoder, tc: TestbedConfig, info: dict) -> None:
+    from safetensors.torch import save_file
+
+    from ..output import atomic_write_json
+
+    vcfg, icfg, wcfg = model_configs(tc)
+    sd = {f"gpt.{k}": v for k, v in gen.model.state_dict().items()}
+    sd.update({f"text.{k}": v for k, v in text.state_dict().items()})
+    sd.update({f"vae.{k}": v for k, v in gen.vae.state_dict().items()})
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "shapes_tiny.safetensors.tmp"
+    # float16 halves the shipped size; the loader computes in float32
+    save_file({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+               for k, v in sd.items()}, str(tmp))
+    tmp.replace(out / "shapes_tiny.safetensors")
+    atomic_write_json(out / "shapes_tiny.json", {
+        "testbed": asdict(tc), "vae": _cfg_dict(vcfg), "infinity": asdict(icfg),
+        "text": {**asdict(wcfg), "vocab": list(wcfg.vocab)}, "scale_schedule": [list(s) for s in TINY_SCALE_SCHEDULE],
+        **info})
+
+
+def _cfg_dict(cfg) -> dict:
+    d = asdict(cfg)
+    return {k: (list(map(list, v)) if k == "scale_schedule" and v else (list(v) if isinstance(v, tuple) else v))
+            for k, v in d.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ttsvar.testbed.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(WEIGHTS_DIR))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--quick", action="store_true", help="a few steps of everything (smoke test)")
+    p.add_argument("--skip-clip", action="store_true")
+    p.add_argument("--skip-vae", action="store_true", help="reuse the VAE in --out")
+    p.add_argument("--set", nargs="*", default=[], help="TestbedConfig overrides, e.g. gen_steps=100")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tc = TestbedConfig(seed=args.seed)
+    if args.quick:
+        tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
+    for kv in args.set:
+        k, v = kv.split("=", 1)
+        if not hasattr(tc, k):
+            raise SystemExit(f"unknown TestbedConfig field {k!r}; fields: {', '.join(asdict(tc))}")
+        setattr(tc, k, type(getattr(tc, k))(v))
+    out, device = Path(args.out), torch.device(args.device)
+    command = "python -m ttsvar.testbed.train " + " ".join(argv if argv is not None else sys.argv[1:])
+    t_all = time.time()
+    vcfg, icfg, wcfg = model_configs(tc)
+
+    print(f"[data] {tc.train_examples} training scenes (held-out prompts excluded), seed {tc.seed}")
+    t0 = time.time()
+    images, prompts, _ = world.make_dataset(tc.train_examples, tc.seed, holdout="exclude", p_distractor=tc.p_distractor)
+    data_s = time.time() - t0
+
+    from .train_vae import evaluate_vae, train_vae
+
+    rng = np.random.default_rng(tc.seed)
+
+    def vae_batches(step: int) -> torch.Tensor:
+        return to_model_images(images[rng.integers(0, len(images), tc.vae_batch)])
+
+    torch.manual_seed(tc.seed)
+    if args.skip_vae:
+        from ..models.checkpoint import read_state_dict
+
+        vae = BSQVAE(vcfg)
+        sd = read_state_dict(out / "shapes_tiny.safetensors")
+        vae.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("vae.")})
+        vae = vae.to(device).eval()
+        vae_metrics = json.loads((out / "shapes_tiny.json").read_text()).get("vae_metrics", {})
+    else:
+        vae, vae_metrics = train_vae(vcfg, vae_batches, tc.vae_steps, lr=tc.vae_lr, seed=tc.seed, device=device,
+                                     log_every=max(1, tc.vae_steps // 20))
+    vae.requires_grad_(False)
+    held = world.make_dataset(512, tc.seed + 99, holdout="include")[0]
+    vae_eval = evaluate_vae(vae, to_model_images(held).to(device))
+    print(f"[vae] {vae_eval}")
+
+    print("[gpt] encoding the training set to multi-scale bits")
+    bits = encode_dataset(vae, images, device)
+    torch.manual_seed(tc.seed + 2)
+    model = Infinity(icfg).to(device)
+    text = WordTextEncoder(wcfg).to(device)
+    gen = InfinityGenerator(model, vae, text, list(TINY_SCALE_SCHEDULE), device=device)
+    n_params = sum(q.numel() for q in model.parameters()) + sum(q.numel() for q in text.parameters())
+    print(f"[gpt] {n_params / 1e6:.2f}M parameters (transformer + word encoder)")
+    gen_metrics = train_generator(gen, text, bits, prompts, tc, device)
+    info = {"seed": tc.seed, "command": command, "device": str(device), "data_seconds": data_s,
+            "vae_metrics": vae_metrics, "vae_eval": vae_eval, "gpt_metrics": gen_metrics, "gpt_params": n_params,
+            "torch": torch.__version__}
+    save_testbed(out, gen, text, tc, info)
+    print(f"[save] {out / 'shapes_tiny.safetensors'}")
+
+    if not args.skip_clip:
+        from .clip import TrainConfig, save_shapes_clip, train_clip
+
+        ccfg = TrainConfig(seed=tc.seed, **({"steps": 20, "log_every": 10} if args.quick else {}))
+        clip, clip_metrics = train_clip(ccfg)
+        save_shapes_clip(clip, out / "shapes_clip", {"seed": tc.seed, "command": command, **clip_metrics})
+        print(f"[save] {out / 'shapes_clip.safetensors'}")
+    print(f"[done] {time.time() - t_all:.0f}s in all")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
