@@ -1,0 +1,28 @@
+"""Search strategies for next-scale test-time scaling: which candidate rows continue after a scale.
+
+Numpy only (no torch): strategies see small per-row arrays and return row positions. The feature extractors
+that feed clustering live in `search.features` (torch) and are imported separately.
+"""
+
+from search.base import Decision, GroupState, Observation, PlannedStrategy, SearchPlan, Strategy
+from search.registry import (
+    SearchConfig,
+    build_strategy,
+    create_strategy,
+    list_strategies,
+    register_strategy,
+)
+
+__all__ = [
+    "Decision",
+    "GroupState",
+    "Observation",
+    "PlannedStrategy",
+    "SearchConfig",
+    "SearchPlan",
+    "Strategy",
+    "build_strategy",
+    "create_strategy",
+    "list_strategies",
+    "register_strategy",
+]

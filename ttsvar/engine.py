@@ -183,11 +183,9 @@ class Worker:
             dt = time.perf_counter() - t0
             u.scale = k + 1
             tok = self.gen.tokens_at_scale(k) * self.cfg_factor
-            total = sum(u.sizes)
             for p, n in zip(u.unit.prompt_indices, u.sizes):
-                c = u.counters[p]
-                c["token_forwards"] += n * tok
-                c["time_generate"] += dt * n / total
+                u.counters[p]["token_forwards"] += n * tok
+            self._count(u, "time_generate", seconds=dt)
             if k == S - 1 or k in self.plan.decision_scales:
                 break
         final = u.scale == S
@@ -195,13 +193,13 @@ class Worker:
         need_f = (not final) and k in self.plan.feature_scales
         rewards = features = None
         if need_r or need_f:
-            images = self._decode(u, final)
+            images, first, inverse = self._decode_unique(u, final)
             if final:
-                u.final_images = images
+                u.final_images = images[torch.as_tensor(inverse)]
             if need_r:
-                rewards = self._score(u, images)
+                rewards = self._score(u, images, first)[inverse]
             if need_f:
-                features = self._features(u, images)
+                features = self._features(u, images, first)[inverse]
         groups, offset = [], 0
         for p, n, ids in zip(u.unit.prompt_indices, u.sizes, u.row_ids):
             sl = slice(offset, offset + n)
@@ -211,41 +209,71 @@ class Worker:
         counters, u.counters = u.counters, {p: _new_counters() for p in u.unit.prompt_indices}
         return Report(u.unit.unit_id, k, final, groups, counters)
 
-    def _per_group(self, u: _Unit, key: str, amount_per_row: float) -> None:
-        for p, n in zip(u.unit.prompt_indices, u.sizes):
-            u.counters[p][key] += amount_per_row * n
+    def _group_of_rows(self, u: _Unit) -> np.ndarray:
+        return np.repeat(np.arange(len(u.sizes)), u.sizes)
 
-    def _timed(self, u: _Unit, key: str, t0: float) -> None:
-        self._per_group(u, key, (time.perf_counter() - t0) / max(1, sum(u.sizes)))
+    def _count(self, u: _Unit, key: str, rows: np.ndarray | None = None, seconds: float | None = None) -> None:
+        """Add to each group's counter: the number of `rows` it owns, or its share of `seconds` by rows."""
+        total = max(1, sum(u.sizes))
+        owned = np.bincount(self._group_of_rows(u)[rows], minlength=len(u.sizes)) if rows is not None else None
+        for g, (p, n) in enumerate(zip(u.unit.prompt_indices, u.sizes)):
+            u.counters[p][key] += int(owned[g]) if owned is not None else seconds * n / total
 
-    def _decode(self, u: _Unit, final: bool) -> torch.Tensor:
+    def _decode_unique(self, u: _Unit, final: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """Decode one row of each set of equal rows of the same prompt.
+
+        Returns (images of the unique rows in row order, their row positions `first`, and `inverse`
+        mapping every row to its unique image).
+        """
         t0 = time.perf_counter()
-        parts = [self.gen.finish(c) if final else self.gen.preview(c, self.preview_size) for c in u.chunks]
-        self._timed(u, "time_decode", t0)
-        self._per_group(u, "preview_decodes", 0 if final else 1)
-        return torch.cat(parts)
+        owner = self._group_of_rows(u)
+        seen: dict = {}
+        first: list[int] = []
+        inverse = np.empty(sum(u.sizes), dtype=np.int64)
+        parts, offset = [], 0
+        for c in u.chunks:
+            keys = self.gen.row_keys(c)
+            sel = []
+            for j in range(len(c)):
+                g = offset + j
+                key = None if keys is None else (int(owner[g]), keys[j])
+                if key is not None and key in seen:
+                    inverse[g] = seen[key]
+                    continue
+                inverse[g] = len(first)
+                first.append(g)
+                sel.append(j)
+                if key is not None:
+                    seen[key] = inverse[g]
+            if sel:
+                parts.append(self.gen.finish(c, rows=sel) if final
+                             else self.gen.preview(c, self.preview_size, rows=sel))
+            offset += len(c)
+        first_arr = np.asarray(first, dtype=np.int64)
+        self._count(u, "time_decode", seconds=time.perf_counter() - t0)
+        if not final:
+            self._count(u, "preview_decodes", rows=first_arr)
+        return torch.cat(parts), first_arr, inverse
 
-    def _row_prompts(self, u: _Unit) -> list[str]:
-        return [t for t, n in zip(u.unit.prompts, u.sizes) for _ in range(n)]
-
-    def _score(self, u: _Unit, images: torch.Tensor) -> np.ndarray:
+    def _score(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        prompts = self._row_prompts(u)
-        groups = np.repeat(np.arange(len(u.sizes)), u.sizes)
+        prompts = [t for t, n in zip(u.unit.prompts, u.sizes) for _ in range(n)]
+        prompts = [prompts[i] for i in rows]
+        groups = self._group_of_rows(u)[rows]
         out = []
         for s in range(0, len(images), self.score_batch):
             e = s + self.score_batch
             out.append(np.asarray(score_images(self.reward, images[s:e], prompts[s:e], groups[s:e]), np.float32))
-        self._timed(u, "time_reward", t0)
-        self._per_group(u, "reward_images", 1)
+        self._count(u, "time_reward", seconds=time.perf_counter() - t0)
+        self._count(u, "reward_images", rows=rows)
         return np.concatenate(out)
 
-    def _features(self, u: _Unit, images: torch.Tensor) -> np.ndarray:
+    def _features(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         out = [np.asarray(self.features.extract(images[s:s + self.score_batch]), np.float32)
                for s in range(0, len(images), self.score_batch)]
-        self._timed(u, "time_features", t0)
-        self._per_group(u, "feature_images", 1)
+        self._count(u, "time_features", seconds=time.perf_counter() - t0)
+        self._count(u, "feature_images", rows=rows)
         return np.concatenate(out)
 
 

@@ -149,8 +149,16 @@ class Generator(ABC):
         """Sample the next scale of every row; returns the advanced state (may reuse the input's storage)."""
 
     @abstractmethod
-    def preview(self, state: GenState, size: int | None = None) -> torch.Tensor:
-        """Decode each row's accumulated latent: [B,3,H,W] float in [0,1], resized to size x size if given."""
+    def preview(self, state: GenState, size: int | None = None, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Decode the accumulated latent of each row (or of `rows` only): [B,3,H,W] float in [0,1],
+        resized to size x size if given."""
+
+    def row_keys(self, state: GenState) -> list[bytes] | None:
+        """A fingerprint per row that is equal exactly when two rows hold the same accumulated latent, or
+        None. The engine decodes and scores only one row of each set of equal rows (of the same prompt),
+        which saves work at coarse scales and makes equal rows get bit-identical scores, so ties are
+        broken the same way whatever the batch layout."""
+        return None
 
     @abstractmethod
     def select(self, state: GenState, index: Sequence[int] | np.ndarray,
@@ -166,5 +174,5 @@ class Generator(ABC):
         """Cut a state into consecutive parts of the given row counts."""
 
     @abstractmethod
-    def finish(self, state: GenState) -> torch.Tensor:
-        """Final images [B,3,H,W] float in [0,1]; requires state.scale == num_scales."""
+    def finish(self, state: GenState, rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Final images [B,3,H,W] float in [0,1] (of `rows` only, if given); needs state.scale == num_scales."""

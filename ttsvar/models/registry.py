@@ -105,5 +105,5 @@ def require_file(value: str | None, field_name: str, what: str) -> Path:
 
 
 # Importing the families registers their builders (explicit, not a star-import side effect).
-from .infinity import builders as _infinity_builders  # noqa: E402,F401
 from ..testbed import model as _testbed_model  # noqa: E402,F401
+from .infinity import builders as _infinity_builders  # noqa: E402,F401

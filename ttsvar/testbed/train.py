@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from ..models.infinity.generator import InfinityGenerator
 from ..models.infinity.model import Infinity, InfinityConfig
-from ..models.infinity.vae import TINY_SCALE_SCHEDULE, BSQVAE, BSQVAEConfig
+from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..text import WordEncoderConfig, WordTextEncoder
 from . import world
 

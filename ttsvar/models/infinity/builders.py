@@ -7,11 +7,18 @@ import torch
 from ...generator import SamplingConfig
 from ...text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
 from ..checkpoint import load_strict, read_state_dict
-from ..registry import ModelConfig, ModelDefaults, register_generator, require_file, resolve_device, resolve_dtype
+from ..registry import (
+    ModelConfig,
+    ModelDefaults,
+    register_generator,
+    require_file,
+    resolve_device,
+    resolve_dtype,
+)
 from .generator import InfinityGenerator
 from .model import Infinity, InfinityConfig, official_state_dict_to_ours
 from .schedules import scale_schedule
-from .vae import TINY_SCALE_SCHEDULE, BSQVAE, BSQVAEConfig
+from .vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 
 
 def load_vae(path, config: BSQVAEConfig, device) -> BSQVAE:
@@ -61,6 +68,6 @@ def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = N
                              sampling, device)
 
 
-@register_generator("infinity-tiny-random", ModelDefaults(reward="pixel-stats", features="pixels"))
+@register_generator("infinity-tiny-random", ModelDefaults(reward="shapes-clip", features="shapes-clip"))
 def infinity_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)

@@ -9,6 +9,7 @@ released sampler does). On the 8B configuration each transformer token carries 2
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -169,20 +170,27 @@ class InfinityGenerator(Generator):
         return torch.cat(out, 1)
 
     @torch.inference_mode()
-    def preview(self, state: InfinityState, size: int | None = None) -> torch.Tensor:
+    def preview(self, state: InfinityState, size: int | None = None, rows=None) -> torch.Tensor:
         if state.summed_codes is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
-        img = self.vae.decode(state.summed_codes.to(next(iter(self.vae.parameters())).dtype)).float()
+        codes = state.summed_codes if rows is None else state.summed_codes[torch.as_tensor(rows, dtype=torch.long)]
+        img = self.vae.decode(codes.to(next(iter(self.vae.parameters())).dtype)).float()
         img = ((img + 1) / 2).clamp_(0, 1)
         if size is not None and tuple(img.shape[-2:]) != (size, size):
             img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             img = img.clamp_(0, 1)
         return img
 
-    def finish(self, state: InfinityState) -> torch.Tensor:
+    def finish(self, state: InfinityState, rows=None) -> torch.Tensor:
         if state.scale != self.num_scales:
             raise ValueError(f"finish() needs all {self.num_scales} scales sampled, state has {state.scale}")
-        return self.preview(state)
+        return self.preview(state, rows=rows)
+
+    def row_keys(self, state: InfinityState) -> list[bytes] | None:
+        if state.summed_codes is None:
+            return None
+        flat = state.summed_codes.flatten(1).float().cpu().numpy()
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
 
     # -- row bookkeeping ------------------------------------------------------------------------------
 

@@ -408,7 +408,7 @@ class Infinity(nn.Module):
         L = sum(lens)
         if x.shape[1] != L:
             raise ValueError(f"x_wo_prefix has {x.shape[1] - 1} tokens; schedule {schedule} needs {L - 1}")
-        scale_id = torch.repeat_interleave(torch.arange(len(lens), device=x.device), torch.tensor(lens, device=x.device))
+        scale_id = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(x.device)  # [L]
         x = x + self.lvl_embed(scale_id).float()
         mask = scale_id[:, None] >= scale_id[None, :]  # [L,L] block-causal: a token sees its scale and coarser
         cos, sin = rope_cos_sin(self.C // self.config.num_heads, schedule, self.config.rope_base, x.device)

@@ -1,0 +1,50 @@
+"""The reward section of a job config, and ``build_reward(cfg)`` that the engine calls once per worker.
+
+Plain types only so that it embeds in the job config with omegaconf::
+
+    reward:
+      name: imagereward            # registered name, entry point, or "package.module:object"
+      weights_dir: /models         # forwarded to rewards that take a weights_dir
+      options: {device: cuda, dtype: float16}
+      nan_policy: raise            # raise | pass | a float such as -.inf
+      batch_size: 32               # max images per forward pass (null: whole batch)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from rewards.base import Reward
+from rewards.registry import accepts_option, create_reward, resolve_reward
+
+
+@dataclass
+class RewardConfig:
+    name: str = "auto"  # auto: the model's default reward (ttsvar resolves it); or a registered name
+    options: dict[str, Any] = field(default_factory=dict)
+    weights_dir: str | None = None
+    nan_policy: Any = "raise"  # 'raise' | 'pass' | float (Any: omegaconf has no str|float union)
+    batch_size: int | None = None
+
+
+def build_reward(cfg: RewardConfig | Mapping[str, Any]) -> Reward:
+    """Build the reward a :class:`RewardConfig` (or an equivalent mapping / omegaconf node) describes."""
+    from omegaconf import OmegaConf
+
+    if OmegaConf.is_config(cfg):
+        cfg = OmegaConf.to_container(cfg, resolve=True)
+    if not isinstance(cfg, RewardConfig):
+        if not isinstance(cfg, Mapping):
+            raise TypeError(f"reward config must be a RewardConfig or a mapping, got {type(cfg).__name__}")
+        known = {f.name for f in fields(RewardConfig)}
+        unknown = set(cfg) - known
+        if unknown:
+            raise ValueError(f"unknown reward config keys {sorted(unknown)}; allowed: {sorted(known)}")
+        cfg = RewardConfig(**dict(cfg))
+    options = dict(cfg.options or {})
+    if cfg.weights_dir is not None and "weights_dir" not in options:
+        if accepts_option(resolve_reward(cfg.name), "weights_dir"):
+            options["weights_dir"] = cfg.weights_dir
+    return create_reward(cfg.name, nan_policy=cfg.nan_policy, batch_size=cfg.batch_size, **options)

@@ -1,0 +1,183 @@
+"""Reward registry: ``create_reward(name_or_obj, **options)``, ``list_rewards()``, ``@register_reward``.
+
+``create_reward`` accepts, in this order:
+
+1. a :class:`~rewards.base.Reward` instance (returned as is),
+2. a ``Reward`` subclass (instantiated with ``options``),
+3. any other callable ``f(images, prompts) -> scores`` (wrapped in :class:`~rewards.base.FunctionReward`;
+   options ``name``, ``needs_prompt``, ``input_size``),
+4. a registered name (built-ins and ``@register_reward`` classes or factories),
+5. the name of an entry point in the group ``ttsvar.rewards`` of an installed distribution,
+6. an import path ``"package.module:object"`` (only when written with the colon).
+
+Objects found through 5 and 6 are handled like 1-3. The options ``nan_policy`` and ``batch_size`` are
+common to every reward and set through :meth:`~rewards.base.Reward.configure`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from rewards.base import FunctionReward, Reward
+
+ENTRY_POINT_GROUP = "ttsvar.rewards"
+COMMON_OPTIONS = ("nan_policy", "batch_size")
+
+# Modules whose @register_reward decorators define the built-in names; imported on first use so that
+# `import rewards` stays cheap (open_clip and transformers take seconds to import).
+_BUILTIN_MODULES = (
+    "rewards.imagereward",
+    "rewards.clip_score",
+    "rewards.hps",
+    "rewards.pickscore",
+    "rewards.aesthetic",
+    "rewards.ensemble",
+    "rewards.shapes_clip",
+)
+
+_REGISTRY: dict[str, Callable[..., Reward]] = {}
+_builtins_loaded = False
+
+T = TypeVar("T")
+
+
+def register_reward(name: str | None = None, *, overwrite: bool = False) -> Callable[[T], T]:
+    """Decorator registering a ``Reward`` subclass or a factory ``(**options) -> Reward`` under ``name``
+    (default: the class's ``name`` attribute or the function's ``__name__``)."""
+
+    def deco(obj: T) -> T:
+        key = name
+        if key is None:
+            key = (
+                obj.name
+                if isinstance(obj, type) and issubclass(obj, Reward)
+                else getattr(obj, "__name__", None)
+            )
+        if not isinstance(key, str) or not key or ":" in key:
+            raise ValueError(f"register_reward: invalid reward name {key!r} (non-empty, no ':')")
+        if key in _REGISTRY and _REGISTRY[key] is not obj and not overwrite:
+            raise ValueError(
+                f"reward name {key!r} is already registered to {_REGISTRY[key]!r}; "
+                "pick another name or pass overwrite=True"
+            )
+        if not callable(obj):
+            raise TypeError(f"register_reward: {obj!r} is not a class or factory function")
+        _REGISTRY[key] = obj  # type: ignore[assignment]
+        return obj
+
+    return deco
+
+
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+
+
+def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def list_rewards() -> list[str]:
+    """Registered reward names plus the names of installed ``ttsvar.rewards`` entry points."""
+    _load_builtins()
+    return sorted(set(_REGISTRY) | set(_entry_points()))
+
+
+def load_import_path(path: str) -> Any:
+    """Import ``"package.module:object"`` (``object`` may be dotted: ``module:Class.attr``)."""
+    mod_name, sep, attr = path.partition(":")
+    if not sep or not mod_name or not attr:
+        raise ValueError(f"import path {path!r} must look like 'package.module:object'")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ImportError(f"cannot import module {mod_name!r} of reward import path {path!r}: {e}") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise AttributeError(f"reward import path {path!r}: {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve_reward(reward: Any) -> Any:
+    """Turn a name / entry point / import path into the object it names; other objects pass through."""
+    if not isinstance(reward, str):
+        return reward
+    _load_builtins()
+    if reward in _REGISTRY:
+        eps = _entry_points()
+        if reward in eps:
+            raise ValueError(
+                f"reward name {reward!r} is both registered in ttsvar and an entry point of "
+                f"{eps[reward].value!r}; rename the entry point"
+            )
+        return _REGISTRY[reward]
+    eps = _entry_points()
+    if reward in eps:
+        try:
+            return eps[reward].load()
+        except Exception as e:
+            raise ImportError(
+                f"entry point {reward!r} ({eps[reward].value}) in group "
+                f"{ENTRY_POINT_GROUP!r} failed to load: {e}"
+            ) from e
+    if ":" in reward:
+        return load_import_path(reward)
+    raise KeyError(
+        f"unknown reward {reward!r}. Available: {', '.join(list_rewards())}. "
+        "A custom reward can also be given as an import path 'package.module:object', an entry point in "
+        f"the group {ENTRY_POINT_GROUP!r}, or a Reward instance / function f(images, prompts)."
+    )
+
+
+def accepts_option(factory: Any, option: str) -> bool:
+    """Whether ``factory(**{option: ...})`` is accepted (a named parameter or ``**kwargs``)."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == option or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
+def create_reward(reward: Any, **options: Any) -> Reward:
+    """Build a reward from a name, import path, entry point, class, instance or plain function.
+
+    ``options`` go to the reward's constructor, except ``nan_policy`` and ``batch_size``, which every
+    reward takes (see :meth:`Reward.configure`). Unknown names raise ``KeyError`` listing the available ones.
+    """
+    common = {k: options.pop(k) for k in COMMON_OPTIONS if k in options}
+    obj = resolve_reward(reward)
+    label = reward if isinstance(reward, str) else repr(obj)
+    if isinstance(obj, Reward):
+        if options:
+            raise TypeError(f"reward {label} is already built; options {sorted(options)} cannot be applied")
+        built = obj
+    elif isinstance(obj, type) and issubclass(obj, Reward):
+        built = obj(**options)
+    elif isinstance(obj, type):
+        raise TypeError(
+            f"reward {label} is a class but not a rewards.Reward subclass; subclass Reward or "
+            "pass a function f(images, prompts) -> scores"
+        )
+    elif callable(obj):
+        if obj in _REGISTRY.values():  # a registered factory function
+            built = obj(**options)
+            if not isinstance(built, Reward):
+                raise TypeError(f"reward factory {label} returned {type(built).__name__}, not a Reward")
+        else:
+            if isinstance(reward, str) and "name" not in options:
+                options["name"] = reward
+            built = FunctionReward(obj, **options)
+    else:
+        raise TypeError(
+            f"cannot make a reward from {label} ({type(obj).__name__}); pass a registered name, "
+            "an import path 'pkg.mod:obj', a Reward, or a function f(images, prompts)"
+        )
+    return built.configure(**common)

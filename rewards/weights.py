@@ -1,0 +1,218 @@
+"""Finding and loading reward weights from local files only.
+
+Every built-in reward resolves its files here, in this order: an explicit path the user passed, then
+``weights_dir`` (a plain folder, or a Hugging Face hub cache folder, looked up offline). Nothing is
+downloaded. When a file is missing the error lists every path that was tried and says what to put there.
+
+Checkpoints are read with safetensors or ``torch.load(weights_only=True)`` and loaded strictly:
+missing or unexpected keys and wrong shapes raise :class:`CheckpointError` naming the file and keys.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """A weights/config/tokenizer file or folder the reward needs is not on disk."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint does not match the architecture (keys or shapes), or cannot be read safely."""
+
+
+def _hf_cached_file(weights_dir: Path, repo_id: str, filename: str) -> Path | None:
+    """Offline lookup of ``filename`` of ``repo_id`` in a Hugging Face hub cache folder."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, filename, cache_dir=str(weights_dir))
+    return Path(found) if isinstance(found, str) else None
+
+
+def _hf_cached_dir(weights_dir: Path, repo_id: str) -> Path | None:
+    """Offline lookup of the newest snapshot folder of ``repo_id`` in a Hugging Face hub cache folder."""
+    repo_dir = weights_dir / ("models--" + repo_id.replace("/", "--"))
+    ref = repo_dir / "refs" / "main"
+    if ref.is_file():
+        snap = repo_dir / "snapshots" / ref.read_text().strip()
+        if snap.is_dir():
+            return snap
+    snaps = sorted((repo_dir / "snapshots").glob("*")) if (repo_dir / "snapshots").is_dir() else []
+    return snaps[-1] if snaps else None
+
+
+def find_file(
+    what: str,
+    *,
+    explicit: str | os.PathLike | None,
+    weights_dir: str | os.PathLike | None,
+    names: Sequence[str],
+    hf: Sequence[tuple[str, str]] = (),
+    hint: str,
+    option: str,
+) -> Path:
+    """Return the path of a weights/config file.
+
+    ``names`` are paths relative to ``weights_dir``; ``hf`` are ``(repo_id, filename)`` pairs looked up
+    offline when ``weights_dir`` is a hub cache. ``option`` is the constructor argument that takes an
+    explicit path; ``hint`` says where the file comes from. Raises :class:`WeightsNotFoundError`.
+    """
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if p.is_file():
+            return p
+        raise WeightsNotFoundError(
+            f"{what}: {option}={str(explicit)!r} is not a file. Put the {what} there ({hint})."
+        )
+    if weights_dir is None:
+        raise WeightsNotFoundError(
+            f"{what}: no file given. Pass {option}=<path> or weights_dir=<folder> containing "
+            f"{' or '.join(names)} ({hint})."
+        )
+    root = Path(weights_dir).expanduser()
+    if not root.is_dir():
+        raise WeightsNotFoundError(f"{what}: weights_dir={str(weights_dir)!r} is not a folder.")
+    tried = []
+    for name in names:
+        p = root / name
+        tried.append(str(p))
+        if p.is_file():
+            return p
+    for repo_id, filename in hf:
+        tried.append(f"{root}/models--{repo_id.replace('/', '--')}/snapshots/*/{filename} (hub cache)")
+        p = _hf_cached_file(root, repo_id, filename)
+        if p is not None:
+            return p
+    raise WeightsNotFoundError(
+        f"{what} not found. Looked for:\n  "
+        + "\n  ".join(tried)
+        + f"\nPut the file at the first path ({hint}), "
+        f"or pass {option}=<path>."
+    )
+
+
+def find_dir(
+    what: str,
+    *,
+    explicit: str | os.PathLike | None,
+    weights_dir: str | os.PathLike | None,
+    names: Sequence[str],
+    must_contain: Sequence[str],
+    hf_repo: str | None = None,
+    hint: str,
+    option: str,
+) -> Path:
+    """Return a folder (Hugging Face model/tokenizer folder) holding at least one of ``must_contain``."""
+
+    def ok(p: Path) -> bool:
+        return p.is_dir() and any((p / f).is_file() for f in must_contain)
+
+    need = f"a folder with {' or '.join(must_contain)}"
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if ok(p):
+            return p
+        raise WeightsNotFoundError(f"{what}: {option}={str(explicit)!r} is not {need} ({hint}).")
+    if weights_dir is None:
+        raise WeightsNotFoundError(
+            f"{what}: no folder given. Pass {option}=<folder> or weights_dir=<folder> containing "
+            f"{' or '.join(names)}/ ({need}; {hint})."
+        )
+    root = Path(weights_dir).expanduser()
+    if not root.is_dir():
+        raise WeightsNotFoundError(f"{what}: weights_dir={str(weights_dir)!r} is not a folder.")
+    tried = []
+    for name in names:
+        p = root / name
+        tried.append(str(p))
+        if ok(p):
+            return p
+    if hf_repo is not None:
+        tried.append(f"{root}/models--{hf_repo.replace('/', '--')}/snapshots/* (hub cache)")
+        p = _hf_cached_dir(root, hf_repo)
+        if p is not None and ok(p):
+            return p
+    raise WeightsNotFoundError(
+        f"{what} not found. Looked for {need} at:\n  "
+        + "\n  ".join(tried)
+        + f"\nPut it at the first path ({hint}), or pass {option}=<folder>."
+    )
+
+
+def read_state_dict(path: str | os.PathLike, *, nested_key: str | None = None) -> dict[str, Tensor]:
+    """Read a flat ``{name: tensor}`` dict from a .safetensors file or a torch file (weights_only=True).
+
+    ``nested_key``: the checkpoint stores the weights under this key (e.g. ``'state_dict'``); used when
+    present. A leading ``'module.'`` (DataParallel) on every key is stripped.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        obj: object = load_file(str(path), device="cpu")
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # torch raises several types for unsafe or corrupt pickles
+            raise CheckpointError(
+                f"cannot read {path} with torch.load(weights_only=True): {e}\n"
+                "Only plain tensor checkpoints are accepted (not TorchScript archives or pickled objects); "
+                "re-save the weights with torch.save(model.state_dict(), path) or safetensors."
+            ) from e
+    if nested_key is not None and isinstance(obj, Mapping) and nested_key in obj:
+        obj = obj[nested_key]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        kind = type(obj).__name__
+        keys = list(obj)[:10] if isinstance(obj, Mapping) else []
+        raise CheckpointError(
+            f"{path} does not hold a flat state dict of tensors (got {kind} with keys {keys})"
+        )
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    return sd
+
+
+def _fmt(keys: Iterable[str], limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
+def load_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    source: str | os.PathLike,
+    *,
+    assign: bool = False,
+) -> None:
+    """Load ``state_dict`` into ``module``; any missing/unexpected key or shape mismatch raises
+    :class:`CheckpointError` naming ``source`` (the file) and the keys. ``assign=True`` adopts the
+    checkpoint tensors (for modules built on the meta device)."""
+    expected = module.state_dict()
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    wrong = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint {source} does not match {type(module).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
+        if wrong:
+            lines.append(f"  wrong shapes ({len(wrong)}): " + "; ".join(wrong[:10]))
+        lines.append(
+            "Check that the file is the right checkpoint for this reward and that the architecture "
+            "options (model name / config) match it."
+        )
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(dict(state_dict), strict=True, assign=assign)

@@ -1,0 +1,96 @@
+"""Potentials, weight normalisation and multinomial resampling (numpy only).
+
+A potential scores a candidate from its current reward r_t and the rewards seen earlier along its lineage
+(TTS-VAR, arXiv 2507.18537, Sec. 3.3):
+
+    value: exp(lam * r_t)
+    diff:  exp(lam * (r_t - r_prev))        r_prev = the most recent past reward
+    max:   exp(lam * max(r_t, past...))
+    sum:   exp(lam * (r_t + sum(past)))
+
+With no past rewards (the first reward scale) all four reduce to value, as in the official code's
+`cur_idx == 0` branch. We work with log-potentials `lam * x` and normalise in log space, so large rewards
+cannot overflow `exp`.
+
+Weight policy (one place, used by every resampling strategy):
+  * NaN (a NaN reward, or NaN from inf - inf) -> weight 0;
+  * any +inf log-weight -> those rows share all the mass equally;
+  * otherwise weights are exp(logw - max finite logw); -inf -> 0;
+  * no row with positive weight (all NaN / -inf) -> uniform over all rows.
+The official code instead sets every non-NaN row to 1 as soon as one NaN appears; we keep the potentials.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+POTENTIALS = ("value", "diff", "max", "sum")
+
+
+def check_potential(potential: str, lam: float) -> tuple[str, float]:
+    """Validate the `potential` and `lam` options; errors name the option."""
+    if potential not in POTENTIALS:
+        raise ValueError(f"potential: {potential!r} is not one of {list(POTENTIALS)}")
+    if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
+        raise ValueError(f"lam: expected a number, got {lam!r}")
+    if not math.isfinite(lam) or lam < 0:
+        raise ValueError(f"lam: {lam!r} must be finite and >= 0 (0 gives uniform resampling)")
+    return potential, float(lam)
+
+
+def potential_argument(rewards: np.ndarray, past: np.ndarray, potential: str) -> np.ndarray:
+    """x such that the potential is exp(lam * x). `rewards` [n], `past` [n, t] (t may be 0); float64 [n]."""
+    r = np.asarray(rewards, dtype=np.float64)
+    past = np.asarray(past, dtype=np.float64)
+    if past.ndim != 2 or past.shape[0] != r.shape[0]:
+        raise ValueError(f"past rewards have shape {past.shape}, expected ({r.shape[0]}, t)")
+    if past.shape[1] == 0 or potential == "value":
+        return r
+    if potential == "diff":
+        return r - past[:, -1]
+    if potential == "max":
+        return np.maximum(r, past.max(axis=1))  # np.maximum propagates NaN, so NaN history -> weight 0
+    if potential == "sum":
+        return r + past.sum(axis=1)
+    raise ValueError(f"potential: {potential!r} is not one of {list(POTENTIALS)}")
+
+
+def log_potential(rewards: np.ndarray, past: np.ndarray, potential: str, lam: float) -> np.ndarray:
+    """lam * x per row (float64 [n]); NaN stays NaN. lam = 0 gives 0 for every non-NaN row (not 0*inf=NaN)."""
+    x = potential_argument(rewards, past, potential)
+    if lam == 0:
+        return np.where(np.isnan(x), np.nan, 0.0)
+    return lam * x
+
+
+def normalize_log_weights(log_weights: np.ndarray) -> np.ndarray:
+    """Probabilities (float64 [n], summing to 1) from log-weights, by the policy in the module docstring."""
+    lw = np.asarray(log_weights, dtype=np.float64)
+    n = lw.shape[0]
+    if n == 0:
+        raise ValueError("normalize_log_weights: no rows")
+    pos_inf = np.isposinf(lw)
+    if pos_inf.any():
+        return pos_inf / pos_inf.sum()
+    finite = np.isfinite(lw)
+    if not finite.any():
+        return np.full(n, 1.0 / n)
+    w = np.zeros(n)
+    w[finite] = np.exp(lw[finite] - lw[finite].max())
+    return w / w.sum()
+
+
+def effective_sample_size(probs: np.ndarray) -> float:
+    """ESS = 1 / sum(p^2) of normalised weights: n for uniform weights, 1 when one row has all the mass."""
+    p = np.asarray(probs, dtype=np.float64)
+    return float(1.0 / np.sum(p * p))
+
+
+def multinomial_resample(probs: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw `m` parent positions with replacement, P(i) = probs[i]; returned sorted (int64 [m]) so
+    siblings are adjacent; the order carries no information."""
+    p = np.asarray(probs, dtype=np.float64)
+    idx = rng.choice(p.shape[0], size=m, replace=True, p=p)
+    return np.sort(idx).astype(np.int64)

@@ -1,0 +1,28 @@
+"""Small, weight-free reward and feature extractor for engine tests (plugged in by name / import path)."""
+
+import torch
+
+from search.features import FeatureExtractor, list_features, register_features
+
+
+def redness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """Mean red minus mean green/blue: a real, cheap reward."""
+    return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
+
+
+def failing_on_squares(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    if any("square" in p for p in prompts):
+        raise RuntimeError("this reward refuses squares")
+    return redness(images, prompts)
+
+
+if "test-pixels" not in list_features():
+    @register_features("test-pixels")
+    class PixelFeatures(FeatureExtractor):
+        def __init__(self, size: int = 8, device: str = "cpu"):
+            super().__init__(device, "float32", 64)
+            self.size = size
+            self.dim = 3 * size * size
+
+        def features(self, images: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.interpolate(images, size=(self.size, self.size), mode="area").flatten(1)

@@ -1,0 +1,188 @@
+"""The local engine on the embedded shapes-tiny model: outputs, traces, packing, resume, failures, config."""
+
+import json
+import os
+from pathlib import Path
+
+import helpers_components  # noqa: F401 - registers the test-pixels features
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ttsvar.config import ConfigError, load_config
+from ttsvar.jobs import run_job
+from ttsvar.output import atomic_write_bytes
+
+PROMPTS = ["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle",
+           "a photo of a circle left of a square", "a photo of a green square and a red circle"]
+COMMON = ["reward.name=helpers_components:redness", "search.features=test-pixels", "runtime.quiet=true"]
+
+
+def job(tmp_path, *extra, prompts=PROMPTS, name="out"):
+    pfile = tmp_path / "prompts.txt"
+    pfile.write_text("\n".join(prompts) + "\n")
+    return load_config(None, [f"prompts={pfile}", f"output.dir={tmp_path / name}", *COMMON, *extra])
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.strip()]
+
+
+@pytest.fixture(scope="module")
+def tts_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tts")
+    j = job(tmp, "search.strategy=tts-var", "search.n=2", "runtime.prompts_per_unit=2", "output.save_candidates=true")
+    return j, run_job(j), Path(j.output.dir)
+
+
+def test_manifest_images_and_traces(tts_run):
+    j, summary, out = tts_run
+    recs = manifest(out)
+    assert summary["prompts_ok"] == len(PROMPTS) == len(recs) and summary["prompts_failed"] == 0
+    assert sorted(r["index"] for r in recs) == list(range(len(PROMPTS)))
+    for r in recs:
+        for key in ("index", "prompt", "seed", "image", "reward", "compute", "trace", "strategy"):
+            assert key in r
+        assert r["prompt"] == PROMPTS[r["index"]]
+        img = np.array(Image.open(out / r["image"]))
+        assert img.shape == (32, 32, 3)
+        trace = json.loads((out / r["trace"]).read_text())
+        final = trace["decisions"][-1]
+        assert final["picked_row"] == r["row_id"]
+        rewards = [row["reward"] for row in final["rows"]]
+        assert r["reward"] == pytest.approx(max(rewards))
+        # the saved image scores (up to PNG rounding) what the manifest says
+        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
+        assert float(helpers_components.redness(x, [r["prompt"]])) == pytest.approx(r["reward"], abs=2e-3)
+        assert len(r["candidates"]) == 2
+
+
+def test_traces_follow_the_batch_schedule(tts_run):
+    from search.registry import build_strategy
+
+    j, _, out = tts_run
+    plan = build_strategy(j.search).plan(6, 2)
+    trace = json.loads((out / "traces" / "0.json").read_text())
+    scales = [d["scale"] for d in trace["decisions"]]
+    assert scales == [*plan.decision_scales, 5]
+    for d in trace["decisions"]:
+        assert len(d["rows"]) == plan.batch_sizes[d["scale"]]
+        if d["scale"] != 5:
+            assert sum(row["children"] for row in d["rows"]) == plan.batch_sizes[d["scale"] + 1]
+    # every row's parent was alive at the previous decision
+    for prev, cur in zip(trace["decisions"], trace["decisions"][1:]):
+        alive = {row["row_id"] for row in prev["rows"] if row["kept"]}
+        assert {row["parent"] for row in cur["rows"]} <= alive
+
+
+def test_compute_accounting(tts_run):
+    from search.registry import build_strategy
+
+    j, summary, out = tts_run
+    plan = build_strategy(j.search).plan(6, 2)
+    tokens = [1, 4, 9, 16, 36, 64]
+    expected = sum(b * t for b, t in zip(plan.batch_sizes, tokens)) * 2  # CFG doubles the rows
+    for r in manifest(out):
+        assert r["compute"]["token_forwards"] == expected
+        assert 0 < r["compute"]["preview_decodes"] <= sum(plan.batch_sizes[k] for k in plan.decision_scales)
+    assert summary["compute"]["token_forwards"] == expected * len(PROMPTS)
+
+
+def test_results_do_not_depend_on_packing(tmp_path, tts_run):
+    _, _, out_a = tts_run
+    j = job(tmp_path, "search.strategy=tts-var", "search.n=2", "runtime.prompts_per_unit=1",
+            "runtime.max_rows_per_forward=5")
+    run_job(j)
+    a, b = manifest(out_a), manifest(Path(j.output.dir))
+    for ra, rb in zip(sorted(a, key=lambda r: r["index"]), sorted(b, key=lambda r: r["index"])):
+        assert ra["row_id"] == rb["row_id"] and ra["seed"] == rb["seed"]
+        assert ra["reward"] == pytest.approx(rb["reward"], abs=1e-5)
+        ia = np.asarray(Image.open(out_a / ra["image"]), dtype=int)
+        ib = np.asarray(Image.open(Path(j.output.dir) / rb["image"]), dtype=int)
+        assert np.abs(ia - ib).max() <= 1
+
+
+@pytest.mark.parametrize("strategy", ["random", "best-of-n", "beam", "fk", "importance", "cluster-only",
+                                      "resample-only"])
+def test_every_strategy_runs_end_to_end(tmp_path, strategy):
+    j = job(tmp_path, f"search.strategy={strategy}", "search.n=2", prompts=PROMPTS[:2])
+    s = run_job(j)
+    assert s["prompts_ok"] == 2
+
+
+def test_resume_skips_finished_prompts(tmp_path):
+    j = job(tmp_path, "search.strategy=best-of-n", "search.n=2", "limit=2")
+    assert run_job(j)["prompts_ok"] == 2
+    j2 = job(tmp_path, "search.strategy=best-of-n", "search.n=2")
+    s = run_job(j2)
+    assert s["prompts_ok"] == 3 and s["skipped_done"] == 2
+    recs = manifest(Path(j2.output.dir))
+    assert sorted(r["index"] for r in recs) == list(range(5))  # each prompt exactly once
+
+
+def test_a_torn_manifest_line_is_redone(tmp_path):
+    j = job(tmp_path, "search.strategy=random", "limit=2")
+    run_job(j)
+    mf = Path(j.output.dir) / "manifest.jsonl"
+    lines = mf.read_text().splitlines()
+    mf.write_text(lines[0] + "\n" + lines[1][:20])  # killed mid-append
+    s = run_job(j)
+    assert s["prompts_ok"] == 1 and s["skipped_done"] == 1
+
+
+def test_failing_unit_is_recorded_and_the_job_goes_on(tmp_path):
+    j = job(tmp_path, "search.strategy=best-of-n", "search.n=2", "reward.name=helpers_components:failing_on_squares",
+            "runtime.prompts_per_unit=1", "runtime.retries=1")
+    s = run_job(j)
+    recs = {r["index"]: r for r in manifest(Path(j.output.dir))}
+    failed = {i for i, r in recs.items() if r["status"] == "failed"}
+    assert failed == {1, 3, 4} and s["prompts_failed"] == 3 and s["prompts_ok"] == 2
+    assert "refuses squares" in recs[1]["error"]
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+    target = tmp_path / "x.bin"
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_bytes(target, b"abc")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------- config validation
+
+
+@pytest.mark.parametrize("override, message", [
+    ("search.strategy=nope", "nope"),
+    ("search.n=0", "search.n"),
+    ("search.lam=inf", "search.lam"),
+    ("search.batch_schedule=[1,2,2,2,2,2]", "batch_schedule"),
+    ("search.batch_schedule=[8,8,6]", "batch_schedule"),
+    ("search.cluster_scales=[9]", "cluster_scales"),
+    ("model.name=nope", "model.name"),
+    ("runtime.kind=slurm", "runtime.kind"),
+    ("runtime.max_rows_per_forward=0", "runtime.max_rows_per_forward"),
+    ("sampling.tau=0", "sampling.tau"),
+    ("nonsense.key=1", "nonsense"),
+])
+def test_config_errors_name_the_field(tmp_path, override, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        j = job(tmp_path, override)
+        run_job(j)
+
+
+def test_unknown_reward_lists_the_available_ones(tmp_path):
+    with pytest.raises((KeyError, ValueError), match="clip-score"):
+        run_job(job(tmp_path, "reward.name=no-such-reward"))
+
+
+def test_yaml_and_cli_overrides_compose(tmp_path):
+    y = tmp_path / "job.yaml"
+    y.write_text("search:\n  strategy: beam\n  n: 3\nseed: 5\n")
+    j = load_config(y, ["search.n=4", "runtime.quiet=true"])
+    assert (j.search.strategy, j.search.n, j.seed, j.runtime.quiet) == ("beam", 4, 5, True)
+    assert type(j.search).__name__ == "SearchConfig"  # plain dataclasses, not DictConfig
