@@ -233,4 +233,10 @@ def reward_files(name: str, d: Path, *, full: bool = False, dtype: torch.dtype =
             {"name": "aesthetic", "weight": 0.5, "options": aes},
         ]
         return {"members": members, "weights_dir": str(d)}
+    if name == "shapes-clip":
+        from ttsvar.testbed.clip import build_shapes_clip, save_shapes_clip
+
+        torch.manual_seed(7)
+        save_shapes_clip(build_shapes_clip(), d / "shapes_clip", {})
+        return {"weights": str(d / "shapes_clip.safetensors")}
     raise KeyError(f"no test files for reward {name!r}")

@@ -1,0 +1,72 @@
+"""SearchConfig validation and the strategy registry: every bad input names what is wrong."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from search import SearchConfig, build_strategy, create_strategy, list_strategies
+from search.base import SearchPlan
+
+CLI_NAMES = {"tts-var", "best-of-n", "random", "importance", "beam", "fk", "cluster-only", "resample-only"}
+
+
+def test_registry_has_every_cli_name():
+    assert CLI_NAMES <= set(list_strategies())
+
+
+def test_unknown_names_and_options_list_the_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown search strategy 'bon'; available: \['beam'"):
+        create_strategy("bon")
+    with pytest.raises(ValueError, match=r"no option\(s\) \['lambda'\]; its options are .*'lam'"):
+        create_strategy("tts-var", **{"lambda": 3.0})
+
+
+def test_default_config_gives_the_paper_plan():
+    plan = SearchConfig().validate(13)
+    assert plan.batch_sizes == (8, 8, 8, 6, 6, 6, 4, 2, 2, 2, 1, 1, 1)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(batch_schedule=[8, 8, 6]), "batch_schedule: has 3 entries but the model has 13 scales"),
+    (dict(batch_schedule=[8, 8, 6, 6, 6, 4, 2, 4, 2, 1, 1, 1, 1]), "batch_schedule: increases from 2 to 4"),
+    (dict(batch_schedule=[8, 8, 6, 6, 6, 4, 2, 2, 2, 0, 0, 0, 0]), r"batch_schedule\[9\] = 0"),
+    (dict(cluster_scales=[2, 12]), "cluster_scales: scale 12 is out of range"),
+    (dict(resample_scales=[6, 6]), "resample_scales: .* lists a scale twice"),
+    (dict(cluster_scales=[2, 6]), r"both contain \[6\]"),
+    (dict(lam=float("nan")), "search.lam = nan: must be a finite number"),
+    (dict(lam=-2.0), "lam: -2.0 must be finite and >= 0"),
+    (dict(potential="exp"), "potential: 'exp' is not one of"),
+    (dict(n=0), "search.n = 0: must be an integer >= 1"),
+    (dict(strategy="bon"), "unknown search strategy 'bon'"),
+    (dict(beam_width=2), r"beam_width = 2 has no effect for strategy 'tts-var' \(used by: \['beam'\]\)"),
+    (dict(strategy="fk", ess_threshold=1.5), r"ess_threshold: 1.5 must be in \(0, 1\]"),
+    (dict(strategy="fk", fk_pick="max"), "fk_pick: 'max' is not one of"),
+    (dict(strategy="beam", n=2, beam_width=3), "beam_width: 3 is larger than the batch n = 2"),
+    (dict(strategy="importance", resample_scales=[-1]), "resample_scales: scale -1 is out of range"),
+])
+def test_validate_names_the_bad_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        SearchConfig(**changes).validate(13)
+
+
+def test_build_strategy_passes_only_the_fields_the_strategy_uses():
+    cfg = SearchConfig(strategy="fk", n=4, resample_scales=[3, 5], potential="diff", lam=2.0,
+                       ess_threshold=0.3)
+    strategy = build_strategy(cfg)
+    assert (strategy.potential, strategy.lam, strategy.ess_threshold) == ("diff", 2.0, 0.3)
+    plan = cfg.validate(10)
+    assert isinstance(plan, SearchPlan) and plan.batch_sizes == (4,) * 10 and plan.decision_scales == (3, 5)
+    # batch_schedule[k] = rows kept after scale k; read only at decision scales
+    cfg = SearchConfig(strategy="cluster-only", batch_schedule=[4, 2, 2, 2, 1, 1], cluster_scales=[1, 4])
+    assert cfg.validate(6).batch_sizes == (4, 4, 2, 2, 2, 1)
+
+
+def test_strategies_do_not_import_torch():
+    code = ("import sys, numpy as np; from search import create_strategy, Observation; "
+            "s = create_strategy('tts-var'); p = s.plan(13, 1); st = s.init_group(0, 0); "
+            "s.decide(st, Observation(2, 13, np.arange(8), None, np.eye(8, 4, dtype='f4'))); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
