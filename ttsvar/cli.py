@@ -175,7 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    # key=value overrides may follow options (`generate "p" --n 4 search.lam=5`): argparse leaves them over
+    if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+        ns.overrides = list(ns.overrides) + extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return ns.fn(ns)
     except (ValueError, FileNotFoundError) as e:

@@ -1,0 +1,70 @@
+"""CLI smoke tests (in-process `ttsvar.cli.main`, plus the installed console script once)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import helpers_components  # noqa: F401 - registers test-pixels
+from ttsvar.cli import build_parser, main
+
+GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "geneval" / "evaluation_metadata.jsonl"
+FAST = ["reward.name=helpers_components:redness", "search.features=test-pixels", "runtime.quiet=true"]
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    out = capsys.readouterr().out
+    for cmd in ("info", "run", "generate", "demo", "evaluate", "config", "train-testbed"):
+        assert cmd in out
+
+
+def test_info(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "torch" in out and "cuda" in out and "faiss" in out and "ray" in out and "shapes-tiny" in out
+
+
+def test_run_from_the_command_line_alone(tmp_path, capsys):
+    p = GENEVAL
+    if not p.exists():
+        pytest.skip(f"GenEval metadata not found at {p}")
+    out = tmp_path / "out"
+    rc = main(["run", f"prompts={p}", "limit=2", "search.strategy=best-of-n", "search.n=2", f"output.dir={out}", *FAST])
+    assert rc == 0
+    recs = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [r["index"] for r in recs] == [0, 1] and all("metadata" in r for r in recs)
+    assert "manifest" in capsys.readouterr().out
+
+
+def test_generate_and_evaluate(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["generate", "a photo of a red circle", "--n", "2", "--strategy", "best-of-n", "--out", str(out),
+                 *FAST]) == 0
+    assert "image:" in capsys.readouterr().out
+    assert main(["evaluate", str(out)]) == 0
+    summary = json.loads((out / "geneval_summary.json").read_text())
+    assert summary["n_images"] == 1 and 0.0 <= summary["overall"] <= 1.0
+
+
+def test_config_prints_resolved_yaml(tmp_path, capsys):
+    assert main(["config", "search.n=3", "seed=9"]) == 0
+    out = capsys.readouterr().out
+    assert "'n': 3" in out and "seed: 9" in out
+
+
+def test_bad_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["run", f"prompts={tmp_path / 'missing.txt'}", *FAST]) == 2
+    assert "prompts file not found" in capsys.readouterr().err
+    assert main(["run", "search.strategy=nope", f"prompts={tmp_path}"]) == 2
+
+
+def test_console_script_is_installed(tmp_path):
+    exe = Path(sys.executable).parent / "ttsvar"
+    if not exe.exists():
+        pytest.skip("console script not installed (package not installed with pip)")
+    r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and "generate" in r.stdout
