@@ -104,8 +104,8 @@ def overhead(a) -> None:
             state = gen.select(state, idx)
     gen.finish(state)
     bare = time.perf_counter() - t0
-    print("| prompts | N | job wall s | reward+feature s | preview decode s | job - reward/features s | bare generator s "
-          "| overhead (incl. decodes) | overhead (excl. decodes) |")
+    print("| prompts | N | job wall s | reward+feature s | preview decode s | job - reward/features s "
+          "| bare generator s | overhead (incl. decodes) | overhead (excl. decodes) |")
     print("|---|---|---|---|---|---|---|---|---|")
     dec = c["time_decode"]
     print(f"| {len(items)} | {a.n} | {s['wall_time_s']:.2f} | {c['time_reward'] + c['time_features']:.2f} | "

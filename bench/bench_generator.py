@@ -21,7 +21,7 @@ from ttsvar.generator import Rows, SamplingConfig
 from ttsvar.models.infinity.generator import InfinityGenerator
 from ttsvar.models.infinity.model import Infinity, InfinityConfig
 from ttsvar.models.infinity.schedules import scale_schedule
-from ttsvar.models.infinity.vae import TINY_SCALE_SCHEDULE, BSQVAE, BSQVAEConfig
+from ttsvar.models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ttsvar.text import TextEncoder
 
 
@@ -40,8 +40,9 @@ class RandomText(TextEncoder):
 def build(model: str, device, dtype, pixels: str) -> InfinityGenerator:
     torch.manual_seed(0)
     if model == "tiny":
-        icfg, vcfg, sched = InfinityConfig.tiny(codebook_dim=8, depth=6, embed_dim=192, num_heads=6, text_channels=64,
-                                                pool_head_dim=32), BSQVAEConfig.tiny(codebook_dim=8), TINY_SCALE_SCHEDULE
+        icfg = InfinityConfig.tiny(codebook_dim=8, depth=6, embed_dim=192, num_heads=6, text_channels=64,
+                                   pool_head_dim=32)
+        vcfg, sched = BSQVAEConfig.tiny(codebook_dim=8), TINY_SCALE_SCHEDULE
     else:
         icfg = InfinityConfig.infinity_2b() if model == "2b" else InfinityConfig.infinity_8b()
         vcfg = BSQVAEConfig.infinity_d32() if model == "2b" else BSQVAEConfig.infinity_d14_patchify()
@@ -101,7 +102,8 @@ def main() -> None:
     name = torch.cuda.get_device_name() if a.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     print(f"model {a.model} ({sum(x.numel() for x in gen.model.parameters()) / 1e6:.1f}M params), {name}, {dtype}, "
           f"scales {gen.scale_schedule[-1]} x{gen.num_scales}, CFG on")
-    print("| rows | tokens/s | s per image batch | select / step (scale %d) | KV cache MB per row |" % (gen.num_scales // 2))
+    mid = gen.num_scales // 2
+    print(f"| rows | tokens/s | s per image batch | select / step (scale {mid}) | KV cache MB per row (cond+uncond) |")
     print("|---|---|---|---|---|")
     for B in a.batch:
         r = run(gen, B, a.device)

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import helpers_components  # noqa: F401 - registers test-pixels
 import pytest
 
-import helpers_components  # noqa: F401 - registers test-pixels
 from ttsvar.cli import build_parser, main
 
 GENEVAL = Path(__file__).resolve().parents[2] / "shared" / "geneval" / "evaluation_metadata.jsonl"
