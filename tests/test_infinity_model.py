@@ -157,3 +157,18 @@ def test_unreadable_or_pickled_objects_are_refused(tmp_path):
     torch.save({"a": object()}, path)
     with pytest.raises(CheckpointError, match="tensors-only"):
         read_state_dict(path)
+
+
+@pytest.mark.gpu
+def test_bfloat16_on_cuda_matches_float32_on_cpu():
+    model = _randomise(Infinity(InfinityConfig.tiny(depth=3, block_chunks=3))).eval()
+    text, mask = _text()
+    x = torch.randn(3, sum(h * w for h, w in SCHED) - 1, model.config.d_vae)
+    with torch.no_grad():
+        ref = model(text, mask, x, SCHED)
+        gpu = model.cuda().cast_blocks(torch.bfloat16)
+        out = gpu(text.cuda(), mask.cuda(), x.cuda(), SCHED).cpu()
+    assert out.dtype == torch.float32
+    # bfloat16 keeps ~3 significant digits; the logits agree to a few percent of their scale
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert torch.corrcoef(torch.stack([out.flatten(), ref.flatten()]))[0, 1] > 0.999
