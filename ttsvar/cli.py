@@ -4,15 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
-
-DEMO_PROMPTS = [
-    "a photo of a red circle",
-    "a photo of two blue squares",
-    "a photo of a circle left of a triangle",
-    "a photo of a yellow triangle and a purple square",
-]
 
 
 def _split_job_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -94,19 +88,26 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .jobs import run_job
+    from .testbed import world
     from .testbed.model import weights_available
 
     out = Path(ns.out)
+    for old in ("manifest.jsonl", "summary.json", "images", "traces", "candidates"):  # a demo starts afresh
+        path = out / old
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    prompts = out / "prompts.txt"
-    prompts.write_text("\n".join(DEMO_PROMPTS) + "\n", encoding="utf-8")
+    prompts = out / "prompts.jsonl"  # one GenEval-format prompt per tag, so the result can be judged exactly
+    metadata = world.eval_prompts(1, seed=ns.seed, split="train")
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in metadata), encoding="utf-8")
     model = "shapes-tiny" if weights_available() else "infinity-tiny-random"
     if model != "shapes-tiny":
         print("NOTE: the embedded shapes-tiny weights are not available; running a tiny Infinity with RANDOM "
               "weights (images are noise-like).")
     job = load_config(None, ns.overrides, prompts=str(prompts), model={"name": model},
                       search={"strategy": "tts-var", "n": 2}, output={"dir": str(out), "save_candidates": True})
-    print(f"ttsvar demo: TTS-VAR (n=2) with {model} on {len(DEMO_PROMPTS)} prompts, CPU")
+    print(f"ttsvar demo: TTS-VAR (n=2) with {model} on {len(metadata)} GenEval-style prompts:")
+    for m in metadata:
+        print(f"  [{m['tag']}] {m['prompt']}")
     summary = run_job(job)
     print(f"images:   {out / 'images'}\nmanifest: {out / 'manifest.jsonl'}\ntraces:   {out / 'traces'}")
     _print_summary(summary)
@@ -114,7 +115,10 @@ def cmd_demo(ns: argparse.Namespace) -> int:
         from .testbed.evaluate import evaluate_output_dir
 
         res = evaluate_output_dir(out)
-        print(f"exact GenEval-style evaluation of the demo images: {json.dumps(res['summary'])}")
+        s = res["summary"]
+        tags = ", ".join(f"{t} {v['correct']}/{v['total']}" for t, v in s["per_tag"].items())
+        print(f"exact GenEval-style evaluation of the best images: overall {s['overall']:.2f} ({tags})")
+        print(f"results: {res['results_path']}")
     return 0
 
 
@@ -160,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_generate)
     s = sub.add_parser("demo", help="TTS-VAR on the embedded default model for a handful of prompts")
     s.add_argument("--out", default="outputs/demo")
+    s.add_argument("--seed", type=int, default=0)
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("evaluate", help="GenEval-style exact evaluation of a job's output dir (shapes testbed)")
