@@ -58,6 +58,11 @@ def _rope_cos_sin_cpu(
     Half of each head's rotary pairs rotate with the row index, half with the column index; a grid
     (ph, pw) samples the ref grid at round(i * ref_h / ph), round(j * ref_w / pw) ('star' RoPE).
     """
+    with torch.inference_mode(False):  # cached tables must stay usable by autograd (training) too
+        return _rope_tables(head_dim, schedule, ref, base)
+
+
+def _rope_tables(head_dim, schedule, ref, base):
     quarter = head_dim // 4
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim // 2, 2, dtype=torch.int64).float() / (head_dim // 2)))
     uh, uw = ref
