@@ -48,9 +48,7 @@ def feature_structure(clip, n: int, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument(
-        "--weights", default=None, help="<name>.safetensors next to <name>.json (default: shipped)"
-    )
+    p.add_argument("--weights", default=None, help="<name>.safetensors next to <name>.json (default: shipped)")
     p.add_argument("--images-per-prompt", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
@@ -64,9 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {}
     for split in ("train", "heldout"):
         for sigma in (0.0, 0.8):
-            results[split, sigma] = evaluate_clip(
-                clip, split, args.images_per_prompt, args.seed, blur_sigma=sigma
-            )
+            results[split, sigma] = evaluate_clip(clip, split, args.images_per_prompt, args.seed, blur_sigma=sigma)
 
     cols = ("t2i_r1", "prompt_auroc", "i2t_r1", "pair_acc", "auroc", "pearson")
     print(f"\n{'split':<8} {'images':<9} {'n_img':>6} " + " ".join(f"{c:>12}" for c in cols))

@@ -72,8 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         neg = np.array([r.correct for r in ev.evaluate_batch(images, negatives)])
         decided = neg_truth >= 0
         rows[cond] = {
-            t: (pos[tags == t].mean(), (neg == (neg_truth == 1))[(tags == t) & decided].mean())
-            for t in world.TAGS
+            t: (pos[tags == t].mean(), (neg == (neg_truth == 1))[(tags == t) & decided].mean()) for t in world.TAGS
         }
         rows[cond]["all"] = (pos.mean(), (neg == (neg_truth == 1))[decided].mean())
 

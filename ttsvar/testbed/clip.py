@@ -102,9 +102,7 @@ class ShapesTokenizer:
         for i, text in enumerate(texts):
             ids = [SOT_ID] + world.tokenize(text) + [EOT_ID]
             if len(ids) > length:
-                raise ValueError(
-                    f"prompt {text!r} needs {len(ids)} tokens, more than context_length={length}"
-                )
+                raise ValueError(f"prompt {text!r} needs {len(ids)} tokens, more than context_length={length}")
             out[i, : len(ids)] = torch.tensor(ids)
         return out
 
@@ -113,9 +111,7 @@ def build_shapes_clip(config: dict | None = None, preprocess_cfg: dict | None = 
     """A randomly initialised `open_clip.CLIP` from ``config`` (default `SHAPES_CLIP_CONFIG`)."""
     cfg = copy.deepcopy(config if config is not None else SHAPES_CLIP_CONFIG)
     model = open_clip.CLIP(**cfg)
-    set_model_preprocess_cfg(
-        model, dict(preprocess_cfg if preprocess_cfg is not None else SHAPES_CLIP_PREPROCESS)
-    )
+    set_model_preprocess_cfg(model, dict(preprocess_cfg if preprocess_cfg is not None else SHAPES_CLIP_PREPROCESS))
     return model
 
 
@@ -124,9 +120,7 @@ def build_shapes_clip(config: dict | None = None, preprocess_cfg: dict | None = 
 # layout: model_cfg and preprocess_cfg, plus the tokenizer and the training record)
 
 
-def save_shapes_clip(
-    model: open_clip.CLIP, path: str | os.PathLike, record: dict | None = None
-) -> tuple[Path, Path]:
+def save_shapes_clip(model: open_clip.CLIP, path: str | os.PathLike, record: dict | None = None) -> tuple[Path, Path]:
     """Write ``<path>.safetensors`` and ``<path>.json``; ``record`` (seed, command, metrics) goes in the
     JSON."""
     path = Path(path).with_suffix("")
@@ -196,9 +190,7 @@ def _as_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:
         desc = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a tensor [B,3,H,W] with values in [0,1], got {desc}")
     if not images.is_floating_point():
-        raise ValueError(
-            f"images must be float in [0,1], got dtype {images.dtype}; divide uint8 images by 255"
-        )
+        raise ValueError(f"images must be float in [0,1], got dtype {images.dtype}; divide uint8 images by 255")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(
             f"images must be in [0,1], got values in [{images.min().item():.3g}, {images.max().item():.3g}]"
@@ -224,9 +216,7 @@ class ShapesCLIP:
         self.tokenizer = ShapesTokenizer(model.context_length)
         self.record = record or {}
         p = next(model.parameters())
-        self._mean = torch.tensor(self.preprocess_cfg["mean"], dtype=p.dtype, device=p.device).view(
-            1, 3, 1, 1
-        )
+        self._mean = torch.tensor(self.preprocess_cfg["mean"], dtype=p.dtype, device=p.device).view(1, 3, 1, 1)
         self._std = torch.tensor(self.preprocess_cfg["std"], dtype=p.dtype, device=p.device).view(1, 3, 1, 1)
 
     @property
@@ -280,9 +270,7 @@ class ShapesCLIP:
         return ((img * txt).sum(-1) * self.model.logit_scale.exp() + bias).float()
 
     @torch.inference_mode()
-    def score_matrix(
-        self, images: torch.Tensor | np.ndarray, prompts: Sequence[str], batch: int = 512
-    ) -> np.ndarray:
+    def score_matrix(self, images: torch.Tensor | np.ndarray, prompts: Sequence[str], batch: int = 512) -> np.ndarray:
         """float32 [n_images, n_prompts] log-odds of every pair (for retrieval)."""
         txt = self.encode_texts(list(prompts))
         img = torch.cat([self.encode_images(images[i : i + batch]) for i in range(0, len(images), batch)])
@@ -306,6 +294,7 @@ class TrainConfig:
     warmup: int = 100
     p_distractor: float = 0.3
     p_augment: float = 0.5  # share of each batch blurred (sigma <= 1) and noised (sigma <= 12/255)
+    balance_tags: bool = False  # weight prompts so every GenEval tag counts the same (`tag_weights`)
     log_every: int = 100
     threads: int = 0  # torch CPU threads; 0 leaves torch's setting alone
 
@@ -322,22 +311,36 @@ def _augment(x: torch.Tensor, g: torch.Generator, p: float) -> torch.Tensor:
     k1 = k1 / k1.sum()
     k2 = (k1[:, None] * k1[None, :]).expand(3, 1, 5, 5)  # [C, 1, 5, 5] depthwise kernel
     soft = F.conv2d(F.pad(x[pick], (2, 2, 2, 2), mode="replicate"), k2, groups=3)
-    soft = soft + torch.randn(soft.shape, generator=g) * (
-        torch.rand(soft.shape[0], 1, 1, 1, generator=g) * 12 / 255
-    )
+    soft = soft + torch.randn(soft.shape, generator=g) * (torch.rand(soft.shape[0], 1, 1, 1, generator=g) * 12 / 255)
     x = x.clone()
     x[pick] = soft.clamp(0, 1)
     return x
 
 
-def siglip_loss(logits: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+def siglip_loss(logits: torch.Tensor, truth: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Sigmoid loss over an [images, prompts] logit matrix; ``truth`` is 1/0, and -1 entries are ignored.
 
-    Summed over prompts and averaged over images, as SigLIP does.
+    Summed over prompts (each times its entry of ``weights`` [P], default 1) and averaged over images,
+    as SigLIP does.
     """
-    mask = truth >= 0
-    sign = truth.float() * 2 - 1
+    mask = (truth >= 0).to(logits.dtype)
+    if weights is not None:
+        mask = mask * weights
+    sign = truth.to(logits.dtype) * 2 - 1
     return -(F.logsigmoid(sign * logits) * mask).sum() / logits.shape[0]
+
+
+def tag_weights(prompts: Sequence[dict]) -> torch.Tensor:
+    """float32 [P]: 1 / (number of prompts of the same tag), scaled to mean 1.
+
+    With it every tag weighs the same in the loss, as every tag weighs the same in the GenEval score;
+    without it the 126 color_attr prompts would outweigh the 22 position prompts six to one.
+    """
+    counts: dict[str, int] = {}
+    for m in prompts:
+        counts[m["tag"]] = counts.get(m["tag"], 0) + 1
+    w = torch.tensor([1.0 / counts[m["tag"]] for m in prompts])
+    return w * len(prompts) / w.sum()
 
 
 def train_clip(
@@ -371,6 +374,7 @@ def _train(cfg: TrainConfig, model_config: dict | None, eval_images_per_prompt: 
     tok = ShapesTokenizer(model.context_length)
     prompts = world.prompts_of("train")
     text_ids = tok([m["prompt"] for m in prompts])
+    weights = tag_weights(prompts) if cfg.balance_tags else None
     mean = torch.tensor(SHAPES_CLIP_PREPROCESS["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(SHAPES_CLIP_PREPROCESS["std"]).view(1, 3, 1, 1)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
@@ -384,19 +388,20 @@ def _train(cfg: TrainConfig, model_config: dict | None, eval_images_per_prompt: 
     t0 = time.time()
     running = None
     for step in range(cfg.steps):
+        # linear warmup, then cosine decay to 10% of the peak
         lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup) * (0.55 + 0.45 * math.cos(math.pi * step / cfg.steps))
         for group in opt.param_groups:
             group["lr"] = lr
-        scenes, _ = world.make_scenes(
-            cfg.batch, seed=cfg.seed * 1_000_003 + step, p_distractor=cfg.p_distractor
-        )
+        scenes, _ = world.make_scenes(cfg.batch, seed=cfg.seed * 1_000_003 + step, p_distractor=cfg.p_distractor)
         truth = torch.from_numpy(world.prompt_truth(scenes, prompts))  # [B, P]
         x = torch.from_numpy(world.render_batch(scenes)).permute(0, 3, 1, 2).float() / 255.0  # [B, 3, 32, 32]
         x = _augment(x, g, cfg.p_augment)
         img = model.encode_image((x - mean) / std, normalize=True)  # [B, D]
         txt = model.encode_text(text_ids, normalize=True)  # [P, D]
-        logits = img @ txt.T * model.logit_scale.exp() + model.logit_bias
-        loss = siglip_loss(logits, truth)
+        logits = img @ txt.T * model.logit_scale.exp()  # [B, P]
+        if model.logit_bias is not None:
+            logits = logits + model.logit_bias
+        loss = siglip_loss(logits, truth, weights)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -411,8 +416,7 @@ def _train(cfg: TrainConfig, model_config: dict | None, eval_images_per_prompt: 
     if eval_images_per_prompt > 0:
         clip = ShapesCLIP(model)
         metrics["eval"] = {
-            split: evaluate_clip(clip, split, eval_images_per_prompt, seed=12345)
-            for split in ("train", "heldout")
+            split: evaluate_clip(clip, split, eval_images_per_prompt, seed=12345) for split in ("train", "heldout")
         }
     return model, metrics
 
@@ -511,9 +515,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=TrainConfig.steps)
     p.add_argument("--batch", type=int, default=TrainConfig.batch)
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--eval-images-per-prompt", type=int, default=4)
     args = p.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads)

@@ -81,14 +81,10 @@ class Evaluator(ABC):
         correct, reason = check_metadata(detections, metadata, self.position_threshold)
         return EvalResult(correct, reason, detections)
 
-    def evaluate_batch(
-        self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]
-    ) -> list[EvalResult]:
+    def evaluate_batch(self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]) -> list[EvalResult]:
         """One `EvalResult` per image; ``images`` is uint8 [B,H,W,3] or a list of [H,W,3]."""
         if len(images) != len(metadata):
-            raise ValueError(
-                f"got {len(images)} images but {len(metadata)} metadata objects; pass one per image"
-            )
+            raise ValueError(f"got {len(images)} images but {len(metadata)} metadata objects; pass one per image")
         return [self.evaluate(img, md) for img, md in zip(images, metadata)]
 
     def evaluate_records(
@@ -212,9 +208,7 @@ class ShapesEvaluator(Evaluator):
     classes = SHAPES
     colors = tuple(PALETTE)
 
-    def __init__(
-        self, min_area: int = 10, min_score: float = 0.05, position_threshold: float = POSITION_THRESHOLD
-    ):
+    def __init__(self, min_area: int = 10, min_score: float = 0.05, position_threshold: float = POSITION_THRESHOLD):
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
         if not 0.0 <= min_score < 1.0:
@@ -246,14 +240,10 @@ class ShapesEvaluator(Evaluator):
                 dets.append(Detection(kind, box, score, _COLOR_NAMES[c], area))
         return dets
 
-    def evaluate_batch(
-        self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]
-    ) -> list[EvalResult]:
+    def evaluate_batch(self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]) -> list[EvalResult]:
         if isinstance(images, np.ndarray) and images.ndim == 4:
             if len(images) != len(metadata):
-                raise ValueError(
-                    f"got {len(images)} images but {len(metadata)} metadata objects; pass one per image"
-                )
+                raise ValueError(f"got {len(images)} images but {len(metadata)} metadata objects; pass one per image")
             _check_image(images[0] if len(images) else np.zeros((1, 1, 3), np.uint8), "images[i]")
             labels = segment(images)  # one vectorised pass for the whole batch
             out = []

@@ -81,9 +81,7 @@ def validate_metadata(
     allowed_colors = set(GENEVAL_COLORS) if colors is None else set(colors)
     for key in ("tag", "prompt"):
         if not isinstance(metadata.get(key), str) or not metadata[key]:
-            raise MetadataError(
-                f"{where}: field '{key}' must be a non-empty string, got {metadata.get(key)!r}"
-            )
+            raise MetadataError(f"{where}: field '{key}' must be a non-empty string, got {metadata.get(key)!r}")
     include = metadata.get("include")
     if not isinstance(include, list) or not include:
         raise MetadataError(f"{where}: field 'include' must be a non-empty list of objects, got {include!r}")
@@ -102,9 +100,7 @@ def validate_metadata(
             if not isinstance(req.get("class"), str):
                 raise MetadataError(f"{at}.class' must be a string, got {req.get('class')!r}")
             if classes is not None and req["class"] not in classes:
-                raise MetadataError(
-                    f"{at}.class' is {req['class']!r}; this evaluator knows {sorted(classes)}"
-                )
+                raise MetadataError(f"{at}.class' is {req['class']!r}; this evaluator knows {sorted(classes)}")
             count = req.get("count")
             if not isinstance(count, int) or isinstance(count, bool) or count < 1:
                 raise MetadataError(f"{at}.count' must be an integer >= 1, got {count!r}")
@@ -158,9 +154,7 @@ def save_metadata(path: str | os.PathLike, metadata: Sequence[dict]) -> None:
 # rules
 
 
-def relative_position(
-    box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD
-) -> set:
+def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold: float = POSITION_THRESHOLD) -> set:
     """Relations of A with respect to B ("left of", "right of", "above", "below"), as GenEval computes them.
 
     The centre offset is shrunk on each axis by ``threshold * (size_a + size_b)``; a relation holds when the
@@ -384,9 +378,7 @@ def write_sample_folder(
     for n, img in enumerate(images):
         img = np.asarray(img)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(
-                f"image {n} for prompt {index} must be uint8 [H,W,3], got {img.dtype} {img.shape}"
-            )
+            raise ValueError(f"image {n} for prompt {index} must be uint8 [H,W,3], got {img.dtype} {img.shape}")
         paths.append(folder / "samples" / f"{n:05d}.png")
         Image.fromarray(img).save(paths[-1])
     return paths

@@ -287,9 +287,7 @@ def sample_prompt(rng: np.random.Generator, tag: str, split: str = "all") -> dic
     return copy.deepcopy(pool[int(rng.integers(len(pool)))])
 
 
-def eval_prompts(
-    n_per_tag: int, seed: int = 0, split: str = "all", tags: tuple[str, ...] = TAGS
-) -> list[dict]:
+def eval_prompts(n_per_tag: int, seed: int = 0, split: str = "all", tags: tuple[str, ...] = TAGS) -> list[dict]:
     """The fixed evaluation prompt set: ``n_per_tag`` prompts per tag, distinct while the tag has enough.
 
     Each tag's prompts are shuffled with ``seed`` and cycled if ``n_per_tag`` exceeds their number
@@ -348,9 +346,7 @@ def _scene_for(metadata: dict, r: random.Random, p_distractor: float) -> Scene:
     objs = _required_objects(metadata)
     if len(objs) > MAX_SHAPES:
         raise ValueError(f"prompt {metadata['prompt']!r} needs {len(objs)} shapes; scenes hold {MAX_SHAPES}")
-    named = {req["class"] for req in metadata["include"]} | {
-        req["class"] for req in metadata.get("exclude", [])
-    }
+    named = {req["class"] for req in metadata["include"]} | {req["class"] for req in metadata.get("exclude", [])}
     free = [s for s in SHAPES if s not in named]
     if free and len(objs) < MAX_SHAPES and r.random() < p_distractor:
         objs.append((r.choice(free), None))
