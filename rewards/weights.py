@@ -11,10 +11,9 @@ missing or unexpected keys and wrong shapes raise :class:`CheckpointError` namin
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
 
@@ -22,8 +21,9 @@ class WeightsNotFoundError(FileNotFoundError):
     """A weights/config/tokenizer file or folder the reward needs is not on disk."""
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint does not match the architecture (keys or shapes), or cannot be read safely."""
+# One implementation of safe reading and strict loading for the whole project.
+from ttsvar.models.checkpoint import CheckpointError, read_state_dict  # noqa: E402,F401
+from ttsvar.models.checkpoint import load_strict as _load_strict  # noqa: E402
 
 
 def _hf_cached_file(weights_dir: Path, repo_id: str, filename: str) -> Path | None:
@@ -144,75 +144,9 @@ def find_dir(
     )
 
 
-def read_state_dict(path: str | os.PathLike, *, nested_key: str | None = None) -> dict[str, Tensor]:
-    """Read a flat ``{name: tensor}`` dict from a .safetensors file or a torch file (weights_only=True).
-
-    ``nested_key``: the checkpoint stores the weights under this key (e.g. ``'state_dict'``); used when
-    present. A leading ``'module.'`` (DataParallel) on every key is stripped.
-    """
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: object = load_file(str(path), device="cpu")
-    else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises several types for unsafe or corrupt pickles
-            raise CheckpointError(
-                f"cannot read {path} with torch.load(weights_only=True): {e}\n"
-                "Only plain tensor checkpoints are accepted (not TorchScript archives or pickled objects); "
-                "re-save the weights with torch.save(model.state_dict(), path) or safetensors."
-            ) from e
-    if nested_key is not None and isinstance(obj, Mapping) and nested_key in obj:
-        obj = obj[nested_key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        kind = type(obj).__name__
-        keys = list(obj)[:10] if isinstance(obj, Mapping) else []
-        raise CheckpointError(
-            f"{path} does not hold a flat state dict of tensors (got {kind} with keys {keys})"
-        )
-    sd = dict(obj)
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def _fmt(keys: Iterable[str], limit: int = 20) -> str:
-    keys = sorted(keys)
-    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
-    return ", ".join(keys[:limit]) + more
-
-
-def load_strict(
-    module: nn.Module,
-    state_dict: Mapping[str, Tensor],
-    source: str | os.PathLike,
-    *,
-    assign: bool = False,
-) -> None:
-    """Load ``state_dict`` into ``module``; any missing/unexpected key or shape mismatch raises
-    :class:`CheckpointError` naming ``source`` (the file) and the keys. ``assign=True`` adopts the
-    checkpoint tensors (for modules built on the meta device)."""
-    expected = module.state_dict()
-    missing = set(expected) - set(state_dict)
-    unexpected = set(state_dict) - set(expected)
-    wrong = [
-        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        lines = [f"checkpoint {source} does not match {type(module).__name__}:"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
-        if wrong:
-            lines.append(f"  wrong shapes ({len(wrong)}): " + "; ".join(wrong[:10]))
-        lines.append(
-            "Check that the file is the right checkpoint for this reward and that the architecture "
-            "options (model name / config) match it."
-        )
-        raise CheckpointError("\n".join(lines))
-    module.load_state_dict(dict(state_dict), strict=True, assign=assign)
+def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str | os.PathLike, *,
+                assign: bool = False) -> None:
+    """`ttsvar.models.checkpoint.load_strict` with a reward-specific hint."""
+    _load_strict(module, state_dict, source, assign=assign,
+                 hint="Check that the file is the right checkpoint for this reward and that the architecture "
+                      "options (model name / config) match it.")

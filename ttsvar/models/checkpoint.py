@@ -5,7 +5,7 @@ Weights come only from safetensors or `torch.load(weights_only=True)`: no arbitr
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -16,56 +16,75 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable, or does not match the model it is loaded into."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read tensors from a .safetensors file or a torch pickle restricted to tensors (weights_only)."""
+def read_state_dict(path: str | Path, *, nested_key: str | None = None) -> dict[str, torch.Tensor]:
+    """Read a flat {name: tensor} dict from a .safetensors file or a torch file restricted to tensors.
+
+    `nested_key`: the file stores the weights under this key (e.g. 'state_dict'); used when present.
+    A leading 'module.' (DataParallel) on every key is stripped.
+    """
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path} (pass the local path of the weights file)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file name
-        raise CheckpointError(f"cannot read {path} as a tensors-only torch checkpoint: {e}") from e
-    if not isinstance(obj, dict):
+        obj: object = load_file(str(path), device="cpu")
+    else:
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises several types for unsafe or corrupt pickles
+            raise CheckpointError(
+                f"cannot read {path} as a tensors-only torch checkpoint (torch.load(weights_only=True)): {e}\n"
+                "Only plain tensor checkpoints are accepted (not TorchScript archives or pickled objects); "
+                "re-save the weights with torch.save(model.state_dict(), path) or safetensors.") from e
+    if nested_key is not None and isinstance(obj, Mapping) and nested_key in obj:
+        obj = obj[nested_key]
+    if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path} holds a {type(obj).__name__}, expected a dict of tensors")
-    return obj
+    sd = dict(obj)
+    if sd and all(k.startswith("module.") for k in sd):
+        sd = {k[len("module."):]: v for k, v in sd.items()}
+    return sd
+
+
+def _fmt(keys, limit: int = 20) -> str:
+    keys = sorted(keys)
+    more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
 
 
 def load_strict(
     model: nn.Module,
-    state_dict: dict[str, torch.Tensor],
+    state_dict: Mapping[str, torch.Tensor],
     source: str | Path = "<state dict>",
     adapt: Callable[[dict, nn.Module], dict] | None = None,
     assign: bool = False,
+    hint: str = "Check that the file is complete and that the model config (size, codebook bits) matches it.",
 ) -> nn.Module:
     """Copy `state_dict` into `model`, refusing any missing/unexpected key or shape mismatch.
 
     `adapt` is the model family's single key-remapping function, applied first. `assign=True` loads
-    into a model built on the meta device without allocating it twice.
+    into a model built on the meta device without allocating it twice. Errors name `source` and the keys.
     """
-    if adapt is not None:
-        state_dict = adapt(state_dict, model)
+    state_dict = dict(state_dict) if adapt is None else adapt(dict(state_dict), model)
     ours = model.state_dict()
-    missing = sorted(set(ours) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(ours))
+    missing = set(ours) - set(state_dict)
+    unexpected = set(state_dict) - set(ours)
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
     shapes = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(ours[k].shape)}"
-              for k in ours if k in state_dict and tuple(state_dict[k].shape) != tuple(ours[k].shape)]
-    if missing or unexpected or shapes:
-        def _fmt(xs):
-            return ", ".join(xs[:12]) + (f", ... ({len(xs)} in all)" if len(xs) > 12 else "")
-        parts = []
+              for k in ours if k in state_dict and isinstance(state_dict[k], torch.Tensor)
+              and tuple(state_dict[k].shape) != tuple(ours[k].shape)]
+    if missing or unexpected or shapes or not_tensors:
+        lines = [f"checkpoint {source} does not match {type(model).__name__}:"]
         if missing:
-            parts.append(f"missing keys: {_fmt(missing)}")
+            lines.append(f"  missing keys ({len(missing)}): {_fmt(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys: {_fmt(unexpected)}")
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_fmt(unexpected)}")
         if shapes:
-            parts.append(f"wrong shapes: {_fmt(shapes)}")
-        raise CheckpointError(
-            f"checkpoint {source} does not match {type(model).__name__} ({'; '.join(parts)}). "
-            "Check that the file is complete and that the model config (size, codebook bits) matches it."
-        )
+            lines.append(f"  wrong shapes ({len(shapes)}): " + "; ".join(shapes[:10]))
+        if not_tensors:
+            lines.append(f"  entries that are not tensors: {_fmt(not_tensors)}")
+        lines.append(hint)
+        raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True, assign=assign)
     return model
