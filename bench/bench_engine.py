@@ -56,12 +56,12 @@ def quality(a) -> None:
     prompts = write_prompts(root, a.per_tag, a.seed)
     configs = CONFIGS if not a.only else [c for c in CONFIGS if f"{c[0]}:{c[1]}" in a.only]
     print(f"{len(world.eval_prompts(a.per_tag, seed=a.seed, split='train'))} prompts, reward shapes-clip, "
-          "judged by the exact evaluator")
+          f"judged by the exact evaluator; overrides: {' '.join(a.set) or 'none'}")
     print("| strategy | N | overall | single_object | two_object | counting | colors | position | color_attr | "
           "token-fwd/prompt | decodes/prompt | reward imgs/prompt | s/prompt |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for strategy, n in configs:
-        j = job(prompts, root / f"{strategy}_{n}", strategy, n, a.device, f"seed={a.seed}")
+        j = job(prompts, root / f"{strategy}_{n}", strategy, n, a.device, f"seed={a.seed}", *a.set)
         s = run_job(j)
         ev = evaluate_output_dir(j.output.dir)["summary"]
         k = s["prompts_ok"]
@@ -139,6 +139,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--only", nargs="*", default=None, help="e.g. tts-var:2 best-of-n:8")
     p.add_argument("--out", default="/tmp/bench_engine")
+    p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.lam=1")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
