@@ -165,6 +165,7 @@ def run_job(job: JobConfig, generator=None) -> dict:
     comp = build_components(job, generator)
     worker = make_worker(job, comp)
     coord = Coordinator(comp.strategy, comp.plan)
+    setup = time.perf_counter() - t0
     units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
     bar = _progress(len(todo), job.runtime.quiet)
     for unit in units:
@@ -184,5 +185,6 @@ def run_job(job: JobConfig, generator=None) -> dict:
         bar.update(len(unit.prompt_indices))
     bar.close()
     wall = time.perf_counter() - t0
-    return writer.summary(wall, {"skipped_done": skipped, "time_decide": round(coord.time_decide, 4),
+    return writer.summary(wall, {"skipped_done": skipped, "time_setup": round(setup, 4),
+                                 "time_decide": round(coord.time_decide, 4),
                                  "runtime": "local", "output_dir": str(writer.out.root)})
