@@ -119,6 +119,7 @@ class Worker:
         self.preview_size = preview_size
         self.score_batch = max(1, int(score_batch))
         self.units: dict[int, _Unit] = {}
+        self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
         self.cfg_factor = 2 if any(c != 1 for c in getattr(generator, "cfg_list", [1])) else 1
 
     # -- protocol ---------------------------------------------------------------------------------
@@ -186,6 +187,8 @@ class Worker:
             for p, n in zip(u.unit.prompt_indices, u.sizes):
                 u.counters[p]["token_forwards"] += n * tok
             self._count(u, "time_generate", seconds=dt)
+            if self.on_step is not None:
+                self.on_step(u.unit.unit_id, k)
             if k == S - 1 or k in self.plan.decision_scales:
                 break
         final = u.scale == S

@@ -168,6 +168,8 @@ def run_job(job: JobConfig, generator=None) -> dict:
     setup = time.perf_counter() - t0
     units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
     bar = _progress(len(todo), job.runtime.quiet)
+    S = comp.generator.num_scales
+    worker.on_step = lambda uid, k: bar.set_postfix_str(f"unit {uid + 1}/{len(units)} scale {k + 1}/{S}")
     for unit in units:
         for attempt in range(job.runtime.retries + 1):
             try:
