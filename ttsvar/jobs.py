@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -74,7 +75,12 @@ def job_items(job: JobConfig) -> list[PromptItem]:
 
 
 class ResultWriter:
-    """Writes finished prompts (images, trace, manifest line) and keeps the job's totals. One per job."""
+    """Writes finished prompts (images, trace, manifest line) and keeps the job's totals. One per job.
+
+    Files are written by one background thread, so disk latency (every file is fsynced) overlaps with
+    generation; a unit's manifest lines are appended, in one fsynced write, only after its files exist.
+    `flush()` waits for the writes and re-raises any error; `summary()` flushes first.
+    """
 
     def __init__(self, job: JobConfig, items: list[PromptItem]):
         self.job, self.out = job, OutputDir(job.output.dir)
@@ -82,27 +88,49 @@ class ResultWriter:
         self.totals: dict[str, float] = {}
         self.ok = self.failed = 0
         self.rewards: list[float] = []
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttsvar-writer")
+        self._futures: list[Future] = []
+
+    def _submit(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
+        self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+        self._futures.append(self._io.submit(self._persist, files, records))
+
+    def _persist(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
+        for kind, rel, payload in files:
+            if kind == "image":
+                self.out.write_image(rel, payload)
+            else:
+                self.out.write_trace(payload[0], payload[1])
+        self.out.append_many(records)
+
+    def flush(self) -> None:
+        futures, self._futures = self._futures, []
+        for f in futures:
+            f.result()
 
     def pending(self) -> list[PromptItem]:
         done = self.out.done()
         return [it for it in self.items.values() if it.index not in done]
 
     def write_unit(self, coord: Coordinator, final: Report, picks: dict[int, int], images: UnitImages) -> list[dict]:
-        recs = []
+        recs, files = [], []
         for ga in final.groups:
             p = ga.prompt_index
             trace, counters = coord.finish_group(p)
             k = picks[p]
             imgs = images.images[p]
             rel = self.out.image_path(p)
-            self.out.write_image(rel, imgs[0])
+            files.append(("image", rel, imgs[0]))
             cands = []
             if self.job.output.save_candidates:
                 for j, pos in enumerate(images.positions[p]):
                     crel = f"candidates/{p:05d}_{pos}.png"
-                    self.out.write_image(crel, imgs[j])
+                    files.append(("image", crel, imgs[j]))
                     cands.append(crel)
-            trace_rel = self.out.write_trace(p, trace) if self.job.output.traces else None
+            trace_rel = None
+            if self.job.output.traces:
+                trace_rel = self.out.trace_path(p)
+                files.append(("trace", trace_rel, (p, trace)))
             r = float(ga.rewards[k]) if ga.rewards is not None else None
             it = self.items[p]
             rec = {"index": p, "prompt": it.prompt, "seed": prompt_seed(self.job.seed, p), "status": "ok",
@@ -112,9 +140,9 @@ class ResultWriter:
                    "compute": counters}
             if it.metadata:
                 rec["metadata"] = it.metadata
-            self.out.append(rec)
             self._count(rec)
             recs.append(rec)
+        self._submit(files, recs)
         return recs
 
     def write_failure(self, unit: WorkUnit, error: str) -> None:
@@ -123,7 +151,7 @@ class ResultWriter:
             rec = {"index": p, "prompt": it.prompt, "seed": s, "status": "failed", "error": error}
             if it.metadata:
                 rec["metadata"] = it.metadata
-            self.out.append(rec)
+            self._submit([], [rec])
             self.failed += 1
 
     def _count(self, rec: dict) -> None:
@@ -134,6 +162,7 @@ class ResultWriter:
             self.totals[k] = self.totals.get(k, 0) + v
 
     def summary(self, wall: float, extra: dict | None = None) -> dict:
+        self.flush()
         s = {"prompts_ok": self.ok, "prompts_failed": self.failed, "wall_time_s": round(wall, 3),
              "prompts_per_s": round(self.ok / wall, 4) if wall > 0 else None,
              "mean_reward": float(np.mean(self.rewards)) if self.rewards else None,
@@ -186,6 +215,7 @@ def run_job(job: JobConfig, generator=None) -> dict:
                     writer.write_failure(unit, err)
         bar.update(len(unit.prompt_indices))
     bar.close()
+    writer.flush()
     wall = time.perf_counter() - t0
     return writer.summary(wall, {"skipped_done": skipped, "time_setup": round(setup, 4),
                                  "time_decide": round(coord.time_decide, 4),

@@ -95,15 +95,23 @@ class OutputDir:
     def write_image(self, rel: str, image: np.ndarray) -> None:
         atomic_write_png(self.root / rel, image)
 
+    def trace_path(self, index: int) -> str:
+        return f"traces/{index}.json"
+
     def write_trace(self, index: int, trace: dict) -> str:
-        rel = f"traces/{index}.json"
+        rel = self.trace_path(index)
         atomic_write_json(self.root / rel, trace)
         return rel
 
     def append(self, record: dict) -> None:
-        """Append one manifest line after its files exist; the line is written in one call and fsynced."""
-        line = (json.dumps(record, default=_json_default) + "\n").encode()
+        self.append_many([record])
+
+    def append_many(self, records: list[dict]) -> None:
+        """Append manifest lines after their files exist, in one write call, fsynced."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode()
         with open(self.manifest, "ab") as f:
-            f.write(line)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
