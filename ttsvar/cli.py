@@ -187,11 +187,17 @@ def main(argv: list[str] | None = None) -> int:
         ns.overrides = list(ns.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from cluster import ClusterError  # cheap: importing cluster does not import Ray
+
     try:
         return ns.fn(ns)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, ClusterError) as e:
         print(f"ttsvar: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("ttsvar: interrupted; finished prompts are in the manifest, re-run the same command to resume",
+              file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -59,7 +59,8 @@ class RuntimeConfig:
     # ray only
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join a cluster
     actors: int | None = None  # generator actors; None: one per GPU, or one on a CPU-only machine
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float = 1.0  # also the torch thread count inside each actor
+    gpus_per_actor: float = 1.0  # < 1 packs several generator actors onto one GPU (e.g. 0.5: two per GPU)
     units_in_flight: int = 2  # work units kept in flight per actor
     retries: int = 2  # re-runs of a unit that failed before its prompts are recorded as failed
     reward_actors: int = 0  # >0: score in a shared pool of reward actors instead of in each generator actor

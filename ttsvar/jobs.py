@@ -53,12 +53,13 @@ def build_components(job: JobConfig, generator=None) -> Components:
     job.search.validate(gen.num_scales)
     strategy = build_strategy(job.search)
     plan = strategy.plan(gen.num_scales, job.search.n)
+    reward = build_reward_for(job)  # before the features: a custom reward's module may register features too
     features = None
     if plan.feature_scales:
         name = defaults.features if job.search.features == "auto" else job.search.features
         features = create_features(name, **job.search.features_opts)
     preview = job.runtime.preview_size or defaults.preview_size
-    return Components(gen, build_reward_for(job), features, strategy, plan, preview)
+    return Components(gen, reward, features, strategy, plan, preview)
 
 
 def make_worker(job: JobConfig, comp: Components) -> Worker:

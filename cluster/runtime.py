@@ -1,0 +1,115 @@
+"""Joining or starting Ray, and sizing the actors from the cluster's resources.
+
+Called by the driver (`cluster.driver.RayJob.run`) once per job, before any actor starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import ray
+
+from ttsvar.config import RuntimeConfig
+
+from . import ClusterError
+
+log = logging.getLogger("ttsvar.cluster")
+
+
+def connect(rt: RuntimeConfig) -> bool:
+    """Make sure this process is connected to Ray. Returns True if it started Ray (then it must stop it).
+
+    Already connected (a test or a notebook called `ray.init`): use that connection as is.
+    `runtime.address` None: start a new local Ray with the machine's resources, dashboard off (or, with
+    `runtime.dashboard`, bound to 127.0.0.1). "auto" or "host:port" or "ray://host:port": join that cluster.
+    """
+    if ray.is_initialized():
+        return False
+    level = logging.WARNING if rt.quiet else logging.INFO
+    if rt.address:
+        if rt.dashboard:
+            log.warning("runtime.dashboard is ignored when joining a cluster (runtime.address=%s): the "
+                        "cluster's head node decides whether it runs a dashboard", rt.address)
+        try:
+            ray.init(address=rt.address, logging_level=level, log_to_driver=not rt.quiet)
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            if "ray[client]" in str(e):
+                raise ClusterError(f"runtime.address={rt.address!r} joins through Ray Client, which needs "
+                                   "`pip install 'ray[client]'` here and on the head node; or run the job on "
+                                   "the head node with runtime.address=auto") from e
+            why = str(e).rstrip(".")
+            raise ClusterError(
+                f"cannot join the Ray cluster at runtime.address={rt.address!r}: {why}. Start one with "
+                "`ray start --head` (and `ray start --address=<head>:6379` on the other nodes), or leave "
+                "runtime.address unset to start a local Ray on this machine") from e
+        return True
+    kw: dict = {"include_dashboard": bool(rt.dashboard)}
+    if rt.dashboard:
+        kw["dashboard_host"] = "127.0.0.1"
+    # "local" starts a new instance even if a `ray start` cluster runs here: address=None would join it.
+    try:
+        ray.init(address="local", logging_level=level, log_to_driver=not rt.quiet, **kw)
+    except Exception as e:
+        if rt.dashboard and "missing packages" in str(e):
+            raise ClusterError("runtime.dashboard=true needs the Ray dashboard's packages: "
+                               "`pip install 'ray[default]'`, or leave runtime.dashboard=false") from e
+        raise
+    return True
+
+
+def disconnect(started: bool) -> None:
+    if started and ray.is_initialized():
+        ray.shutdown()
+
+
+@dataclass
+class ActorPlan:
+    """How many actors to start and what each reserves (Ray resource options)."""
+
+    generators: int
+    reward_actors: int
+    use_gpu: bool
+    options: dict  # ray .options(...) for each actor: num_cpus, num_gpus
+
+    def __str__(self) -> str:
+        kind = "GPU" if self.use_gpu else "CPU"
+        pool = f" + {self.reward_actors} reward actor(s)" if self.reward_actors else ""
+        return f"{self.generators} generator actor(s){pool}, each {self.options} ({kind})"
+
+
+def plan_actors(rt: RuntimeConfig, model_device: str) -> ActorPlan:
+    """Actor count and resources. One generator actor per GPU (minus the reward actors, which take a GPU
+    each), or one on a CPU-only cluster; `runtime.actors` overrides the count. `model.device=cpu` runs
+    CPU actors even on a GPU cluster."""
+    total = ray.cluster_resources()
+    gpus = int(total.get("GPU", 0))
+    cpus = float(total.get("CPU", 0))
+    if model_device.startswith("cuda") and gpus == 0:
+        raise ClusterError(f"model.device={model_device!r} but the Ray cluster has no GPUs "
+                           f"(resources: {dict(total)}); use model.device=auto or cpu")
+    if model_device.startswith("cuda:") and model_device != "cuda:0":
+        raise ClusterError(f"model.device={model_device!r}: on Ray each actor sees only its own GPU (as cuda:0); "
+                           "use model.device=auto or cuda")
+    use_gpu = gpus > 0 and model_device != "cpu"
+    n_reward = int(rt.reward_actors)
+    if n_reward < 0:
+        raise ClusterError(f"runtime.reward_actors must be >= 0, got {n_reward}")
+    gpa = float(rt.gpus_per_actor)
+    if not 0 < gpa <= 1 and not (gpa > 1 and gpa.is_integer()):
+        raise ClusterError(f"runtime.gpus_per_actor must be in (0, 1] or a whole number, got {gpa}")
+    if rt.actors is not None:
+        n = int(rt.actors)
+    else:  # as many actors as fit on the GPUs (several per GPU when gpus_per_actor < 1)
+        n = max(1, int((gpus - n_reward * gpa) // gpa)) if use_gpu else 1
+    if rt.cpus_per_actor <= 0:
+        raise ClusterError(f"runtime.cpus_per_actor must be > 0, got {rt.cpus_per_actor}")
+    options = {"num_cpus": float(rt.cpus_per_actor), "num_gpus": gpa if use_gpu else 0}
+    plan = ActorPlan(n, n_reward, use_gpu, options)
+    need_cpu = (n + n_reward) * rt.cpus_per_actor
+    need_gpu = (n + n_reward) * gpa if use_gpu else 0
+    if need_cpu > cpus or need_gpu > gpus:
+        log.warning("%s need %.4g CPU / %.4g GPU but the cluster has %.4g CPU / %d GPU: the others start when "
+                    "resources free up (or an autoscaler adds nodes)", plan, need_cpu, need_gpu,
+                    cpus, gpus)
+    return plan
