@@ -6,7 +6,10 @@ so training runs the same multi-scale residual quantiser the official VAE uses (
 
 Loss = L1 reconstruction (flat colours: L1 keeps edges sharp and colours exact, L2 blurs them)
      + commit_weight * BSQ commitment (pulls each unit-sphere residual towards its code corner)
-     + entropy_weight * (per-sample bit entropy - batch bit entropy), off by default.
+     + entropy_weight * (per-sample bit entropy - batch bit entropy), off by default
+     + preview_weight * L1 of the image decoded from the codes of a random prefix of the scales (decoder
+       only), off by default. Without it the decoder only ever sees complete sums, and decoding a partial sum (what a
+       generator's intermediate preview does) gives noise at the coarse scales.
 
 Who calls what: a testbed build script calls `train_vae(config, batches, ...)` with a batch function
 from the shapes world, then saves `model.state_dict()` (official key layout) as safetensors.
@@ -36,6 +39,7 @@ def train_vae(
     commit_weight: float = 0.25,
     entropy_weight: float = 0.0,
     warmup: int = 50,
+    preview_weight: float = 0.0,
     log: Callable[[str], None] | None = print,
 ) -> tuple[BSQVAE, dict]:
     """Train a fresh `BSQVAE(config)`; `batches(step)` returns [B,3,H,W] images in [-1,1].
@@ -59,8 +63,11 @@ def train_vae(
         t = (step - warmup) / max(1, steps - warmup)
         return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
-    metrics: dict[str, list] = {"step": [], "loss": [], "recon_l1": [], "commit": [], "entropy": [], "lr": []}
-    acc = torch.zeros(4)
+    metrics: dict[str, list] = {"step": [], "loss": [], "recon_l1": [], "commit": [], "entropy": [],
+                                "preview_l1": [], "lr": []}
+    n_scales = len(config.scale_schedule)
+    gen = torch.Generator().manual_seed(seed)
+    acc = torch.zeros(5)
     n_acc = 0
     t0 = time.time()
     for step in range(steps):
@@ -71,26 +78,34 @@ def train_vae(
         x = x.to(device, torch.float32)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        out = model(x)
-        l1 = F.l1_loss(out.recon, x)
-        loss = l1 + commit_weight * out.commit_loss + entropy_weight * out.entropy_loss
+        q = model.quantize(model.encode_features(x), config.scale_schedule)
+        l1 = F.l1_loss(model.decode(q.z_hat, clamp=False), x)
+        loss = l1 + commit_weight * q.commit_loss + entropy_weight * q.entropy_loss
+        preview_l1 = torch.zeros((), device=x.device)
+        if preview_weight > 0 and n_scales > 1:
+            k = int(torch.randint(1, n_scales, (1,), generator=gen))  # a strict prefix: 1..S-1 scales
+            # detached: the preview teaches the decoder to read partial sums without pulling the encoder
+            # away from the full reconstruction (with gradients into the encoder it lost colour here)
+            preview_l1 = F.l1_loss(model.decode(sum(q.codes[:k]).detach(), clamp=False), x)
+            loss = loss + preview_weight * preview_l1
         if not torch.isfinite(loss):
             raise FloatingPointError(f"VAE loss became {loss.item()} at step {step}; lower lr (now {lr})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        acc += torch.stack([loss.detach(), l1.detach(), out.commit_loss.detach(), out.entropy_loss.detach()]).cpu()
+        acc += torch.stack([loss.detach(), l1.detach(), q.commit_loss.detach(), q.entropy_loss.detach(),
+                            preview_l1.detach()]).cpu()
         n_acc += 1
         if (step + 1) % log_every == 0 or step + 1 == steps:
             m = (acc / n_acc).tolist()
-            for k, v in zip(("loss", "recon_l1", "commit", "entropy"), m):
-                metrics[k].append(v)
+            for name, v in zip(("loss", "recon_l1", "commit", "entropy", "preview_l1"), m):
+                metrics[name].append(v)
             metrics["step"].append(step + 1)
             metrics["lr"].append(lr_at(step))
             if log is not None:
                 log(f"vae step {step + 1}/{steps} loss {m[0]:.4f} l1 {m[1]:.4f} commit {m[2]:.4f} "
-                    f"entropy {m[3]:.3f} ({time.time() - t0:.0f}s)")
+                    f"entropy {m[3]:.3f} preview_l1 {m[4]:.4f} ({time.time() - t0:.0f}s)")
             acc.zero_()
             n_acc = 0
     metrics["seconds"] = time.time() - t0
@@ -100,15 +115,20 @@ def train_vae(
 @torch.inference_mode()
 def evaluate_vae(model: BSQVAE, images: Tensor, scale_schedule: list[tuple[int, int]] | None = None) -> dict:
     """Reconstruction quality through the bits: PSNR (images in [-1,1] mapped to [0,1]), mean |error|,
-    and per-bit usage (fraction of ones per bit and scale; near 0 or 1 means a wasted bit)."""
+    PSNR of the image decoded from the first k scales (k = 1..S, the last equals `psnr`), and per-bit
+    usage (fraction of ones per bit and scale; near 0 or 1 means a wasted bit)."""
     schedule = scale_schedule if scale_schedule is not None else model.config.scale_schedule
     if schedule is None:
         raise ValueError("evaluate_vae needs a scale schedule (argument or config.scale_schedule)")
-    z, bits = model.encode_bits(images, schedule)
-    rec = model.decode(z)
-    mse = ((rec - images) / 2).pow(2).mean(dim=(1, 2, 3))
+    def psnr(rec: Tensor) -> float:
+        mse = ((rec - images) / 2).pow(2).mean(dim=(1, 2, 3))
+        return (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item()
+
+    q = model.quantize(model.encode_features(images), schedule)
+    rec = model.decode(q.z_hat)
     return {
-        "psnr": (10 * torch.log10(1 / mse.clamp_min(1e-10))).mean().item(),
+        "psnr": psnr(rec),
         "l1": (rec - images).abs().mean().item(),
-        "bit_ones": torch.stack([b.float().mean(dim=(0, 1, 2)) for b in bits]),  # [scales, d]
+        "psnr_prefix": [psnr(model.decode(sum(q.codes[:k]))) for k in range(1, len(q.codes) + 1)],
+        "bit_ones": torch.stack([b.float().mean(dim=(0, 1, 2)) for b in q.bits]),  # [scales, d]
     }

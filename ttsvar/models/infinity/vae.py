@@ -215,6 +215,7 @@ class QuantizerOutput:
 
     z_hat: Tensor  # [B,d,h,w] sum of the upsampled per-scale codes (straight-through in training)
     bits: list[Tensor]  # per scale [B,h_s,w_s,d] long in {0,1}
+    codes: list[Tensor]  # per scale [B,d,h,w]: its codes upsampled to the latent grid; they sum to z_hat
     commit_loss: Tensor  # scalar: ||u - sg(q)||^2 between the unit residual and its code
     entropy_loss: Tensor  # scalar: per-sample bit entropy - codebook bit entropy (BSQ's factorised form)
 
@@ -251,7 +252,7 @@ class MultiScaleBSQ(nn.Module):
         B, d, H, W = h.shape
         h = h.float()  # the official quantiser always runs in fp32
         residual, z_hat = h, torch.zeros_like(h)
-        bits, commits, entropies = [], [], []
+        bits, codes_per_scale, commits, entropies = [], [], [], []
         for hs, ws in scale_schedule:
             r = resize_down(residual, (hs, ws)) if (hs, ws) != (H, W) else residual
             codes, b, commit, ent = self.quantize_scale(r)
@@ -261,10 +262,11 @@ class MultiScaleBSQ(nn.Module):
             residual = residual - codes.detach()
             z_hat = z_hat + codes
             bits.append(b)
+            codes_per_scale.append(codes)
             commits.append(commit)
             entropies.append(ent)
         commit, entropy = torch.stack(commits).mean(), torch.stack(entropies).mean()
-        return QuantizerOutput(z_hat.contiguous(), bits, commit, entropy)
+        return QuantizerOutput(z_hat.contiguous(), bits, codes_per_scale, commit, entropy)
 
 
 def _binary_entropy(p: Tensor) -> Tensor:
