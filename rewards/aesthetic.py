@@ -11,9 +11,10 @@ TorchScript archive and cannot be loaded with ``weights_only=True``).
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from rewards.base import Reward, parse_dtype
+from rewards.imagereward_model import RewardMLP
 from rewards.open_clip_loader import load_open_clip
 from rewards.registry import register_reward
 from rewards.weights import find_file, load_strict, read_state_dict
@@ -21,24 +22,8 @@ from rewards.weights import find_file, load_strict, read_state_dict
 MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 
 
-class AestheticMLP(nn.Module):
-    """Linear stack, no activations; dropouts at Sequential indices 1, 3, 5 (checkpoint keys 0,2,4,6,7)."""
-
-    def __init__(self, in_features: int = 768):
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_features, 1024),
-            nn.Dropout(0.2),
-            nn.Linear(1024, 128),
-            nn.Dropout(0.2),
-            nn.Linear(128, 64),
-            nn.Dropout(0.1),
-            nn.Linear(64, 16),
-            nn.Linear(16, 1),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+# The LAION aesthetic predictor's MLP is the same stack as ImageReward's head (same layers, same keys).
+AestheticMLP = RewardMLP
 
 
 @register_reward("aesthetic")
