@@ -186,3 +186,14 @@ def test_yaml_and_cli_overrides_compose(tmp_path):
     j = load_config(y, ["search.n=4", "runtime.quiet=true"])
     assert (j.search.strategy, j.search.n, j.seed, j.runtime.quiet) == ("beam", 4, 5, True)
     assert type(j.search).__name__ == "SearchConfig"  # plain dataclasses, not DictConfig
+
+
+def test_an_edited_prompt_is_redone(tmp_path):
+    j = job(tmp_path, "search.strategy=random", prompts=PROMPTS[:2])
+    run_job(j)
+    j2 = job(tmp_path, "search.strategy=random", prompts=[PROMPTS[0], "a photo of three circles"])
+    s = run_job(j2)
+    assert s["prompts_ok"] == 1 and s["skipped_done"] == 1
+    from ttsvar.output import OutputDir
+
+    assert OutputDir(j2.output.dir).done()[1]["prompt"] == "a photo of three circles"

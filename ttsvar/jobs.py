@@ -110,8 +110,10 @@ class ResultWriter:
             f.result()
 
     def pending(self) -> list[PromptItem]:
+        """Prompts without an ok manifest line for the same index and prompt text (an edited line is redone)."""
         done = self.out.done()
-        return [it for it in self.items.values() if it.index not in done]
+        return [it for it in self.items.values()
+                if it.index not in done or done[it.index].get("prompt") != it.prompt]
 
     def write_unit(self, coord: Coordinator, final: Report, picks: dict[int, int], images: UnitImages) -> list[dict]:
         recs, files = [], []

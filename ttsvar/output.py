@@ -71,7 +71,8 @@ class OutputDir:
         self.manifest = self.root / "manifest.jsonl"
 
     def done(self) -> dict[int, dict]:
-        """Prompts already finished with status ok (a resumed job skips them). A torn last line is ignored."""
+        """Prompts already finished with status ok (a resumed job skips them); a later line for the same
+        index supersedes an earlier one. A torn last line is ignored."""
         out: dict[int, dict] = {}
         if not self.manifest.exists():
             return out
