@@ -79,8 +79,15 @@ def _rope_tables(head_dim, schedule, ref, base):
 
 def rope_cos_sin(head_dim: int, schedule, base: float = 10000.0, device=None):
     sched = tuple((int(h), int(w)) for h, w in schedule)
+    return _rope_on_device(head_dim, sched, base, str(torch.device(device or "cpu")))
+
+
+@lru_cache(maxsize=64)
+def _rope_on_device(head_dim: int, sched: tuple, base: float, device: str):
+    """The tables on `device`, cached so sampling does not copy them to the GPU at every scale."""
     cos, sin = _rope_cos_sin_cpu(head_dim, sched, tuple(rope_reference(list(sched))), base)
-    return cos.to(device), sin.to(device)
+    with torch.inference_mode(False):
+        return cos.to(device), sin.to(device)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
