@@ -63,6 +63,12 @@ def test_node_removed_mid_unit(two_nodes, tmp_path):
     removed = []
 
     def remove_worker_node(rj):
+        # the first actor to be ready would otherwise take every unit while the other node is still importing
+        # torch (a busy 2-core machine can take seconds longer for one node): hold the job until both are up
+        # by waiting for the other actor's (idempotent) ready call before the driver assigns any unit
+        waiting = [s.handle for s in rj.slots if not s.ready and not s.dead]
+        if len(rj.slots) == 2 and len(waiting) == 1 and not rj.flights:
+            ray.get(waiting[0].ready.remote(), timeout=300)
         # remove the worker node as soon as its actor has sent a unit to the first reward scale: that unit
         # and the one queued behind it still need 3 slow reward calls each, so the actor cannot finish them
         # before Ray notices the node is gone, on any machine
