@@ -14,13 +14,13 @@ import argparse
 import time
 
 import numpy as np
-import torch
 
 from ttsvar.generator import Rows, SamplingConfig
 from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
 from ttsvar.testbed.model import load_shapes_tiny
+from ttsvar.testbed.train_vae import reconstruction_score
 
 
 def sample(gen, prompts: list[str], k: int, seed: int, batch: int = 256) -> np.ndarray:
@@ -51,13 +51,7 @@ def score(images: np.ndarray, metadata: list[dict]) -> dict:
 
 
 def vae_score(gen, n: int = 256, seed: int = 5) -> float:
-    images, _, metadata = world.make_dataset(n, seed, holdout="include")
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(gen.device)
-    with torch.inference_mode():
-        z, _ = gen.vae.encode_bits(x, gen.vae_schedule)
-        rec = to_uint8(((gen.vae.decode(z) + 1) / 2).clamp(0, 1))
-    ev = ShapesEvaluator()
-    return float(np.mean([ev.evaluate(im, md).correct for im, md in zip(rec, metadata)]))
+    return reconstruction_score(gen.vae, n, seed, gen.vae_schedule)
 
 
 def main() -> None:

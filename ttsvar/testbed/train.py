@@ -11,6 +11,7 @@ default the package's `weights/` folder): `shapes_tiny.safetensors` (keys `gpt.*
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -21,12 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.infinity.generator import InfinityGenerator
 from ..models.infinity.model import Infinity, InfinityConfig
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..text import WordEncoderConfig, WordTextEncoder
 from . import world
+from .train_vae import autocast, evaluate_vae, reconstruction_score, train_vae
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -38,21 +41,31 @@ class TestbedConfig:
     vae_bits: int = 8
     vae_ch: int = 48
     vae_steps: int = 1000
-    vae_batch: int = 192
+    vae_batch: int = 128
     vae_lr: float = 2e-3
     # transformer
     depth: int = 6
     embed_dim: int = 192
     num_heads: int = 6
     text_dim: int = 64
-    gen_steps: int = 1200
-    gen_batch: int = 160
+    gen_steps: int = 1600
+    gen_batch: int = 96  # cheaper per sample on 2 CPU cores than 160 (13 vs 16 ms), and more updates
     gen_lr: float = 2e-3
     gen_warmup: int = 100
     weight_decay: float = 0.05
     cond_drop: float = 0.1  # rows trained unconditionally (learned uncond text), for CFG
     train_examples: int = 200_000  # pool the transformer batches are drawn from
     p_distractor: float = 0.0
+    amp: str = "bf16"  # training autocast dtype: bf16 (about 2x faster on CPUs with AVX512-BF16) or fp32
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp32": None}
+
+
+def amp_dtype(tc: TestbedConfig) -> torch.dtype | None:
+    if tc.amp not in AMP_DTYPES:
+        raise ValueError(f"TestbedConfig.amp={tc.amp!r}: use one of {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[tc.amp]
 
 
 def model_configs(tc: TestbedConfig) -> tuple[BSQVAEConfig, InfinityConfig, WordEncoderConfig]:
@@ -99,6 +112,10 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.gen_lr, betas=(0.9, 0.95))
     ids_all = text.tokenize(prompts)
+    amp = amp_dtype(tc)
+    # PyTorch's CPU flash-attention backward is slow at these short sequences (130 tokens, 32-dim heads): the
+    # plain math kernel made a whole training step 1.5-2x faster on 2 cores (bench note in docs/testbed.md)
+    kernel = (lambda: sdpa_kernel(SDPBackend.MATH)) if device.type == "cpu" else contextlib.nullcontext
     g = torch.Generator().manual_seed(tc.seed + 1)
     sched = gen.scale_schedule
     metrics = {"step": [], "loss": [], "bit_acc": [], "lr": []}
@@ -110,18 +127,20 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
         grids = [b[idx].to(device).long() for b in bits]
         x = gen.teacher_inputs(grids)  # [B,L-1,d]
         target = gen.token_bits(grids)  # [B,L,d]
-        feats, mask = text(ids_all[idx].to(device))
-        drop = torch.rand(tc.gen_batch, generator=g).to(device) < tc.cond_drop
-        if drop.any():
-            un = model.uncond_text(mask.sum(1), feats.shape[1]).to(feats.dtype)
-            feats = torch.where(drop[:, None, None], un, feats)
-        logits = model(feats, mask, x, sched)  # [B,L,2d]
+        with kernel(), autocast(device, amp):
+            feats, mask = text(ids_all[idx].to(device))
+            drop = torch.rand(tc.gen_batch, generator=g).to(device) < tc.cond_drop
+            if drop.any():
+                un = model.uncond_text(mask.sum(1), feats.shape[1]).to(feats.dtype)
+                feats = torch.where(drop[:, None, None], un, feats)
+            logits = model(feats, mask, x, sched).float()  # [B,L,2d]
         B, L, V = logits.shape
         loss = F.cross_entropy(logits.view(-1, 2), target.reshape(-1))
         for pg in opt.param_groups:
             pg["lr"] = _lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with kernel():
+            loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
@@ -194,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(tc, k):
             raise SystemExit(f"unknown TestbedConfig field {k!r}; fields: {', '.join(asdict(tc))}")
         setattr(tc, k, type(getattr(tc, k))(v))
+    amp_dtype(tc)  # a bad value fails here, not after the data is built
     out, device = Path(args.out), torch.device(args.device)
     command = "python -m ttsvar.testbed.train " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all = time.time()
@@ -204,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     images, prompts, _ = world.make_dataset(tc.train_examples, tc.seed, holdout="exclude", p_distractor=tc.p_distractor)
     data_s = time.time() - t0
 
-    from .train_vae import evaluate_vae, train_vae
 
     rng = np.random.default_rng(tc.seed)
 
@@ -222,11 +241,13 @@ def main(argv: list[str] | None = None) -> int:
         vae_metrics = json.loads((out / "shapes_tiny.json").read_text()).get("vae_metrics", {})
     else:
         vae, vae_metrics = train_vae(vcfg, vae_batches, tc.vae_steps, lr=tc.vae_lr, seed=tc.seed, device=device,
-                                     log_every=max(1, tc.vae_steps // 20))
+                                     log_every=max(1, tc.vae_steps // 20), amp=amp_dtype(tc))
     vae.requires_grad_(False)
     held = world.make_dataset(512, tc.seed + 99, holdout="include")[0]
     vae_eval = evaluate_vae(vae, to_model_images(held).to(device))
-    print(f"[vae] {vae_eval}")
+    vae_eval["evaluator_score"] = reconstruction_score(vae)
+    print(f"[vae] PSNR {vae_eval['psnr']:.2f} dB; exact evaluator on reconstructions "
+          f"{vae_eval['evaluator_score']:.3f} (bar 0.95)")
 
     print("[gpt] encoding the training set to multi-scale bits")
     bits = encode_dataset(vae, images, device)
@@ -246,7 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_clip:
         from .clip import TrainConfig, save_shapes_clip, train_clip
 
-        ccfg = TrainConfig(seed=tc.seed, **({"steps": 20, "log_every": 10} if args.quick else {}))
+        # one thread: the shipped CLIP came from `python -m ttsvar.testbed.clip --threads 1`, and the tiny
+        # CLIP's batches gain little from a second core
+        ccfg = TrainConfig(seed=tc.seed, threads=1, **({"steps": 20, "log_every": 10} if args.quick else {}))
         clip, clip_metrics = train_clip(ccfg)
         save_shapes_clip(clip, out / "shapes_clip", {"seed": tc.seed, "command": command, **clip_metrics})
         print(f"[save] {out / 'shapes_clip.safetensors'}")

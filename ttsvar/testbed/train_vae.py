@@ -41,11 +41,13 @@ def train_vae(
     warmup: int = 50,
     preview_weight: float = 0.0,
     log: Callable[[str], None] | None = print,
+    amp: torch.dtype | None = None,
 ) -> tuple[BSQVAE, dict]:
     """Train a fresh `BSQVAE(config)`; `batches(step)` returns [B,3,H,W] images in [-1,1].
 
-    Adam with linear warmup then cosine decay to lr/20, gradients clipped at 1. Returns the model in
-    eval mode and metrics: per logged step the mean loss terms since the previous log, plus wall time.
+    Adam with linear warmup then cosine decay to lr/20, gradients clipped at 1. `amp` (e.g. torch.bfloat16)
+    runs the convolutions under autocast; weights, the quantiser and the losses stay float32. Returns the
+    model in eval mode and metrics: per logged step the mean loss terms since the previous log, plus wall time.
     """
     if config.scale_schedule is None:
         raise ValueError("train_vae needs config.scale_schedule (the multi-scale grids to train with), "
@@ -53,6 +55,7 @@ def train_vae(
     if steps < 1 or lr <= 0 or log_every < 1:
         raise ValueError(f"need steps >= 1, lr > 0, log_every >= 1; got steps={steps}, lr={lr}, "
                          f"log_every={log_every}")
+    device = torch.device(device)
     torch.manual_seed(seed)
     model = BSQVAE(config).to(device).train()
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
@@ -78,15 +81,19 @@ def train_vae(
         x = x.to(device, torch.float32)
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        q = model.quantize(model.encode_features(x), config.scale_schedule)
-        l1 = F.l1_loss(model.decode(q.z_hat, clamp=False), x)
+        with autocast(device, amp):
+            q = model.quantize(model.encode_features(x), config.scale_schedule)  # the quantiser casts to fp32
+            rec = model.decode(q.z_hat, clamp=False)
+        l1 = F.l1_loss(rec.float(), x)
         loss = l1 + commit_weight * q.commit_loss + entropy_weight * q.entropy_loss
         preview_l1 = torch.zeros((), device=x.device)
         if preview_weight > 0 and n_scales > 1:
             k = int(torch.randint(1, n_scales, (1,), generator=gen))  # a strict prefix: 1..S-1 scales
             # detached: the preview teaches the decoder to read partial sums without pulling the encoder
             # away from the full reconstruction (with gradients into the encoder it lost colour here)
-            preview_l1 = F.l1_loss(model.decode(sum(q.codes[:k]).detach(), clamp=False), x)
+            with autocast(device, amp):
+                preview = model.decode(sum(q.codes[:k]).detach(), clamp=False)
+            preview_l1 = F.l1_loss(preview.float(), x)
             loss = loss + preview_weight * preview_l1
         if not torch.isfinite(loss):
             raise FloatingPointError(f"VAE loss became {loss.item()} at step {step}; lower lr (now {lr})")
@@ -112,6 +119,12 @@ def train_vae(
     return model.eval(), metrics
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Autocast to `dtype` on `device` (bf16 runs ~2x faster on CPUs with AVX512-BF16 and on GPUs); a no-op
+    context for None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
 @torch.inference_mode()
 def evaluate_vae(model: BSQVAE, images: Tensor, scale_schedule: list[tuple[int, int]] | None = None) -> dict:
     """Reconstruction quality through the bits: PSNR (images in [-1,1] mapped to [0,1]), mean |error|,
@@ -132,3 +145,24 @@ def evaluate_vae(model: BSQVAE, images: Tensor, scale_schedule: list[tuple[int, 
         "psnr_prefix": [psnr(model.decode(sum(q.codes[:k]))) for k in range(1, len(q.codes) + 1)],
         "bit_ones": torch.stack([b.float().mean(dim=(0, 1, 2)) for b in q.bits]),  # [scales, d]
     }
+
+
+@torch.inference_mode()
+def reconstruction_score(model: BSQVAE, n: int = 256, seed: int = 5,
+                         scale_schedule: list[tuple[int, int]] | None = None) -> float:
+    """The testbed's VAE quality bar: the exact evaluator's accuracy on reconstructions (through the bits)
+    of `n` rendered shapes-world scenes with their GenEval metadata, all tags."""
+    from ttsvar.output import to_uint8
+
+    from . import world
+    from .evaluator import ShapesEvaluator
+
+    schedule = scale_schedule if scale_schedule is not None else model.config.scale_schedule
+    images, _, metadata = world.make_dataset(n, seed, holdout="include")
+    device = next(model.parameters()).device
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1).to(device)
+    z, _ = model.encode_bits(x, list(schedule))
+    rec = to_uint8(((model.decode(z) + 1) / 2).clamp(0, 1))
+    ev = ShapesEvaluator()
+    return float(sum(ev.evaluate(im, md).correct for im, md in zip(rec, metadata)) / n)
+
