@@ -10,7 +10,8 @@ from ttsvar.models.registry import create_generator, list_generators
 from ttsvar.testbed import world
 from ttsvar.testbed.model import WEIGHTS, load_shapes_tiny
 from ttsvar.testbed.train import TestbedConfig as _Config
-from ttsvar.testbed.train import encode_dataset, model_configs, train_generator
+from ttsvar.testbed.train import amp_dtype, encode_dataset, model_configs, train_generator
+from ttsvar.testbed.train_vae import reconstruction_score
 
 
 def test_shipped_weights_load_by_name_and_generate():
@@ -24,6 +25,14 @@ def test_shipped_weights_load_by_name_and_generate():
     meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert meta["seed"] == 0 and "command" in meta and meta["vae_eval"]["psnr"] > 25
     assert WEIGHTS.stat().st_size + WEIGHTS.with_name("shapes_clip.safetensors").stat().st_size < 30e6
+
+
+def test_shipped_vae_reconstructions_pass_the_exact_evaluator():
+    """The testbed's VAE bar (>= 0.95 on 256 scenes in the benchmark), rechecked here on fresh scenes."""
+    gen = load_shapes_tiny()
+    assert reconstruction_score(gen.vae, n=96, seed=77, scale_schedule=gen.vae_schedule) >= 0.9
+    meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
+    assert meta["vae_eval"]["evaluator_score"] >= 0.95
 
 
 def test_shipped_model_follows_prompts_better_than_chance():
@@ -56,6 +65,12 @@ def test_short_training_run_decreases_the_loss():
     m = train_generator(gen, text, bits, prompts, tc, "cpu", log=None)
     assert m["loss"][-1] < m["loss"][0] - 0.05
     assert not gen.model.training
+
+
+def test_training_precision_is_validated():
+    assert amp_dtype(_Config()) is torch.bfloat16 and amp_dtype(_Config(amp="fp32")) is None
+    with pytest.raises(ValueError, match="TestbedConfig.amp='fp16'"):
+        amp_dtype(_Config(amp="fp16"))
 
 
 def test_t5_text_encoder_from_a_local_directory(tmp_path):

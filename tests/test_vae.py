@@ -321,3 +321,17 @@ def test_short_training_run_lowers_the_loss():
     ev = evaluate_vae(model, _flat_shapes(10_000))
     assert ev["bit_ones"].shape == (6, 8) and ev["psnr"] > 14
     assert len(ev["psnr_prefix"]) == 6 and ev["psnr_prefix"][-1] == ev["psnr"]
+
+
+def test_bf16_autocast_training_lowers_the_loss_and_keeps_float32_weights():
+    """The shipped recipe trains under bf16 autocast (2x faster on the CPU): the loss still falls like the
+    float32 run's, and the weights, quantiser and losses stay float32."""
+    cfg = BSQVAEConfig.tiny(codebook_dim=8)
+    model, m = train_vae(cfg, lambda s: _flat_shapes(s, 8), steps=30, lr=2e-3, seed=0, log_every=10, warmup=5,
+                         log=None, amp=torch.bfloat16)
+    _, ref = train_vae(cfg, lambda s: _flat_shapes(s, 8), steps=30, lr=2e-3, seed=0, log_every=10, warmup=5,
+                       log=None)
+    assert m["recon_l1"][-1] < 0.5 * m["recon_l1"][0]
+    assert abs(m["recon_l1"][-1] - ref["recon_l1"][-1]) < 0.25 * ref["recon_l1"][-1]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
