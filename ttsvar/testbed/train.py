@@ -104,6 +104,7 @@ def encode_dataset(vae: BSQVAE, images_u8: np.ndarray, device, batch: int = 1024
 def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[torch.Tensor], prompts: list[str],
                     tc: TestbedConfig, device, log=print) -> dict:
     """Teacher-forced bitwise cross-entropy over all scales, with text dropout for CFG."""
+    device = torch.device(device)
     model = gen.model.train()
     text.train()
     params = list(model.parameters()) + list(text.parameters())
