@@ -50,10 +50,6 @@ def score(images: np.ndarray, metadata: list[dict]) -> dict:
             "overall_oracle": float(np.mean(list(oracle.values())))}
 
 
-def vae_score(gen, n: int = 256, seed: int = 5) -> float:
-    return reconstruction_score(gen.vae, n, seed, gen.vae_schedule)
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--weights", default=None)
@@ -65,7 +61,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1234)
     a = p.parse_args()
     gen = load_shapes_tiny(a.weights, a.device)
-    print(f"VAE reconstruction score (evaluator accuracy on 256 rendered scenes): {vae_score(gen):.3f}")
+    score = reconstruction_score(gen.vae, 256, 5, gen.vae_schedule)
+    print(f"VAE reconstruction score (evaluator accuracy on 256 rendered scenes): {score:.3f}")
     for split in ("train", "heldout"):
         md = world.eval_prompts(a.per_tag, seed=a.seed, split=split)
         prompts = [m["prompt"] for m in md]

@@ -16,7 +16,6 @@ PROMPTS = {0: "a photo of a red circle", 1: "a photo of two squares", 2: "a blue
 
 @pytest.fixture(scope="module")
 def gen():
-    torch.set_num_threads(1)
     # randomise the (zero-initialised) weights so the rows really depend on their text and history
     g = tiny_random(seed=0, sampling=SamplingConfig(cfg=2.0, tau=1.0, top_k=0, top_p=0.0),
                     vocab=sorted({w for p in PROMPTS.values() for w in p.split()}))

@@ -283,15 +283,6 @@ def test_transform_geometry_and_pil_agreement():
         ImageTransform(16, resize_mode="crop")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save on a shared CI box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_clip_score_preprocess_override_area_squash(tmp_path):
     # the testbed's shapes CLIP shrinks by area averaging to its 32 px input and uses its own pixel stats
     opts = reward_files("clip-score", tmp_path)

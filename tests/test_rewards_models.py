@@ -394,12 +394,3 @@ def test_cuda_half_matches_cpu(name, tmp_path):
     out = gpu.score(x.cuda().half(), PROMPTS)  # images may live on the GPU in any float dtype
     assert out.device.type == "cpu" and out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=5e-2, atol=5e-2 * float(ref.abs().max()))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: thread hand-offs cost more than they save on a shared CI box
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -28,14 +28,6 @@ def save(model: torch.nn.Module, path, extra: dict | None = None) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """These models are tiny; on a shared 2-core machine torch's thread team costs far more than the work
-    (InceptionV3 at 75 px: 6 s with 2 threads vs 0.08 s with 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
