@@ -1,12 +1,17 @@
 """Search quality against compute on the embedded testbed, engine overhead, and multi-prompt packing.
 
-    python bench/bench_engine.py quality  [--per-tag 8] [--device cpu] [--out /tmp/bench_engine]
+    python bench/bench_engine.py quality  [--split heldout] [--per-tag 16] [--seeds 0 1 2 3] [--jobs 2]
+                                          [--only tts-var:2 ...] [--set reward.name=shapes-clip ...]
+                                          [--plot docs/pareto.png] [--json runs.json]
     python bench/bench_engine.py overhead [--prompts 8] [--n 2]
     python bench/bench_engine.py packing  [--prompts 16]
 
-quality: every strategy on the same GenEval-style prompt set (shapes world, train split), steered by the
-learned `shapes-clip` reward and judged by the exact evaluator; per tag, overall (= mean of tags), and
-compute per prompt (token-forwards, preview decodes, reward images, wall time).
+quality: every strategy (random; Best-of-N 2-16; TTS-VAR 1-8; its two ablations; IS; beam; FK) on the same
+GenEval-style prompt set (shapes world; held-out split by default; tune on `--split train`), steered by the
+model's default reward unless `--set reward.name=...`, judged by the exact evaluator. Score = mean of tags
+(GenEval's overall), mean +- standard error over job seeds; per tag; compute per prompt (token-forwards,
+preview decodes, reward images, wall time). Oracle best-of-N rows count a prompt when any Best-of-N
+candidate is correct. Runs go to `--jobs` processes with one torch thread each.
 overhead: a TTS-VAR job's wall time minus reward/feature time, over the time of the bare generator doing
 the same batch schedule (steps + selects, no previews or scoring).
 packing: prompts/s with 16 prompts per work unit against one prompt per unit.
@@ -30,14 +35,15 @@ from ttsvar.testbed import world
 from ttsvar.testbed.evaluate import evaluate_output_dir
 
 CONFIGS = [
-    ("random", 1), ("best-of-n", 2), ("best-of-n", 4), ("best-of-n", 8),
+    ("random", 1), ("best-of-n", 2), ("best-of-n", 4), ("best-of-n", 8), ("best-of-n", 16),
     ("tts-var", 1), ("tts-var", 2), ("tts-var", 4), ("tts-var", 8),
-    ("importance", 4), ("beam", 4), ("fk", 4), ("cluster-only", 2), ("resample-only", 2),
+    ("cluster-only", 2), ("resample-only", 2), ("importance", 4), ("beam", 4), ("fk", 4),
 ]
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-def write_prompts(out: Path, per_tag: int, seed: int) -> Path:
-    md = world.eval_prompts(per_tag, seed=seed, split="train")
+def write_prompts(out: Path, per_tag: int, seed: int, split: str = "train") -> Path:
+    md = world.eval_prompts(per_tag, seed=seed, split=split)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prompts.jsonl"
     path.write_text("".join(json.dumps(m) + "\n" for m in md))
@@ -51,27 +57,156 @@ def job(prompts: Path, out: Path, strategy: str, n: int, device: str, *extra: st
                               "runtime.prompts_per_unit=8", *extra])
 
 
+def _quality_run(args: tuple) -> dict:
+    """One (strategy, n, seed) job in a fresh process (1 torch thread): score, per tag, compute per prompt."""
+    prompts, out, strategy, n, seed, device, extra = args
+    torch.set_num_threads(1)
+    oracle = strategy == "best-of-n"
+    j = job(prompts, out, strategy, n, device, f"seed={seed}", *extra,
+            *(["output.save_candidates=true"] if oracle else []))
+    s = run_job(j)
+    ev = evaluate_output_dir(j.output.dir)["summary"]
+    k, c = s["prompts_ok"], s["compute"]
+    res = {"strategy": strategy, "n": n, "seed": seed, "overall": ev["overall"],
+           "per_tag": {t: _tag(ev["per_tag"], t) for t in TAGS}, "token_forwards": c["token_forwards"] / k,
+           "preview_decodes": c["preview_decodes"] / k, "reward_images": c["reward_images"] / k,
+           "s_per_prompt": s["wall_time_s"] / k}
+    if oracle:
+        res["oracle"] = _oracle(Path(j.output.dir))
+    res["ess_ratio"] = _ess_ratio(Path(j.output.dir))
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def _ess_ratio(root: Path) -> float:
+    """Mean ESS / rows over the job's potential-weighted decisions (resample, fk); NaN when it has none."""
+    vals = []
+    for path in (root / "traces").glob("*.json"):
+        for d in json.loads(path.read_text())["decisions"]:
+            if "ess" in d.get("info", {}):
+                vals.append(d["info"]["ess"] / len(d["rows"]))
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def _oracle(root: Path) -> float:
+    """Oracle best-of-N: a prompt counts when any of its final candidates is correct (mean of tags)."""
+    from PIL import Image
+
+    from ttsvar.testbed.evaluate import metadata_for
+    from ttsvar.testbed.evaluator import ShapesEvaluator
+
+    ev, per = ShapesEvaluator(), {}
+    for line in (root / "manifest.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        md = metadata_for(rec)
+        ok = any(ev.evaluate(np.asarray(Image.open(root / c).convert("RGB")), md).correct for c in rec["candidates"])
+        per.setdefault(md["tag"], []).append(ok)
+    return float(np.mean([np.mean(v) for v in per.values()]))
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    x = np.asarray(xs, dtype=np.float64)
+    return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def quality(a) -> None:
+    """Every strategy on the same prompts for each seed, in `--jobs` processes; mean +- SE over seeds."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
     root = Path(a.out)
-    prompts = write_prompts(root, a.per_tag, a.seed)
+    prompts = write_prompts(root, a.per_tag, a.prompt_seed, a.split)
+    n_prompts = len(prompts.read_text().splitlines())
     configs = CONFIGS if not a.only else [c for c in CONFIGS if f"{c[0]}:{c[1]}" in a.only]
-    print(f"{len(world.eval_prompts(a.per_tag, seed=a.seed, split='train'))} prompts, reward shapes-clip, "
-          f"judged by the exact evaluator; overrides: {' '.join(a.set) or 'none'}")
-    print("| strategy | N | overall | single_object | two_object | counting | colors | position | color_attr | "
-          "token-fwd/prompt | decodes/prompt | reward imgs/prompt | s/prompt |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for strategy, n in configs:
-        j = job(prompts, root / f"{strategy}_{n}", strategy, n, a.device, f"seed={a.seed}", *a.set)
-        s = run_job(j)
-        ev = evaluate_output_dir(j.output.dir)["summary"]
-        k = s["prompts_ok"]
-        c = s["compute"]
-        tags = ev["per_tag"] if "per_tag" in ev else ev
-        cols = " | ".join(f"{_tag(tags, t):.3f}" for t in ("single_object", "two_object", "counting", "colors",
-                                                            "position", "color_attr"))
-        print(f"| {strategy} | {n} | {ev['overall']:.3f} | {cols} | {c['token_forwards'] / k:,.0f} | "
-              f"{c['preview_decodes'] / k:.1f} | {c['reward_images'] / k:.1f} | {s['wall_time_s'] / k:.2f} |",
-              flush=True)
+    tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, tuple(a.set))
+             for seed in a.seeds for st, n in configs]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
+        results = list(pool.map(_quality_run, tasks))
+    wall = time.perf_counter() - t0
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1))
+    rows = []
+    for st, n in configs:
+        rs = [r for r in results if (r["strategy"], r["n"]) == (st, n)]
+        m, se = _mean_se([r["overall"] for r in rs])
+        rows.append({"strategy": st, "n": n, "mean": m, "se": se, **{k: float(np.mean([r[k] for r in rs])) for k in
+                     ("token_forwards", "preview_decodes", "reward_images", "s_per_prompt", "ess_ratio")},
+                     "per_tag": {t: float(np.mean([r["per_tag"][t] for r in rs])) for t in TAGS},
+                     "oracle": _mean_se([r["oracle"] for r in rs]) if "oracle" in rs[0] else None})
+    print(f"{n_prompts} prompts ({a.split} split, {a.per_tag} per tag, prompt seed {a.prompt_seed}), seeds "
+          f"{' '.join(map(str, a.seeds))}; reward: the model default unless overridden; judged by the exact evaluator; "
+          f"overrides: {' '.join(a.set) or 'none'}; {wall:.0f} s wall with {a.jobs} processes")
+    print("| strategy | N | score (mean ± SE) | " + " | ".join(TAGS) +
+          " | token-fwd/prompt | decodes/prompt | reward imgs/prompt | s/prompt | ESS/n |")
+    print("|---|---|---|" + "---|" * len(TAGS) + "---|---|---|---|---|")
+    for r in rows:
+        tags = " | ".join(f"{r['per_tag'][t]:.2f}" for t in TAGS)
+        print(f"| {r['strategy']} | {r['n']} | {r['mean']:.3f} ± {r['se']:.3f} | {tags} | {r['token_forwards']:,.0f} | "
+              f"{r['preview_decodes']:.1f} | {r['reward_images']:.1f} | {r['s_per_prompt']:.2f} | "
+              + ("–" if np.isnan(r["ess_ratio"]) else f"{r['ess_ratio']:.2f}") + " |")
+    for r in rows:
+        if r["oracle"] is not None:
+            print(f"| oracle best-of-{r['n']} | {r['n']} | {r['oracle'][0]:.3f} ± {r['oracle'][1]:.3f} | "
+                  "(a prompt counts when any of the Best-of-N candidates is correct) |")
+    _targets(rows)
+    if a.plot:
+        _pareto(rows, Path(a.plot), f"{n_prompts} {a.split} prompts, {len(a.seeds)} seeds")
+        print(f"plot: {a.plot}")
+
+
+def _targets(rows: list[dict]) -> None:
+    """The issue's targets, computed from the table (printed, never asserted)."""
+    by = {(r["strategy"], r["n"]): r for r in rows}
+    base, bo8, oracle = by.get(("random", 1)), by.get(("best-of-n", 8)), None
+    if bo8 and bo8["oracle"]:
+        oracle = bo8["oracle"][0]
+    if not (base and oracle):
+        return
+    gap = oracle - base["mean"]
+
+    def closed(r):
+        return (r["mean"] - base["mean"]) / gap if gap > 0 else float("nan")
+
+    print(f"\ngap N=1 -> oracle best-of-8: {base['mean']:.3f} -> {oracle:.3f}")
+    for key in (("best-of-n", 8), ("tts-var", 2), ("tts-var", 8)):
+        if key in by:
+            print(f"  {key[0]} N={key[1]} closes {closed(by[key]):.0%} of the gap")
+    if ("tts-var", 2) in by and bo8:
+        t2 = by[("tts-var", 2)]
+        print(f"  tts-var N=2 {t2['mean']:.3f} vs best-of-8 {bo8['mean']:.3f}, token-forwards "
+              f"{t2['token_forwards'] / bo8['token_forwards']:.0%} of best-of-8's")
+
+
+def _pareto(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    series = {}
+    for r in rows:
+        series.setdefault(r["strategy"], []).append(r)
+    for st, rs in series.items():
+        rs = sorted(rs, key=lambda r: r["token_forwards"])
+        x, y, e = ([r[k] for r in rs] for k in ("token_forwards", "mean", "se"))
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=st, linestyle="-" if len(rs) > 1 else "none")
+        for r in rs:
+            ax.annotate(f"N={r['n']}", (r["token_forwards"], r["mean"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7)
+    bo8 = next((r for r in rows if (r["strategy"], r["n"]) == ("best-of-n", 8)), None)
+    if bo8 and bo8["oracle"]:
+        ax.axhline(bo8["oracle"][0], color="grey", linestyle="--", linewidth=1, label="oracle best-of-8")
+    ax.set_xscale("log")
+    ax.set_xlabel("token-forwards per prompt (CFG rows included)")
+    ax.set_ylabel("exact GenEval-style score (mean ± SE over seeds)")
+    ax.set_title(f"Search quality against compute, shapes-tiny ({title})", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 def _tag(tags: dict, t: str) -> float:
@@ -150,6 +285,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="overhead: alternating runs, fastest kept")
     p.add_argument("--only", nargs="*", default=None, help="e.g. tts-var:2 best-of-n:8")
+    p.add_argument("--split", choices=["train", "heldout"], default="heldout",
+                   help="quality: prompt split (tune on train; report heldout)")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3], help="quality: job seeds (mean +- SE)")
+    p.add_argument("--prompt-seed", type=int, default=0, help="quality: seed of the prompt set")
+    p.add_argument("--jobs", type=int, default=2, help="quality: parallel processes (1 torch thread each)")
+    p.add_argument("--plot", default=None, help="quality: write the Pareto PNG here")
+    p.add_argument("--json", default=None, help="quality: write every run's numbers here")
     p.add_argument("--out", default="/tmp/bench_engine")
     p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.lam=1")
     a = p.parse_args()

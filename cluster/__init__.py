@@ -15,11 +15,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ttsvar.errors import TtsvarError
+
 if TYPE_CHECKING:
     from ttsvar.config import JobConfig
 
 
-class ClusterError(RuntimeError):
+class ClusterError(TtsvarError, RuntimeError):
     """The Ray runtime cannot run the job (no cluster to join, actors that cannot start, all actors lost)."""
 
 

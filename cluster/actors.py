@@ -157,6 +157,7 @@ class GeneratorActor:
             comp = self._components_with_pool(job, RewardPool(reward_actors, start=index))
         else:
             comp = build_components(job)
+        self.comp, self.job = comp, job
         self.worker = make_worker(job, comp)
         self.device = str(getattr(comp.generator, "device", "?"))
 
@@ -164,7 +165,7 @@ class GeneratorActor:
     def _components_with_pool(job: JobConfig, pool: RewardPool):
         """`build_components` without loading a reward or feature model here: both live in the pool."""
         from search.registry import build_strategy
-        from ttsvar.jobs import Components
+        from ttsvar.jobs import Components, check_memory
         from ttsvar.models.registry import create_generator, model_defaults
 
         gen = create_generator(job.model, job.sampling.resolve(job.model.name))
@@ -173,12 +174,21 @@ class GeneratorActor:
         plan = strategy.plan(gen.num_scales, job.search.n)
         features = PooledFeatures(pool) if plan.feature_scales else None
         preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
-        return Components(gen, PooledReward(pool), features, strategy, plan, preview)
+        comp = Components(gen, PooledReward(pool), features, strategy, plan, preview)
+        check_memory(job, comp)
+        return comp
 
     def ready(self) -> dict:
         """Called once by the driver: where this actor runs and the model's number of scales."""
         return {**_where(), "device": self.device, "threads": self.threads,
                 "num_scales": self.worker.gen.num_scales}
+
+    def check_prompts(self, prompts: list[str]) -> dict[str, str]:
+        """prompt -> why this actor's text models cannot read it (`ttsvar.jobs.prompt_problems`); the driver
+        asks the first ready actor before any unit starts."""
+        from ttsvar.jobs import prompt_problems, reward_config
+
+        return prompt_problems(self.comp, prompts, self.job.runtime.score_batch, reward_config(self.job).name)
 
     def start(self, unit: WorkUnit) -> Report:
         return self.worker.start(unit)
@@ -194,6 +204,6 @@ class GeneratorActor:
 
     def shutdown(self) -> None:
         self.worker.units.clear()
-        self.worker = None
+        self.worker = self.comp = None
         if torch.cuda.is_available():
             torch.cuda.empty_cache()

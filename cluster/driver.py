@@ -14,9 +14,14 @@ Failures (all bounded, none silent):
 * an actor that dies (process killed, node removed): its unfinished units go back to the front of the
   queue and re-run from the start on another actor; a replacement actor is launched. A unit that has
   lost its actor `MAX_ACTOR_LOSSES` times is recorded as failed (it may be what kills the actors).
-* an exception inside a unit (raised in the actor, or by the strategy here): the unit is dropped and
-  re-queued; after `runtime.retries` re-runs its prompts are recorded as failed with the error.
+* an exception inside a unit (raised in the actor, or by the strategy here): the unit is dropped; a unit of
+  several prompts is re-queued as one unit per prompt (a bad prompt costs only itself), a single prompt is
+  re-run up to `runtime.retries` times if the error can be transient (`ttsvar.errors.is_transient`) and
+  then recorded as failed with the error.
 * an actor whose constructor raises before any actor has started: a config error, raised at once.
+
+Before any actor starts, the driver checks what needs no model (`ttsvar.jobs.preflight`, `open_output`); the
+first actor that is ready checks every prompt against the job's text models (`check_prompts`).
 """
 
 from __future__ import annotations
@@ -36,7 +41,16 @@ from ray.exceptions import RayError, RayTaskError
 from search.registry import build_strategy
 from ttsvar.config import JobConfig
 from ttsvar.engine import Coordinator, Report, WorkUnit, make_units
-from ttsvar.jobs import ResultWriter, _progress, job_items
+from ttsvar.errors import is_transient
+from ttsvar.jobs import (
+    ResultWriter,
+    _progress,
+    check_prompts,
+    job_items,
+    preflight,
+    reward_scale_for,
+    split_unit,
+)
 
 from . import ClusterError
 from .actors import GeneratorActor, RewardActor
@@ -94,6 +108,14 @@ def _error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=3))
 
 
+def _start_error(who: str, check: str, e: BaseException) -> ClusterError:
+    """An actor constructor's error: one line (its last line), the actor's traceback as `detail` (`--debug`)."""
+    err = ClusterError(f"{who} could not start: {_last_line(e)} (check {check}; --debug shows the actor's "
+                       "traceback)")
+    err.detail = str(e)
+    return err
+
+
 class RayJob:
     """Runs one job on Ray. `run()` connects (or starts Ray), launches actors, drives the units, cleans up."""
 
@@ -119,14 +141,23 @@ class RayJob:
         self.t_start = self.t_first_ready = None  # perf_counter at launch / when the first actor was ready
         self.connect_s = 0.0
         self._no_actor_since = time.monotonic()
+        self.todo: list = []
+        self.next_uid = 0
 
     # -- job ----------------------------------------------------------------------------------------
 
     def run(self) -> dict:
         t0 = time.perf_counter()
         items = job_items(self.job)
+        preflight(self.job)
         self.writer = writer = ResultWriter(self.job, items)
-        todo = writer.pending()
+        try:
+            return self._run(writer, items, t0)
+        finally:
+            writer.close()
+
+    def _run(self, writer: ResultWriter, items: list, t0: float) -> dict:
+        self.todo = todo = writer.pending()
         skipped = len(items) - len(todo)
         self.total = len(todo)
         extra = {"runtime": "ray", "skipped_done": skipped, "output_dir": str(writer.out.root)}
@@ -135,6 +166,7 @@ class RayJob:
         units = make_units([it.index for it in todo], [it.prompt for it in todo], self.job.seed,
                            self.rt.prompts_per_unit)
         self.queue.extend(units)
+        self.next_uid = len(units)
         t = time.perf_counter()
         started = connect(self.rt)
         self.connect_s = time.perf_counter() - t
@@ -273,15 +305,17 @@ class RayJob:
             info = ray.get(ref)
         except RayError as e:
             if getattr(e, "actor_init_failed", False) and not any(s.ready for s in self.slots):
-                raise ClusterError(f"generator actor {slot.index} could not start: {_last_line(e)}\n"
-                                   f"(check the job config and weights; the actor's traceback:)\n{e}") from None
+                raise _start_error(f"generator actor {slot.index}", "the job config and weights", e) from None
             self._lost(slot, e)
             return
         if self.num_scales is None:
             self.t_first_ready = time.perf_counter()
             self.num_scales = info["num_scales"]
             strategy = build_strategy(self.job.search)
-            self.coord = Coordinator(strategy, strategy.plan(self.num_scales, self.job.search.n))
+            plan = strategy.plan(self.num_scales, self.job.search.n)
+            self.coord = Coordinator(strategy, plan, reward_scale_for(self.job, plan))
+            problems = ray.get(slot.handle.check_prompts.remote([it.prompt for it in self.todo]))
+            check_prompts(self.job, self.todo, problems)  # raises PromptError listing every bad line
         elif info["num_scales"] != self.num_scales:
             raise ClusterError(f"actor {slot.index} on {info['host']} loaded a model with {info['num_scales']} "
                                f"scales, the others {self.num_scales}: every node must have the same weights")
@@ -293,8 +327,7 @@ class RayJob:
         try:
             info = ray.get(ref)
         except RayError as e:
-            raise ClusterError(f"a reward actor could not start: {_last_line(e)}\n(check the reward "
-                               f"config; the actor's traceback:)\n{e}") from None
+            raise _start_error("a reward actor", "the reward config", e) from None
         self.reward_actors_ready += 1
         log.info("reward actor ready: pid %s on %s", info["pid"], info["host"])
 
@@ -353,12 +386,20 @@ class RayJob:
         for ref, (_, _, u) in list(self.pending.items()):
             if u == uid:
                 del self.pending[ref]
-        n = self.failures[uid] = self.failures.get(uid, 0) + 1
         err = _error_text(e)
-        if n > self.rt.retries:
-            log.error("unit %d (prompts %s) failed %d times; recorded as failed: %s", uid, unit.prompt_indices,
-                      n, err.splitlines()[-1] if err else "")
-            self._give_up(unit, err)
+        if len(unit.prompt_indices) > 1:  # find the prompt(s) at fault: each runs alone
+            singles = split_unit(unit, self.next_uid)
+            self.next_uid += len(singles)
+            log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", uid, unit.prompt_indices,
+                        err.splitlines()[-1] if err else "")
+            self.queue.extendleft(reversed(singles))
+            return
+        n = self.failures[uid] = self.failures.get(uid, 0) + 1
+        if n > self.rt.retries or not is_transient(e):
+            log.error("prompt %d failed%s; recorded as failed: %s", unit.prompt_indices[0],
+                      f" {n} times" if n > 1 else "", err.splitlines()[-1] if err else "")
+            self.writer.write_failure(unit, err, e)
+            self.bar.update(len(unit.prompt_indices))
         else:
             log.warning("unit %d failed (attempt %d of %d), re-queued: %s", uid, n, self.rt.retries + 1,
                         err.splitlines()[-1] if err else "")

@@ -5,8 +5,13 @@ Called by the driver (`cluster.driver.RayJob.run`) once per job, before any acto
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import ray
 
@@ -15,6 +20,54 @@ from ttsvar.config import RuntimeConfig
 from . import ClusterError
 
 log = logging.getLogger("ttsvar.cluster")
+
+LOOPBACK = "127.0.0.1"
+# Ray's switch for a single-machine Ray (its default on macOS and Windows): every process of the node then
+# binds and advertises the loopback address. Read at import (ray_constants) and by each Ray process.
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_watchdog: subprocess.Popen | None = None
+
+
+@contextlib.contextmanager
+def _loopback_only():
+    """Start a local Ray whose node address and every port are on 127.0.0.1: its processes inherit the
+    environment variable; the constant is read by this process's `ray.init`. Both are restored after."""
+    from ray._private import ray_constants
+
+    old_env = os.environ.get(_LOCAL_ONLY_ENV)
+    old_const = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+    os.environ[_LOCAL_ONLY_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if old_env is None:
+            os.environ.pop(_LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[_LOCAL_ONLY_ENV] = old_env
+        if old_const is not None:
+            ray_constants.ENABLE_RAY_CLUSTER = old_const
+
+
+def _session_dir() -> str:
+    try:
+        return str(ray._private.worker.global_worker.node.get_session_dir_path())
+    except Exception:  # noqa: BLE001 - private API; the watchdog then matches `ray::` processes only
+        return ""
+
+
+def _start_watchdog() -> None:
+    """After starting a local Ray: a process that stops its processes if this one dies without doing so."""
+    global _watchdog
+    session = _session_dir()
+    if not Path("/proc/self/stat").exists():
+        log.info("if this process is killed, stop the Ray it started (session %s) with `kill -9 -- -%d` "
+                 "(its process group)", session or "?", os.getpgrp())
+        return
+    _watchdog = subprocess.Popen([sys.executable, str(Path(__file__).with_name("watchdog.py")), str(os.getpid()),
+                                  session], stdin=subprocess.DEVNULL, start_new_session=True)
+    log.info("local Ray on %s (session %s); watchdog pid %d stops it if this process dies", LOOPBACK, session,
+             _watchdog.pid)
 
 
 def connect(rt: RuntimeConfig) -> bool:
@@ -44,23 +97,36 @@ def connect(rt: RuntimeConfig) -> bool:
                 "`ray start --head` (and `ray start --address=<head>:6379` on the other nodes), or leave "
                 "runtime.address unset to start a local Ray on this machine") from e
         return True
-    kw: dict = {"include_dashboard": bool(rt.dashboard)}
+    kw: dict = {"include_dashboard": bool(rt.dashboard), "_node_ip_address": LOOPBACK}
     if rt.dashboard:
-        kw["dashboard_host"] = "127.0.0.1"
+        kw["dashboard_host"] = LOOPBACK
     # "local" starts a new instance even if a `ray start` cluster runs here: address=None would join it.
     try:
-        ray.init(address="local", logging_level=level, log_to_driver=not rt.quiet, **kw)
+        with _loopback_only():
+            ray.init(address="local", logging_level=level, log_to_driver=not rt.quiet, **kw)
     except Exception as e:
         if rt.dashboard and "missing packages" in str(e):
             raise ClusterError("runtime.dashboard=true needs the Ray dashboard's packages: "
                                "`pip install 'ray[default]'`, or leave runtime.dashboard=false") from e
         raise
+    ip = ray.util.get_node_ip_address()
+    if ip != LOOPBACK:
+        log.warning("the local Ray advertises %s, not %s: its ports may be reachable from the network", ip, LOOPBACK)
+    _start_watchdog()
     return True
 
 
 def disconnect(started: bool) -> None:
+    global _watchdog
     if started and ray.is_initialized():
         ray.shutdown()
+    if started and _watchdog is not None:
+        _watchdog.terminate()
+        try:
+            _watchdog.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            _watchdog.kill()
+        _watchdog = None
 
 
 @dataclass

@@ -194,6 +194,17 @@ class Reward(nn.Module):
     higher_is_better: ClassVar[bool] = True
     nan_policy: NanPolicy = "raise"
     batch_size: int | None = None  # max images per forward pass; None: whole batch at once
+    # The spread of the reward's scores over generated images (their standard deviation). Potentials use
+    # exp(lam * r / score_scale), so one lam means the same for every reward; ImageReward's scores are standardised
+    # by construction (scale 1), which is what the paper's lam = 10 was tuned for. None: not declared
+    # (taken as 1, with a warning from the engine when a strategy resamples). See docs/search.md.
+    score_scale: ClassVar[float | None] = None
+
+    @classmethod
+    def declared_score_scale(cls, **options: Any) -> float | None:
+        """The scale a reward built with ``options`` will have, known *before* it loads (the Ray driver
+        asks this without building the model). Rewards whose scale depends on their weights override it."""
+        return cls.score_scale
 
     def configure(self, *, nan_policy: NanPolicy | None = None, batch_size: int | None = None) -> Reward:
         """Set the options every reward shares; ``create_reward`` calls this with the common options."""

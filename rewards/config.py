@@ -27,6 +27,32 @@ class RewardConfig:
     weights_dir: str | None = None
     nan_policy: Any = "raise"  # 'raise' | 'pass' | float (Any: omegaconf has no str|float union)
     batch_size: int | None = None
+    score_scale: float | None = None  # overrides the reward's declared score scale (potentials: lam * r / it)
+
+
+def check_score_scale(scale: Any) -> float | None:
+    """Validate ``reward.score_scale`` (None, or a finite number > 0)."""
+    import math
+
+    if scale is None:
+        return None
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"reward.score_scale={scale!r}: must be a finite number > 0 (the std of the reward's scores "
+                         "over generated images), or null to use the reward's declared scale")
+    return float(scale)
+
+
+def reward_score_scale(cfg: RewardConfig) -> tuple[float, bool]:
+    """(scale, declared) for a reward config, without building the reward: ``cfg.score_scale`` if set, else the
+    reward's :meth:`~rewards.base.Reward.declared_score_scale`; 1.0 with ``declared=False`` when neither exists."""
+    if cfg.score_scale is not None:
+        return check_score_scale(cfg.score_scale), True
+    obj = resolve_reward(cfg.name)
+    scale = obj.declared_score_scale(**(cfg.options or {})) if isinstance(obj, type) and issubclass(obj, Reward) else \
+        getattr(obj, "score_scale", None)
+    if scale is None:
+        return 1.0, False
+    return check_score_scale(scale), True
 
 
 def build_reward(cfg: RewardConfig | Mapping[str, Any]) -> Reward:
@@ -43,6 +69,7 @@ def build_reward(cfg: RewardConfig | Mapping[str, Any]) -> Reward:
         if unknown:
             raise ValueError(f"unknown reward config keys {sorted(unknown)}; allowed: {sorted(known)}")
         cfg = RewardConfig(**dict(cfg))
+    check_score_scale(cfg.score_scale)
     options = dict(cfg.options or {})
     if cfg.weights_dir is not None and "weights_dir" not in options:
         if accepts_option(resolve_reward(cfg.name), "weights_dir"):

@@ -94,6 +94,7 @@ class ImageReward(Reward):
     name = "imagereward"
     input_size = 224
     needs_prompt = True
+    score_scale = 1.0  # standardised by the official mean/std: the units the paper's lam = 10 was set in
 
     def __init__(
         self,

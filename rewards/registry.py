@@ -37,6 +37,7 @@ _BUILTIN_MODULES = (
     "rewards.aesthetic",
     "rewards.ensemble",
     "rewards.shapes_clip",
+    "rewards.shapes_reward",
 )
 
 _REGISTRY: dict[str, Callable[..., Reward]] = {}

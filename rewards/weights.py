@@ -16,8 +16,10 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ttsvar.errors import MissingFileError
 
-class WeightsNotFoundError(FileNotFoundError):
+
+class WeightsNotFoundError(MissingFileError):
     """A weights/config/tokenizer file or folder the reward needs is not on disk."""
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ttsvar.errors import MissingFileError
 from ttsvar.models.checkpoint import load_strict, read_state_dict
 
 _FEATURES: dict[str, type[FeatureExtractor]] = {}
@@ -152,7 +153,7 @@ def _check_file(weights: str | Path | None, what: str) -> Path:
         raise ValueError(f"weights: {what} needs the path of a local weights file (nothing is downloaded)")
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"weights: {path} does not exist; pass the local path of the {what} weights")
+        raise MissingFileError(f"weights: {path} does not exist; pass the local path of the {what} weights")
     return path
 
 

@@ -2,6 +2,7 @@
 
 import torch
 
+from rewards import Reward
 from search.features import FeatureExtractor, list_features, register_features
 
 
@@ -26,3 +27,17 @@ if "test-pixels" not in list_features():
 
         def features(self, images: torch.Tensor) -> torch.Tensor:
             return torch.nn.functional.interpolate(images, size=(self.size, self.size), mode="area").flatten(1)
+
+
+class ScaledRedness(Reward):
+    """`redness` times a constant: the same preferences in other units (for the score-scale test)."""
+
+    name = "scaled-redness"
+    needs_prompt = False
+
+    def __init__(self, factor: float = 1.0):
+        super().__init__()
+        self.factor = factor
+
+    def _score(self, images: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
+        return redness(images, prompts) * self.factor

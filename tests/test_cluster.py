@@ -207,3 +207,29 @@ def test_one_to_one_check_refuses_missing_repeated_and_foreign_prompts():
     for uid, got in ((3, [4]), (3, [4, 5, 5]), (3, [4, 6]), (2, [4, 5])):
         with pytest.raises(ValueError, match=r"expected unit 3 with prompts \[4, 5\]"):
             _check_one_to_one(unit, uid, got, "report")
+
+
+def test_a_bad_prompt_is_reported_before_any_unit_runs(ray_local, tmp_path):
+    """The first actor checks every prompt against its text models; the job stops with all bad lines."""
+    from ttsvar.errors import PromptError
+
+    p = tmp_path / "p.txt"
+    p.write_text("a photo of a red circle\na photo of a dog\n")
+    job = make_job(p, tmp_path / "out", "runtime.kind=ray", "runtime.actors=1")
+    with pytest.raises(PromptError, match=r"p.txt:2: the generator's text encoder: .*\['dog'\]"):
+        run_job(job)
+    assert not (tmp_path / "out" / "manifest.jsonl").exists()
+
+
+def test_one_bad_prompt_fails_alone(ray_local, prompts_file, tmp_path):
+    """A unit that raises a deterministic error is re-run prompt by prompt; only the bad prompts fail, and
+    nothing is retried (tests/test_bad_input.py has the local runtime's version)."""
+    job = make_job(prompts_file, tmp_path, "runtime.kind=ray", "runtime.actors=1", "runtime.prompts_per_unit=3",
+                   "reward.name=test_bad_input:refuses_triangles")
+    s = run_job(job)
+    triangles = [i for i, p in enumerate(PROMPTS) if "triangle" in p]
+    assert (s["prompts_ok"], s["prompts_failed"], s["units_retried"]) == (len(PROMPTS) - len(triangles),
+                                                                          len(triangles), 0)
+    recs = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert sorted(r["index"] for r in recs if r["status"] == "failed") == triangles
+    assert sorted(r["index"] for r in recs) == list(range(len(PROMPTS)))

@@ -44,7 +44,7 @@ def build(name: str, d: Path, **kw):
 
 def test_builtins_are_all_covered():
     assert set(BUILTINS) == {"imagereward", "clip-score", "hpsv2.1", "pickscore", "aesthetic", "ensemble",
-                             "shapes-clip"}
+                             "shapes-clip", "shapes-reward"}
 
 
 @pytest.fixture(scope="module", params=BUILTINS)
@@ -64,6 +64,12 @@ class TestEveryReward:
         assert isinstance(reward.needs_prompt, bool)
         assert reward.input_size == 32  # all tiny configs run at 32 px
         assert reward.higher_is_better
+
+    def test_declared_score_scale(self, built):
+        # potentials divide by it (search.md): None (undeclared) or a positive finite number
+        _, reward = built
+        s = reward.score_scale
+        assert s is None or (math.isfinite(s) and s > 0)
 
     def test_shape_dtype_device(self, built):
         _, reward = built

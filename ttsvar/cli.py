@@ -1,11 +1,18 @@
-"""The `ttsvar` command line (argparse)."""
+"""The `ttsvar` command line (argparse).
+
+Errors: a `ttsvar.errors.TtsvarError` (and the built-in errors bad input raises: ValueError, KeyError,
+FileNotFoundError, ...) is printed as one `ttsvar: error: ...` line, exit code 2 for bad input and 1 for
+a job that could not finish; `--debug` (anywhere on the command line, or TTSVAR_DEBUG=1) adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 
@@ -54,12 +61,16 @@ def _print_summary(summary: dict) -> None:
     print(json.dumps(summary, indent=1))
 
 
+def _fresh(ns: argparse.Namespace) -> list[str]:
+    return ["output.overwrite=true"] if getattr(ns, "fresh", False) else []
+
+
 def cmd_run(ns: argparse.Namespace) -> int:
     from .config import load_config
     from .jobs import run_job
 
     path, overrides = _split_job_args(ns.args)
-    job = load_config(path, overrides)
+    job = load_config(path, overrides + _fresh(ns))
     summary = run_job(job)
     out = Path(job.output.dir)
     print(f"images:   {out / 'images'}\nmanifest: {out / 'manifest.jsonl'}\ntraces:   {out / 'traces'}")
@@ -69,57 +80,36 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_generate(ns: argparse.Namespace) -> int:
     from .config import load_config
+    from .errors import OutputError
     from .jobs import run_job
+    from .output import OutputDir, atomic_write_bytes
 
     out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = out / "prompts.txt"
-    prompts.write_text(ns.prompt.replace("\n", " ") + "\n", encoding="utf-8")
-    fields = {"prompts": str(prompts), "output": {"dir": str(out)}, "search": {"strategy": ns.strategy, "n": ns.n}}
+    fields = {"prompts": str(out / "prompts.txt"), "output": {"dir": str(out)},
+              "search": {"strategy": ns.strategy, "n": ns.n}}
     if ns.model:
         fields["model"] = {"name": ns.model}
-    job = load_config(ns.config, ns.overrides, **fields)
+    job = load_config(ns.config, list(ns.overrides) + _fresh(ns), **fields)  # bad options fail before any write
+    od = OutputDir(out)
+    try:
+        atomic_write_bytes(od.root / "prompts.txt", (ns.prompt.replace("\n", " ") + "\n").encode("utf-8"))
+    except OSError as e:
+        raise OutputError(f"cannot write {od.root / 'prompts.txt'} ({e.strerror or e}); choose another --out") from None
     summary = run_job(job)
-    rec = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.strip()][-1]
+    rec = od.done(warn=False).get(0)
+    if rec is None:
+        failed = [r for _, r, _ in od.lines() if r and r.get("index") == 0]
+        err = (failed[-1].get("error") or "").strip().splitlines() if failed else []
+        print(f"ttsvar: the prompt failed: {err[-1] if err else 'see ' + str(od.manifest)}", file=sys.stderr)
+        return 1
     print(f"image: {out / rec['image']}  reward: {rec.get('reward')}")
     return 0 if summary.get("prompts_failed", 0) == 0 else 1
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
-    from .config import load_config
-    from .jobs import run_job
-    from .testbed import world
-    from .testbed.model import weights_available
+    from .demo import run_demo
 
-    out = Path(ns.out)
-    for old in ("manifest.jsonl", "summary.json", "images", "traces", "candidates"):  # a demo starts afresh
-        path = out / old
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = out / "prompts.jsonl"  # one GenEval-format prompt per tag, so the result can be judged exactly
-    metadata = world.eval_prompts(1, seed=ns.seed, split="train")
-    prompts.write_text("".join(json.dumps(m) + "\n" for m in metadata), encoding="utf-8")
-    model = "shapes-tiny" if weights_available() else "infinity-tiny-random"
-    if model != "shapes-tiny":
-        print("NOTE: the embedded shapes-tiny weights are not available; running a tiny Infinity with RANDOM "
-              "weights (images are noise-like).")
-    job = load_config(None, ns.overrides, prompts=str(prompts), model={"name": model},
-                      search={"strategy": "tts-var", "n": 2}, output={"dir": str(out), "save_candidates": True})
-    print(f"ttsvar demo: TTS-VAR (n=2) with {model} on {len(metadata)} GenEval-style prompts:")
-    for m in metadata:
-        print(f"  [{m['tag']}] {m['prompt']}")
-    summary = run_job(job)
-    print(f"images:   {out / 'images'}\nmanifest: {out / 'manifest.jsonl'}\ntraces:   {out / 'traces'}")
-    _print_summary(summary)
-    if model == "shapes-tiny":
-        from .testbed.evaluate import evaluate_output_dir
-
-        res = evaluate_output_dir(out)
-        s = res["summary"]
-        tags = ", ".join(f"{t} {v['correct']}/{v['total']}" for t, v in s["per_tag"].items())
-        print(f"exact GenEval-style evaluation of the best images: overall {s['overall']:.2f} ({tags})")
-        print(f"results: {res['results_path']}")
-    return 0
+    return run_demo(Path(ns.out), seed=ns.seed, per_tag=ns.per_tag, n=ns.n, overrides=ns.overrides)
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
@@ -147,11 +137,14 @@ def cmd_train_testbed(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttsvar", description="Test-time scaling search for next-scale image generators")
+    p.add_argument("--debug", action="store_true", help="print the traceback of an error (anywhere on the line)")
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("info", help="versions, devices, faiss GPUs, Ray")
     s.set_defaults(fn=cmd_info)
     s = sub.add_parser("run", help="run a batch job: ttsvar run [JOB.yaml] key=value ...")
     s.add_argument("args", nargs="*", help="optional job YAML, then key=value overrides")
+    s.add_argument("--fresh", action="store_true",
+                   help="delete the results already in output.dir and start over (output.overwrite=true)")
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("generate", help="search for the best image for one prompt")
     s.add_argument("prompt")
@@ -160,11 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", default=None)
     s.add_argument("--out", default="outputs/generate")
     s.add_argument("--config", default=None, help="optional job YAML")
+    s.add_argument("--fresh", action="store_true", help="delete an earlier result in --out and start over")
     s.add_argument("overrides", nargs="*", help="key=value overrides")
     s.set_defaults(fn=cmd_generate)
-    s = sub.add_parser("demo", help="TTS-VAR on the embedded default model for a handful of prompts")
+    s = sub.add_parser("demo", help="plain sampling vs TTS-VAR on the embedded default model, scored exactly, "
+                                    "with a grid.png of the images")
     s.add_argument("--out", default="outputs/demo")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--per-tag", type=int, default=4, help="prompts per GenEval tag (6 tags)")
+    s.add_argument("--n", type=int, default=2, help="TTS-VAR's N (plain sampling always uses N=1)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("evaluate", help="GenEval-style exact evaluation of a job's output dir (shapes testbed)")
@@ -179,7 +176,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_BAD_INPUT = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportError)
+
+
+def describe_error(e: BaseException) -> tuple[int, str]:
+    """(exit code, one-line message) for an error that reached the command line."""
+    from .errors import TtsvarError
+
+    if isinstance(e, TtsvarError):
+        return e.exit_code, str(e)
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    text = text.strip() or type(e).__name__
+    if isinstance(e, _BAD_INPUT):
+        return 2, text
+    if isinstance(e, OSError):
+        return 1, f"{text} ({type(e).__name__})"
+    first = text.splitlines()[0]
+    return 1, f"unexpected {type(e).__name__}: {first} (run again with --debug for the traceback, and report it)"
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        print(self.format(record).replace("ttsvar: WARNING:", "ttsvar: warning:"), file=sys.stderr)
+
+
+def _setup_logging() -> None:
+    """Warnings of the library (logger `ttsvar`) as `ttsvar: warning: ...` lines, unless the caller set up logging."""
+    root, lg = logging.getLogger(), logging.getLogger("ttsvar")
+    if root.handlers or lg.handlers:
+        return
+    h = _StderrHandler()
+    h.setFormatter(logging.Formatter("ttsvar: %(levelname)s: %(message)s"))
+    lg.addHandler(h)
+    lg.setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("TTSVAR_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`generate "p" --n 4 search.lam=5`): argparse leaves them over
@@ -187,17 +222,22 @@ def main(argv: list[str] | None = None) -> int:
         ns.overrides = list(ns.overrides) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from cluster import ClusterError  # cheap: importing cluster does not import Ray
-
+    _setup_logging()
     try:
         return ns.fn(ns)
-    except (ValueError, FileNotFoundError, ClusterError) as e:
-        print(f"ttsvar: error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ttsvar: interrupted; finished prompts are in the manifest, re-run the same command to resume",
               file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --debug
+        code, msg = describe_error(e)
+        if debug:
+            traceback.print_exc()
+            detail = getattr(e, "detail", None)
+            if detail:
+                print(detail, file=sys.stderr)
+        print(f"ttsvar: error: {msg}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -7,19 +7,31 @@ plain dataclasses (`OmegaConf.to_object`), never a DictConfig.
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rewards.config import RewardConfig
 from search.registry import SearchConfig
 
+from .errors import ConfigError
 from .generator import SamplingConfig
 from .models.registry import ModelConfig, list_generators, model_defaults
+
+# Upper bounds that keep a typo from eating the machine (the memory a job needs is checked once the model is
+# loaded, `ttsvar.jobs.check_memory`); far above any useful value.
+MAX_SEARCH_N = 65536
+MAX_ACTORS = 4096
+MAX_PREVIEW_SIZE = 4096
+MAX_PROMPTS_PER_UNIT = 65536
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -46,6 +58,7 @@ class OutputConfig:
     dir: str = "outputs/run"
     save_candidates: bool = False  # also write every final candidate
     traces: bool = True
+    overwrite: bool = False  # delete the results already in `dir` and start over (`ttsvar run --fresh`)
 
 
 @dataclass
@@ -80,8 +93,10 @@ class JobConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
 
-class ConfigError(ValueError):
-    pass
+log = logging.getLogger("ttsvar")
+
+# runtime fields only the Ray runtime reads (a local run warns when one is set)
+RAY_ONLY = ("address", "actors", "cpus_per_actor", "gpus_per_actor", "units_in_flight", "reward_actors", "dashboard")
 
 
 def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None, **fields) -> JobConfig:
@@ -89,46 +104,92 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
     try:
         conf = OmegaConf.structured(JobConfig)
         if yaml_path is not None:
-            path = Path(yaml_path)
-            if not path.is_file():
-                raise ConfigError(f"job file not found: {path}")
-            conf = OmegaConf.merge(conf, OmegaConf.load(path))
+            conf = OmegaConf.merge(conf, _load_yaml(Path(yaml_path)))
         if overrides:
-            bad = [o for o in overrides if "=" not in o]
+            bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
             if bad:
-                raise ConfigError(f"overrides must look like key=value, got {bad}")
-            conf = OmegaConf.merge(conf, OmegaConf.from_dotlist(list(overrides)))
+                raise ConfigError(f"overrides must look like key=value (e.g. search.n=4), got {bad}")
+            try:
+                dotlist = OmegaConf.from_dotlist(list(overrides))
+            except OmegaConfBaseException:
+                raise
+            except Exception as e:  # noqa: BLE001 - yaml errors in a value: `key=[1,2`
+                raise ConfigError(f"cannot parse the overrides {list(overrides)}: {_first_line(e)}") from None
+            conf = OmegaConf.merge(conf, dotlist)
         if fields:
             conf = OmegaConf.merge(conf, OmegaConf.create(fields))
         job: JobConfig = OmegaConf.to_object(conf)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         where = f" field {key!r}" if key else ""
-        raise ConfigError(f"invalid config{where}: {getattr(e, 'msg', e)}") from e
+        raise ConfigError(f"invalid config{where}: {_first_line(getattr(e, 'msg', e))}") from None
     validate(job)
     return job
+
+
+def _first_line(e: object) -> str:
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    if not path.exists():
+        raise ConfigError(f"job file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"job file {path} is not a file")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml's scanner/parser errors, undecodable bytes
+        where = getattr(e, "problem_mark", None)
+        at = f" (line {where.line + 1}, column {where.column + 1})" if where is not None else ""
+        what = getattr(e, "problem", None) or _first_line(e)
+        raise ConfigError(f"job file {path} is not valid YAML{at}: {what}") from None
+    if not isinstance(loaded, DictConfig):
+        raise ConfigError(f"job file {path} must hold a mapping of fields (prompts:, model:, search:, ...), "
+                          f"got a {type(loaded).__name__.replace('Config', '').lower()}")
+    return loaded
+
+
+def _number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def validate(job: JobConfig) -> None:
     """Checks that need no model: names, ranges. Scale-dependent checks run when the model is known."""
     if job.model.name not in list_generators():
         raise ConfigError(f"model.name={job.model.name!r} is unknown; available: {', '.join(list_generators())}")
+    _validate_model(job)
+    _validate_search(job)
+    _validate_reward(job)
+    if not str(job.output.dir or "").strip():
+        raise ConfigError("output.dir is empty: give the folder to write the results to")
+    if job.prompts is not None and not str(job.prompts).strip():
+        raise ConfigError("prompts is empty: give a .txt or .jsonl file (prompts=path)")
     rt = job.runtime
     if rt.kind not in ("local", "ray"):
         raise ConfigError(f"runtime.kind={rt.kind!r}; use local or ray")
     for name in ("max_rows_per_forward", "prompts_per_unit", "score_batch", "units_in_flight"):
         if getattr(rt, name) < 1:
             raise ConfigError(f"runtime.{name} must be >= 1, got {getattr(rt, name)}")
-    if rt.actors is not None and rt.actors < 1:
-        raise ConfigError(f"runtime.actors must be >= 1, got {rt.actors}")
+    if rt.actors is not None and not 1 <= rt.actors <= MAX_ACTORS:
+        raise ConfigError(f"runtime.actors must be in [1, {MAX_ACTORS}], got {rt.actors}")
+    if rt.prompts_per_unit > MAX_PROMPTS_PER_UNIT:
+        raise ConfigError(f"runtime.prompts_per_unit must be <= {MAX_PROMPTS_PER_UNIT}, got {rt.prompts_per_unit}")
+    if not _number(rt.cpus_per_actor) or rt.cpus_per_actor <= 0:
+        raise ConfigError(f"runtime.cpus_per_actor must be a number > 0, got {rt.cpus_per_actor}")
+    gpa = rt.gpus_per_actor
+    if not _number(gpa) or not (0 < gpa <= 1 or (gpa > 1 and float(gpa).is_integer())):
+        raise ConfigError(f"runtime.gpus_per_actor must be in (0, 1] or a whole number, got {gpa}")
+    if rt.reward_actors < 0:
+        raise ConfigError(f"runtime.reward_actors must be >= 0, got {rt.reward_actors}")
     if rt.retries < 0:
         raise ConfigError(f"runtime.retries must be >= 0, got {rt.retries}")
-    if rt.preview_size is not None and rt.preview_size < 8:
-        raise ConfigError(f"runtime.preview_size must be >= 8 pixels, got {rt.preview_size}")
+    if rt.preview_size is not None and not 8 <= rt.preview_size <= MAX_PREVIEW_SIZE:
+        raise ConfigError(f"runtime.preview_size must be in [8, {MAX_PREVIEW_SIZE}] pixels, got {rt.preview_size}")
     if job.limit is not None and job.limit < 1:
         raise ConfigError(f"limit must be >= 1, got {job.limit}")
-    if job.seed < 0:
-        raise ConfigError(f"seed must be >= 0, got {job.seed}")
+    if not 0 <= job.seed < 2**63:
+        raise ConfigError(f"seed must be in [0, 2**63), got {job.seed}")
     s = job.sampling
     for name in ("cfg", "tau"):
         v = getattr(s, name)
@@ -141,6 +202,83 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"sampling.top_p must be in [0, 1], got {s.top_p}")
     if s.top_k is not None and s.top_k < 0:
         raise ConfigError(f"sampling.top_k must be >= 0, got {s.top_k}")
+
+
+def _validate_model(job: JobConfig) -> None:
+    m = job.model
+    if m.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
+    if not isinstance(m.device, str) or not _DEVICE.match(m.device):
+        raise ConfigError(f"model.device={m.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if not _number(m.h_div_w) or m.h_div_w <= 0:
+        raise ConfigError(f"model.h_div_w must be a number > 0 (height / width), got {m.h_div_w!r}")
+
+
+def _validate_search(job: JobConfig) -> None:
+    """The search fields a strategy can check without a model (the batch schedule against the model's scales is
+    checked when the model is loaded)."""
+    from search.base import is_int
+    from search.registry import build_strategy, list_strategies
+
+    s = job.search
+    if s.strategy not in list_strategies():
+        raise ConfigError(f"search.strategy={s.strategy!r} is unknown; available: {', '.join(list_strategies())}")
+    if not is_int(s.n) or not 1 <= s.n <= MAX_SEARCH_N:
+        raise ConfigError(f"search.n={s.n!r}: must be an integer in [1, {MAX_SEARCH_N}] (candidates per prompt)")
+    if not _number(s.lam):
+        raise ConfigError(f"search.lam={s.lam!r}: must be a finite number")
+    if not isinstance(s.features, str) or not s.features.strip():
+        raise ConfigError(f"search.features={s.features!r}: must be a feature extractor name (or auto)")
+    try:
+        build_strategy(s)
+    except (ValueError, TypeError) as e:
+        msg = _first_line(e)
+        raise ConfigError(msg if msg.startswith("search.") else f"search: {msg}") from None
+
+
+def _validate_reward(job: JobConfig) -> None:
+    """Names and values of the reward section (whether the name resolves is checked when the job starts:
+    resolving imports the reward's module)."""
+    from rewards.base import check_nan_policy
+
+    r = job.reward
+    if not isinstance(r.name, str) or not r.name.strip():
+        raise ConfigError(f"reward.name={r.name!r}: give a registered reward name, 'package.module:object', or auto")
+    policy = r.nan_policy
+    if isinstance(policy, str) and policy not in ("raise", "pass"):
+        try:  # `reward.nan_policy=-inf` arrives from the command line as the string '-inf'
+            policy = float(policy)
+        except ValueError:
+            pass
+    try:
+        r.nan_policy = check_nan_policy(policy)
+    except ValueError:
+        raise ConfigError(f"reward.nan_policy={r.nan_policy!r} is invalid; use raise, pass, or a number that "
+                          "replaces non-finite scores (e.g. -inf or -10)") from None
+    if r.batch_size is not None and (not isinstance(r.batch_size, int) or r.batch_size < 1):
+        raise ConfigError(f"reward.batch_size must be an integer >= 1 or null, got {r.batch_size!r}")
+    scale = getattr(r, "score_scale", None)
+    if scale is not None and (not _number(scale) or scale <= 0):
+        raise ConfigError(f"reward.score_scale={scale!r}: must be a finite number > 0, or null")
+    if not isinstance(r.options, dict):
+        raise ConfigError(f"reward.options must be a mapping of option: value, got {r.options!r}")
+
+
+def ignored_fields(job: JobConfig) -> list[str]:
+    """Set fields the job will not read (model fields its model ignores, Ray-only runtime fields on a local run);
+    `ttsvar.jobs.preflight` warns about each."""
+    out = []
+    reads = model_defaults(job.model.name).reads
+    if reads is not None:
+        base = ModelConfig()
+        out += [f"model.{f}={getattr(job.model, f)!r} (model {job.model.name} does not read it)"
+                for f in ("weights", "vae_weights", "text_encoder", "h_div_w", "pixels", "device", "dtype")
+                if f not in reads and getattr(job.model, f) != getattr(base, f)]
+    if job.runtime.kind == "local":
+        defaults = RuntimeConfig()
+        out += [f"runtime.{k}={getattr(job.runtime, k)!r} (a Ray option; runtime.kind=local)" for k in RAY_ONLY
+                if getattr(job.runtime, k) != getattr(defaults, k)]
+    return out
 
 
 def to_yaml(job: JobConfig) -> str:

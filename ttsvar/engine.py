@@ -314,8 +314,12 @@ class Coordinator:
     report, `pick(report)` for the final one, then `trace(prompt_index)` for the output.
     """
 
-    def __init__(self, strategy: Strategy, plan: SearchPlan):
-        self.strategy, self.plan = strategy, plan
+    def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0):
+        if not (np.isfinite(reward_scale) and reward_scale > 0):
+            raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
+        # strategies see rewards in units of the reward's declared scale, so lam means the same for every
+        # reward; traces and the manifest keep the raw scores
+        self.strategy, self.plan, self.reward_scale = strategy, plan, float(reward_scale)
         self.groups: dict[int, _GroupTrace] = {}
         self.time_decide = 0.0
 
@@ -336,7 +340,7 @@ class Coordinator:
         parents_out, ids_out = {}, {}
         for ga in report.groups:
             g = self.groups[ga.prompt_index]
-            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, ga.rewards, ga.features)
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), ga.features)
             dec = self.strategy.decide(g.state, obs)
             parents = np.asarray(dec.parents, dtype=np.int64)
             # the first child of a row continues it (same id, same random stream); extra children are new rows
@@ -355,6 +359,11 @@ class Coordinator:
             ids_out[ga.prompt_index] = np.asarray(new_ids, dtype=np.int64)
         self.time_decide += time.perf_counter() - t0
         return Selection(report.unit_id, report.scale, parents_out, ids_out)
+
+    def _scaled(self, rewards: np.ndarray | None) -> np.ndarray | None:
+        if rewards is None or self.reward_scale == 1.0:
+            return rewards
+        return rewards / np.float32(self.reward_scale)
 
     def _trace_entry(self, g, scale, ga, trace, info, children=None) -> dict:
         rows = []
@@ -378,7 +387,7 @@ class Coordinator:
         picks = {}
         for ga in report.groups:
             g = self.groups[ga.prompt_index]
-            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, ga.rewards, None)
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), None)
             k = int(self.strategy.pick(g.state, obs))
             picks[ga.prompt_index] = k
             entry = self._trace_entry(g, report.scale, ga, None, {"kind": "final"})
@@ -392,6 +401,7 @@ class Coordinator:
         g = self.groups[prompt_index]
         return {"prompt_index": prompt_index, "seed": g.seed, "strategy": self.strategy.name,
                 "batch_sizes": list(self.plan.batch_sizes), "decision_scales": list(self.plan.decision_scales),
+                "reward_scale": self.reward_scale,
                 "decisions": g.decisions}
 
     def finish_group(self, prompt_index: int) -> tuple[dict, dict]:

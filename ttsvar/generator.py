@@ -140,6 +140,11 @@ class Generator(ABC):
         h, w = self.scale_schedule[k]
         return h * w
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError if the generator cannot read `prompt` (words its text encoder does not know, too
+        many tokens). Called for every prompt before a job runs; the default accepts everything."""
+        return None
+
     @abstractmethod
     def start(self, prompts: Sequence[str], rows: Rows) -> GenState:
         """New paths: row i is conditioned on prompts[rows.prompt_index[i]] (prompts indexed by prompt_index)."""

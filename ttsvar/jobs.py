@@ -3,23 +3,32 @@
 `run_job(job)` is what `ttsvar run` and `ttsvar generate` call. The local runtime runs units one after
 another in this process; `runtime.kind=ray` hands the same units to `cluster.run_ray_job`, which uses
 the same Worker/Coordinator halves and the same `ResultWriter`.
+
+Before any model loads, a job checks what it can without one (`preflight`: the reward and feature names and
+options; `open_output`: output.dir is writable, its manifest intact, its results from the same configuration).
+Once the models are loaded it checks the memory a work unit needs (`check_memory`) and every prompt against
+the job's text models (`check_prompts`). A unit that raises is re-run prompt by prompt, so a bad prompt
+costs only itself; only errors that can be transient are retried (`ttsvar.errors.is_transient`).
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import traceback
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .config import JobConfig
+from .config import JobConfig, ignored_fields
 from .engine import Coordinator, Report, UnitImages, Worker, WorkUnit, make_units, prompt_seed, run_unit
+from .errors import ConfigError, OutputWriteError, PromptError, is_transient
 from .models.registry import create_generator, model_defaults
 from .output import OutputDir
-from .prompts import PromptItem, read_prompts
+from .prompts import PromptItem, format_problems, read_prompts
 
 log = logging.getLogger("ttsvar")
 
@@ -34,13 +43,163 @@ class Components:
     preview_size: int | None
 
 
-def build_reward_for(job: JobConfig):
-    from rewards.config import build_reward
-
+def reward_config(job: JobConfig):
+    """The job's reward config with `auto` resolved to the model's default reward."""
     cfg = job.reward
     if cfg.name == "auto":
         cfg = type(cfg)(**{**asdict(cfg), "name": model_defaults(job.model.name).reward})
-    return build_reward(cfg)
+    return cfg
+
+
+def build_reward_for(job: JobConfig):
+    from rewards.config import build_reward
+
+    return build_reward(reward_config(job))
+
+
+def reward_scale_for(job: JobConfig, plan) -> float:
+    """The scale potentials divide rewards by (see `rewards.base.Reward.score_scale`); warns once when a plan
+    weighs rewards by a potential and the reward declares no scale."""
+    from rewards.config import reward_score_scale
+
+    cfg = reward_config(job)
+    scale, declared = reward_score_scale(cfg)
+    if not declared and plan.reward_scales:
+        log.warning("reward %r declares no scale: potentials use its raw scores (lam * r). Set reward.score_scale to "
+                    "the std of its scores over generated images so that lam means what it means for "
+                    "ImageReward", cfg.name)
+    return scale
+
+
+def features_name(job: JobConfig) -> str:
+    return model_defaults(job.model.name).features if job.search.features == "auto" else job.search.features
+
+
+def _signature_options(factory) -> tuple[set[str], bool]:
+    """(named keyword parameters, takes **kwargs) of a class or function."""
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return set(), True
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return ({p.name for p in params if p.kind in kinds and p.name != "self"},
+            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+
+
+def resolve_reward_checked(job: JobConfig):
+    """The object `reward.name` names (imported if it is a plugin), or a `ConfigError` naming the field."""
+    from rewards.registry import resolve_reward
+
+    name = reward_config(job).name
+    try:
+        obj = resolve_reward(name)
+    except KeyError as e:
+        raise ConfigError(f"reward.name={name!r}: {e.args[0] if e.args else e}") from None
+    except ImportError as e:
+        raise ConfigError(f"reward.name={name!r}: {e}. Check the module name and that it is importable (on "
+                          "PYTHONPATH or installed)") from None
+    except AttributeError as e:
+        raise ConfigError(f"reward.name={name!r}: {e}") from None
+    except ValueError as e:
+        raise ConfigError(f"reward.name={name!r}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a plugin module that raises while it is imported
+        raise ConfigError(f"reward.name={name!r}: importing its module raised {type(e).__name__}: {e}") from None
+    if not callable(obj) and not hasattr(obj, "score"):
+        raise ConfigError(f"reward.name={name!r} names a {type(obj).__name__}, which is neither a Reward nor a "
+                          "function f(images, prompts) -> scores")
+    return obj
+
+
+def preflight(job: JobConfig) -> None:
+    """What can be checked before a model loads, beyond `ttsvar.config.validate`: the reward resolves and takes
+    `reward.options`, the feature extractor exists and takes `search.features_opts`; warns about set fields the
+    job will not read. Raises `ConfigError` naming the field."""
+    from rewards.base import FunctionReward, Reward
+    from rewards.registry import COMMON_OPTIONS
+    from search.features import _FEATURES, list_features
+
+    for f in ignored_fields(job):
+        log.warning("%s is ignored", f)
+    obj = resolve_reward_checked(job)  # before the features: a plugin's module may register features too
+    name = reward_config(job).name
+    options = dict(job.reward.options or {})
+    if isinstance(obj, Reward):
+        factory = None
+        if options:
+            raise ConfigError(f"reward.options {sorted(options)}: reward {name!r} is an instance; it takes no options")
+    elif isinstance(obj, type) or _is_registered(obj):
+        factory = obj
+    else:
+        factory = FunctionReward.__init__
+    if factory is not None:
+        accepted, any_kw = _signature_options(factory)
+        accepted -= {"fn"}
+        unknown = sorted(k for k in options if k not in accepted and k not in COMMON_OPTIONS)
+        if unknown and not any_kw:
+            raise ConfigError(f"reward.options.{unknown[0]}: reward {name!r} has no option(s) {unknown}; its "
+                              f"options are {sorted(accepted) or 'none'}")
+    feats = features_name(job)
+    if feats not in list_features():
+        raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
+    accepted, any_kw = _signature_options(_FEATURES[feats].__init__)
+    unknown = sorted(set(job.search.features_opts or {}) - accepted)
+    if unknown and not any_kw:
+        raise ConfigError(f"search.features_opts.{unknown[0]}: feature extractor {feats!r} has no option(s) "
+                          f"{unknown}; its options are {sorted(accepted)}")
+
+
+def _is_registered(obj) -> bool:
+    from rewards.registry import _REGISTRY
+
+    return any(obj is v for v in _REGISTRY.values())
+
+
+def job_fingerprint(job: JobConfig) -> dict:
+    """The fields that change a job's results, flat (`search.n`, ...), with `auto` resolved. Stored in
+    `output.dir/job.json`; a resume with a different fingerprint is refused. Not in it: runtime and output
+    fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway)."""
+    fp: dict = {"seed": job.seed, "runtime.preview_size": job.runtime.preview_size}
+    m = job.model
+    for k in ("name", "weights", "vae_weights", "text_encoder", "h_div_w", "pixels", "dtype"):
+        fp[f"model.{k}"] = getattr(m, k)
+    try:
+        sampling = asdict(job.sampling.resolve(m.name))
+    except Exception:  # noqa: BLE001 - invalid values are reported by the sampler, with the field name
+        sampling = asdict(job.sampling)
+    fp.update({f"sampling.{k}": v for k, v in sampling.items()})
+    for f in fields(job.search):
+        fp[f"search.{f.name}"] = getattr(job.search, f.name)
+    fp["search.features"] = features_name(job)
+    fp["search.features_opts"] = _without_device(job.search.features_opts)
+    r = reward_config(job)
+    for f in fields(r):
+        if f.name != "batch_size":  # batch_size only bounds memory
+            fp[f"reward.{f.name}"] = getattr(r, f.name)
+    fp["reward.options"] = _without_device(r.options)
+    return fp
+
+
+def _without_device(options: dict | None) -> dict:
+    """Options minus where they run (a resume on another machine or device is the same job)."""
+    return {k: v for k, v in (options or {}).items() if k not in ("device", "batch_size")}
+
+
+def open_output(job: JobConfig) -> OutputDir:
+    """output.dir, checked before any model loads: writable (every folder the job writes to), a manifest whose
+    torn last line is repaired, and results of the same configuration (`job.json`), else an error."""
+    out = OutputDir(job.output.dir)
+    if job.output.overwrite:
+        gone = out.clear()
+        if gone:
+            log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
+    subdirs = ("images",) + (("traces",) if job.output.traces else ()) + \
+        (("candidates",) if job.output.save_candidates else ())
+    out.check_writable(subdirs)
+    msg = out.repair_tail()
+    if msg:
+        log.warning("%s", msg)
+    out.check_fingerprint(job_fingerprint(job))
+    return out
 
 
 def build_components(job: JobConfig, generator=None) -> Components:
@@ -50,16 +209,128 @@ def build_components(job: JobConfig, generator=None) -> Components:
 
     defaults = model_defaults(job.model.name)
     gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
-    job.search.validate(gen.num_scales)
+    try:
+        job.search.validate(gen.num_scales)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     strategy = build_strategy(job.search)
     plan = strategy.plan(gen.num_scales, job.search.n)
-    reward = build_reward_for(job)  # before the features: a custom reward's module may register features too
+    try:  # before the features: a custom reward's module may register features too
+        reward = build_reward_for(job)
+    except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
+        if "argument" not in str(e):
+            raise
+        raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
     features = None
     if plan.feature_scales:
-        name = defaults.features if job.search.features == "auto" else job.search.features
-        features = create_features(name, **job.search.features_opts)
+        features = create_features(features_name(job), **job.search.features_opts)
     preview = job.runtime.preview_size or defaults.preview_size
-    return Components(gen, reward, features, strategy, plan, preview)
+    comp = Components(gen, reward, features, strategy, plan, preview)
+    check_memory(job, comp)
+    return comp
+
+
+def _free_memory(device) -> tuple[int | None, str]:
+    """(bytes free, where) on the generator's device; None when unknown."""
+    import torch
+
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda":
+        try:
+            return int(torch.cuda.mem_get_info(dev)[0]), str(dev)
+        except Exception:  # noqa: BLE001 - no CUDA context: unknown
+            return None, str(dev)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = {x.split(":")[0]: int(x.split()[1]) * 1024 for x in f if x.split()[1:2] and x.split()[1].isdigit()}
+        return info.get("MemAvailable"), "this machine's RAM"
+    except (OSError, ValueError, IndexError):
+        return None, "cpu"
+
+
+def check_memory(job: JobConfig, comp: Components) -> None:
+    """Refuse a job whose work unit cannot fit: a unit holds the state of all its candidate rows at once
+    (`runtime.prompts_per_unit` prompts x the rows of the batch schedule at each scale); raises `ConfigError`
+    naming search.n and runtime.prompts_per_unit. Generators without `state_bytes_per_row(scale)` are not
+    checked."""
+    per_row = getattr(comp.generator, "state_bytes_per_row", None)
+    if not callable(per_row):
+        return
+    ppu = job.runtime.prompts_per_unit
+    need = max(b * ppu * per_row(k) for k, b in enumerate(comp.plan.batch_sizes))
+    free, where = _free_memory(getattr(comp.generator, "device", None))
+    if free is None or need <= 0.8 * free:
+        return
+    rows = max(comp.plan.batch_sizes) * ppu
+    fit_n = int(job.search.n * 0.8 * free / need)
+    raise ConfigError(
+        f"search.n={job.search.n} with runtime.prompts_per_unit={ppu} needs up to {rows} candidate rows in a work "
+        f"unit ({need / 2**30:.1f} GiB of model state), more than the {free / 2**30:.1f} GiB free on {where}: lower "
+        f"search.n (about {fit_n} fits) or runtime.prompts_per_unit")
+
+
+def prompt_problems(comp: Components, prompts: list[str], score_batch: int = 64,
+                    reward_label: str | None = None) -> dict[str, str]:
+    """prompt -> why the job's text models cannot read it, for every prompt that fails: the generator's text
+    encoder (`check_prompt`) and the reward (scoring a grey image with the prompt, bisecting failed batches;
+    only ValueError-like errors count, a reward that fails otherwise is reported by the job itself).
+    Feature extractors read no text."""
+    import torch
+
+    from .engine import score_images
+
+    bad: dict[str, str] = {}
+    uniq = list(dict.fromkeys(prompts))
+    check = getattr(comp.generator, "check_prompt", None)
+    if callable(check):
+        for p in uniq:
+            try:
+                check(p)
+            except ValueError as e:
+                bad[p] = f"the generator's text encoder: {e}"
+    size = getattr(comp.reward, "input_size", None) or comp.preview_size or 32
+    size = size if isinstance(size, int) and 8 <= size <= 1024 else 32
+    label = reward_label or getattr(comp.reward, "name", None) or type(comp.reward).__name__
+
+    class _Inconclusive(Exception):
+        pass
+
+    def probe(ps: list[str]) -> None:
+        img = torch.full((len(ps), 3, size, size), 0.5)
+        try:
+            score_images(comp.reward, img, ps, np.arange(len(ps)))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            if type(e).__name__ == "RewardOutputError":
+                raise _Inconclusive(e) from None
+            if len(ps) == 1:
+                why = f"reward {label}: {_one_line(e)}"
+                bad[ps[0]] = f"{bad[ps[0]]}; {why}" if ps[0] in bad else why
+                return
+            mid = len(ps) // 2
+            probe(ps[:mid])
+            probe(ps[mid:])
+        except Exception as e:  # noqa: BLE001 - not about the prompt: the job reports it if it recurs
+            raise _Inconclusive(e) from None
+
+    try:
+        for s in range(0, len(uniq), max(1, score_batch)):
+            probe(uniq[s:s + score_batch])
+    except _Inconclusive as e:
+        log.warning("could not check the prompts with reward %s (%s); checking them as the job runs", label,
+                    _one_line(e.args[0] if e.args else e))
+    return bad
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    return lines[-1] if lines else type(e).__name__
+
+
+def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, str]) -> None:
+    """Raise `PromptError` listing every line whose prompt is in `problems` (from `prompt_problems`)."""
+    lines = [f"{job.prompts}:{it.index + 1}: {problems[it.prompt]}" for it in items if it.prompt in problems]
+    if lines:
+        raise PromptError(format_problems(lines))
 
 
 def make_worker(job: JobConfig, comp: Components) -> Worker:
@@ -70,7 +341,7 @@ def make_worker(job: JobConfig, comp: Components) -> Worker:
 
 def job_items(job: JobConfig) -> list[PromptItem]:
     if not job.prompts:
-        raise ValueError("prompts is not set: give a .txt or .jsonl file (prompts=path)")
+        raise ConfigError("prompts is not set: give a .txt or .jsonl file (prompts=path)")
     items = read_prompts(job.prompts)
     return items[: job.limit] if job.limit else items
 
@@ -83,8 +354,8 @@ class ResultWriter:
     `flush()` waits for the writes and re-raises any error; `summary()` flushes first.
     """
 
-    def __init__(self, job: JobConfig, items: list[PromptItem]):
-        self.job, self.out = job, OutputDir(job.output.dir)
+    def __init__(self, job: JobConfig, items: list[PromptItem], out: OutputDir | None = None):
+        self.job, self.out = job, out if out is not None else open_output(job)
         self.items = {it.index: it for it in items}
         self.totals: dict[str, float] = {}
         self.ok = self.failed = 0
@@ -93,21 +364,51 @@ class ResultWriter:
         self._futures: list[Future] = []
 
     def _submit(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
-        self._futures = [f for f in self._futures if not f.done() or f.exception() is not None]
+        self.check()
         self._futures.append(self._io.submit(self._persist, files, records))
 
     def _persist(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
-        for kind, rel, payload in files:
-            if kind == "image":
-                self.out.write_image(rel, payload)
+        try:
+            for kind, rel, payload in files:
+                if kind == "image":
+                    self.out.write_image(rel, payload)
+                else:
+                    self.out.write_trace(payload[0], payload[1])
+            self.out.append_many(records)
+        except Exception as e:
+            lost = sorted(r["index"] for r in records)
+            raise OutputWriteError(
+                f"writing the results of prompt(s) {lost} to {self.out.root} failed: {type(e).__name__}: {e}. "
+                "Prompts recorded in manifest.jsonl before are safe; these (and any the job had not reached) are "
+                "not recorded: fix the problem (disk space, permissions) and re-run the same command to redo "
+                "exactly them") from e
+
+    def check(self) -> None:
+        """Raise the first write error so far (`OutputWriteError`): the job stops instead of computing results
+        it cannot store."""
+        pending = []
+        for f in self._futures:
+            if f.done():
+                if f.exception() is not None:
+                    self._futures = [g for g in self._futures if g is not f]
+                    raise f.exception()
             else:
-                self.out.write_trace(payload[0], payload[1])
-        self.out.append_many(records)
+                pending.append(f)
+        self._futures = pending
 
     def flush(self) -> None:
         futures, self._futures = self._futures, []
         for f in futures:
             f.result()
+
+    def close(self) -> None:
+        """Wait for the writes already submitted (on any exit: what was computed is kept); errors are logged."""
+        for f in self._futures:
+            try:
+                f.result()
+            except Exception as e:  # noqa: BLE001 - the job is already stopping on another error
+                log.error("%s", e)
+        self._futures = []
 
     def pending(self) -> list[PromptItem]:
         """Prompts without an ok manifest line for the same index and prompt text (an edited line is redone)."""
@@ -148,10 +449,13 @@ class ResultWriter:
         self._submit(files, recs)
         return recs
 
-    def write_failure(self, unit: WorkUnit, error: str) -> None:
+    def write_failure(self, unit: WorkUnit, error: str, exc: BaseException | None = None) -> None:
         for p, s in zip(unit.prompt_indices, unit.seeds):
             it = self.items[p]
             rec = {"index": p, "prompt": it.prompt, "seed": s, "status": "failed", "error": error}
+            if exc is not None:
+                rec["error_type"] = type(getattr(exc, "cause", None) or exc).__name__  # a Ray error: the remote one
+                rec["transient"] = is_transient(exc)
             if it.metadata:
                 rec["metadata"] = it.metadata
             self._submit([], [rec])
@@ -173,7 +477,11 @@ class ResultWriter:
         s.update(extra or {})
         from .output import atomic_write_json
 
-        atomic_write_json(self.out.root / "summary.json", s)
+        try:
+            atomic_write_json(self.out.root / "summary.json", s)
+        except OSError as e:
+            raise OutputWriteError(f"every result is in {self.out.manifest}, but {self.out.root / 'summary.json'} "
+                                   f"could not be written ({e}); re-run the same command to write it") from e
         return s
 
 
@@ -181,6 +489,16 @@ def _progress(total: int, quiet: bool):
     from tqdm import tqdm
 
     return tqdm(total=total, disable=quiet, unit="prompt", desc="ttsvar", dynamic_ncols=True)
+
+
+def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
+    """One single-prompt unit per prompt of `unit` (ids from `next_id`): a failed unit's prompts re-run alone."""
+    return [WorkUnit(next_id + k, [p], [t], [s])
+            for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
+
+
+def error_text(e: BaseException) -> str:
+    return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=3))
 
 
 def run_job(job: JobConfig, generator=None) -> dict:
@@ -191,35 +509,66 @@ def run_job(job: JobConfig, generator=None) -> dict:
         return run_ray_job(job)
     t0 = time.perf_counter()
     items = job_items(job)
+    preflight(job)
     writer = ResultWriter(job, items)
+    try:
+        return _run_local(job, generator, writer, items, t0)
+    finally:
+        writer.close()
+
+
+def _run_local(job: JobConfig, generator, writer: ResultWriter, items: list[PromptItem], t0: float) -> dict:
     todo = writer.pending()
     skipped = len(items) - len(todo)
+    extra = {"skipped_done": skipped, "runtime": "local", "output_dir": str(writer.out.root)}
+    if not todo:
+        return writer.summary(time.perf_counter() - t0, {**extra, "time_setup": 0.0, "time_decide": 0.0})
     comp = build_components(job, generator)
+    check_prompts(job, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
+                                             reward_config(job).name))
     worker = make_worker(job, comp)
-    coord = Coordinator(comp.strategy, comp.plan)
+    coord = Coordinator(comp.strategy, comp.plan, reward_scale_for(job, comp.plan))
     setup = time.perf_counter() - t0
     units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
     bar = _progress(len(todo), job.runtime.quiet)
     S = comp.generator.num_scales
     worker.on_step = lambda uid, k: bar.set_postfix_str(f"unit {uid + 1}/{len(units)} scale {k + 1}/{S}")
-    for unit in units:
+    queue, next_id, retried = deque(units), len(units), 0
+    while queue:
+        unit = queue.popleft()
         for attempt in range(job.runtime.retries + 1):
+            writer.check()
             try:
                 rep, picks, imgs = run_unit(worker, coord, unit, job.output.save_candidates)
                 writer.write_unit(coord, rep, picks, imgs)
+                bar.update(len(unit.prompt_indices))
                 break
-            except Exception:  # noqa: BLE001 - recorded in the manifest, the job goes on
-                err = traceback.format_exc(limit=3)
+            except OutputWriteError:
+                raise
+            except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job goes on
+                err = error_text(e)
                 worker.drop(unit.unit_id)
                 for p in unit.prompt_indices:
                     coord.groups.pop(p, None)
-                if attempt == job.runtime.retries:
-                    log.error("unit %d failed after %d attempts: %s", unit.unit_id, attempt + 1, err)
-                    writer.write_failure(unit, err)
-        bar.update(len(unit.prompt_indices))
+                if len(unit.prompt_indices) > 1:  # find the prompt(s) at fault: each runs alone
+                    log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
+                                unit.prompt_indices, _one_line(e))
+                    singles = split_unit(unit, next_id)
+                    next_id += len(singles)
+                    queue.extendleft(reversed(singles))
+                    break
+                if is_transient(e) and attempt < job.runtime.retries:
+                    retried += 1
+                    log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
+                                attempt + 1, job.runtime.retries + 1, _one_line(e))
+                    continue
+                log.error("prompt %d failed%s: %s", unit.prompt_indices[0],
+                          f" after {attempt + 1} attempts" if attempt else "", _one_line(e))
+                writer.write_failure(unit, err, e)
+                bar.update(1)
+                break
     bar.close()
     writer.flush()
     wall = time.perf_counter() - t0
-    return writer.summary(wall, {"skipped_done": skipped, "time_setup": round(setup, 4),
-                                 "time_decide": round(coord.time_decide, 4),
-                                 "runtime": "local", "output_dir": str(writer.out.root)})
+    return writer.summary(wall, {**extra, "time_setup": round(setup, 4), "units_retried": retried,
+                                 "time_decide": round(coord.time_decide, 4)})

@@ -6,12 +6,17 @@ Layout (a contract users' scripts rely on: extend, don't rename):
     candidates/<index>_<k>.png  all final candidates (optional)
     traces/<index>.json       per-prompt search trace
     summary.json              job totals, rewritten at the end
+    job.json                  the fingerprint of the configuration that wrote the results (resume checks it)
+
+Every file is created with the permissions the umask gives (like the manifest), not tempfile's 0600.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -19,12 +24,32 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .errors import ManifestError, OutputError, ResumeError
+
+log = logging.getLogger("ttsvar")
+
+MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
+# what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
+WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "geneval_results.jsonl",
+           "geneval_summary.json")
+
+def file_mode() -> int:
+    """0o666 minus the process umask: the mode `open()` would create a file with."""
+    try:  # Linux >= 4.7 reports it without changing it
+        with open("/proc/self/status", encoding="ascii") as f:
+            umask = next(int(x.split()[1], 8) for x in f if x.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)  # elsewhere: read it by setting it (briefly)
+        os.umask(umask)
+    return 0o666 & ~umask
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
+    """Write to a temp file in the same directory, fsync, then rename over `path` (umask permissions)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -54,6 +79,11 @@ def to_uint8(images) -> np.ndarray:
     return (np.clip(arr, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def _short(v: Any, limit: int = 60) -> str:
+    text = json.dumps(v, default=_json_default)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _json_default(o):
     if isinstance(o, np.generic):
         return o.item()
@@ -62,33 +92,188 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def _record_problem(line: str) -> tuple[dict | None, str | None]:
+    """(record, None) for a manifest line that is a result record, else (None, why)."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        return None, f"not valid JSON ({e.msg})"
+    if not isinstance(rec, dict):
+        return None, f"a JSON {type(rec).__name__}, not an object"
+    idx = rec.get("index")
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        return None, f"no integer 'index' field (index={idx!r})"
+    if rec.get("status") == "ok" and not isinstance(rec.get("image"), str):
+        return None, "status ok but no 'image' path"
+    return rec, None
+
+
 class OutputDir:
-    """Owned by the process that applies the search (the engine or the Ray coordinator): one writer."""
+    """Owned by the process that applies the search (the engine or the Ray coordinator): one writer.
 
-    def __init__(self, root: str | Path):
+    `create=False` opens an existing directory for reading (`ttsvar evaluate`)."""
+
+    def __init__(self, root: str | Path, create: bool = True):
         self.root = Path(root).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.manifest = self.root / "manifest.jsonl"
+        self.manifest = self.root / MANIFEST
+        if self.root.exists() and not self.root.is_dir():
+            if not create:
+                raise OutputError(f"{self.root} is a file, not a folder: give the output.dir of a job")
+            raise OutputError(f"output.dir={str(root)!r} is a file, not a folder; choose another output.dir")
+        if not create:
+            if not self.root.is_dir():
+                raise OutputError(f"{self.root} does not exist; give the output.dir of a job")
+            return
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create output.dir={str(root)!r}: {e.strerror or e}; choose another "
+                              "output.dir") from None
 
-    def done(self) -> dict[int, dict]:
-        """Prompts already finished with status ok (a resumed job skips them); a later line for the same
-        index supersedes an earlier one. A torn last line is ignored."""
-        out: dict[int, dict] = {}
-        if not self.manifest.exists():
-            return out
-        for line in self.manifest.read_text(encoding="utf-8").splitlines():
+    # -- checks before a job --------------------------------------------------------------------------
+
+    def check_writable(self, subdirs: tuple[str, ...] = ("images", "traces")) -> None:
+        """Create the folders a job writes to and write (then delete) a file in each, so that a read-only or
+        full output.dir is refused before any model loads. Raises `OutputError` naming the path."""
+        if self.manifest.exists() and not self.manifest.is_file():
+            raise OutputError(f"{self.manifest} is not a file; remove it or choose another output.dir")
+        for d in ("", *subdirs):
+            path = self.root / d
             try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill mid-append; the prompt is simply redone
-            if rec.get("status") == "ok":
-                out[int(rec["index"])] = rec
+                if path.exists() and not path.is_dir():
+                    raise OutputError(f"{path} is a file, but the job writes files into a folder of that name; "
+                                      "move it away or choose another output.dir")
+                path.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=path, prefix=".ttsvar-write-check.", suffix=".tmp")
+                os.close(fd)
+                os.unlink(tmp)
+            except OSError as e:
+                raise OutputError(f"output.dir={str(self.root)!r} is not writable ({path}: {e.strerror or e}); "
+                                  "fix its permissions or choose another output.dir") from None
+        if self.manifest.exists() and not os.access(self.manifest, os.W_OK):
+            raise OutputError(f"{self.manifest} is not writable; fix its permissions or choose another output.dir")
+
+    def has_results(self) -> bool:
+        return self.manifest.is_file() and self.manifest.stat().st_size > 0
+
+    def clear(self) -> list[str]:
+        """Delete what jobs write here (`WRITTEN`), nothing else; returns the names deleted."""
+        gone = []
+        for name in WRITTEN:
+            path = self.root / name
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                else:
+                    continue
+            except OSError as e:
+                raise OutputError(f"cannot delete {path} to start over ({e.strerror or e}); fix its permissions "
+                                  "or choose another output.dir") from None
+            gone.append(name)
+        return gone
+
+    def repair_tail(self) -> str | None:
+        """A kill while a manifest line was being appended leaves it without its newline; the next append
+        would glue a record onto it (and lose it). A torn line that is a whole record gets its newline back;
+        otherwise it is cut off (its prompt is redone). Returns a warning, or None if the file was intact."""
+        if not self.manifest.is_file():
+            return None
+        with open(self.manifest, "rb+") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size == 0:
+                return None
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return None
+            f.seek(max(0, size - (1 << 20)))
+            chunk = f.read()
+            cut = size - len(chunk) + chunk.rfind(b"\n") + 1 if b"\n" in chunk else 0
+            f.seek(cut)
+            tail = f.read()
+            rec, _ = _record_problem(tail.decode("utf-8", "replace"))
+            if rec is not None:
+                f.seek(size)
+                f.write(b"\n")
+                msg = f"{self.manifest}: its last line had no newline (a kill during a write); added it"
             else:
-                out.pop(int(rec["index"]), None)
+                f.truncate(cut)
+                msg = (f"{self.manifest}: its last line was cut off by a kill during a write; removed it "
+                       f"({len(tail)} bytes: {tail[:60]!r}...), its prompt will be redone")
+            f.flush()
+            os.fsync(f.fileno())
+        return msg
+
+    def check_fingerprint(self, fingerprint: dict[str, Any]) -> None:
+        """Refuse to add results of one configuration to those of another. `fingerprint`: the flat fields that
+        change results. With results here and a different stored fingerprint, raises `ResumeError` naming
+        the fields (`clear()` first to start over). Writes `job.json` for the next run."""
+        fp = json.loads(json.dumps(fingerprint, default=_json_default))
+        path = self.root / JOB_FILE
+        if self.has_results():
+            old = None
+            if path.is_file():
+                try:
+                    old = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
+                except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                    old = None
+            if old is None:
+                log.warning("%s has results but no readable %s (an older ttsvar, or it was deleted): cannot check "
+                            "that they come from this configuration; resuming", self.root, JOB_FILE)
+            else:
+                diff = [k for k in sorted(set(old) | set(fp)) if old.get(k, "<unset>") != fp.get(k, "<unset>")]
+                if diff:
+                    n = sum(1 for _ in self.done(warn=False))
+                    what = "; ".join(f"{k}: {_short(old.get(k, '<unset>'))} -> {_short(fp.get(k, '<unset>'))}"
+                                     for k in diff[:8]) + (f"; ... ({len(diff)} fields)" if len(diff) > 8 else "")
+                    raise ResumeError(
+                        f"output.dir={str(self.root)!r} holds {n} result(s) of another configuration ({what}). "
+                        "Start over with output.overwrite=true (`--fresh`), which deletes them, or choose another "
+                        "output.dir")
+        atomic_write_json(path, {"fingerprint": fp})
+
+    # -- reading ----------------------------------------------------------------------------------------
+
+    def lines(self) -> list[tuple[int, dict | None, str | None]]:
+        """(line number from 1, record or None, why not a record) for every non-empty manifest line."""
+        if not self.manifest.exists():
+            return []
+        if not self.manifest.is_file():
+            raise ManifestError(f"{self.manifest} is not a file")
+        out = []
+        text = self.manifest.read_bytes().decode("utf-8", "replace")
+        for no, line in enumerate(text.split("\n"), 1):
+            if line.strip():
+                out.append((no, *_record_problem(line)))
         return out
 
-    def records(self) -> list[dict]:
-        return list(self.done().values())
+    def done(self, warn: bool = True) -> dict[int, dict]:
+        """Prompts already finished with status ok (a resumed job skips them); a later line for the same
+        index supersedes an earlier one. Lines that are not records are skipped (with a warning naming them):
+        their prompts are redone."""
+        out: dict[int, dict] = {}
+        for no, rec, why in self.lines():
+            if rec is None:
+                if warn:
+                    log.warning("%s line %d is %s; skipped (its prompt is redone unless another line has it)",
+                                self.manifest, no, why)
+                continue
+            if rec.get("status") == "ok":
+                out[rec["index"]] = rec
+            else:
+                out.pop(rec["index"], None)
+        return out
+
+    def records(self, strict: bool = False) -> list[dict]:
+        """The finished prompts' records. `strict`: a line that is not a record raises `ManifestError`."""
+        if strict:
+            bad = [f"line {no}: {why}" for no, rec, why in self.lines() if rec is None]
+            if bad:
+                raise ManifestError(f"{self.manifest} has {len(bad)} line(s) that are not result records "
+                                    f"({'; '.join(bad[:5])}); delete them and re-run the job on this output.dir "
+                                    "(it redoes the prompts they stood for)")
+        return list(self.done(warn=not strict).values())
 
     def image_path(self, index: int) -> str:
         return f"images/{index:05d}.png"

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .errors import MissingFileError
+
 
 class TextEncoder(ABC):
     """Called by a generator's `start` with the prompts of new rows."""
@@ -25,6 +27,11 @@ class TextEncoder(ABC):
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (features [B,T,dim] float32, mask [B,T] bool, True on real tokens; every row has >= 1 token)."""
 
+    def check_prompt(self, prompt: str) -> None:
+        """Raise ValueError naming the problem if `prompt` cannot be encoded faithfully (unknown words, more
+        tokens than the encoder reads). The default accepts everything."""
+        return None
+
 
 class T5TextEncoder(TextEncoder):
     """Flan-T5 encoder from a local Hugging Face directory (config, weights and tokenizer files)."""
@@ -33,7 +40,7 @@ class T5TextEncoder(TextEncoder):
                  max_length: int = 512):
         path = Path(path).expanduser()
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"no T5 encoder at {path}: expected a local Hugging Face directory with config.json, the "
                 "weights (model.safetensors) and the tokenizer files of google/flan-t5-xl")
         from transformers import AutoTokenizer, T5EncoderModel
@@ -45,6 +52,12 @@ class T5TextEncoder(TextEncoder):
                                                     use_safetensors=None).to(self.device).eval()
         self.dim = self.model.config.d_model
         self.max_length = max_length
+
+    def check_prompt(self, prompt: str) -> None:
+        n = len(self.tokenizer(prompt, truncation=False).input_ids)
+        if n > self.max_length:
+            raise ValueError(f"needs {n} tokens, more than the {self.max_length} the text encoder reads "
+                             "(the rest would be cut off)")
 
     @torch.inference_mode()
     def encode(self, prompts):
@@ -83,6 +96,19 @@ class WordTextEncoder(nn.Module, TextEncoder):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
+
+    def check_prompt(self, prompt: str) -> None:
+        ws = words(prompt)
+        if not ws:
+            raise ValueError("has no words (letters or digits)")
+        if self.config.vocab:  # an empty vocabulary (a random test encoder) reads any word as unknown
+            unknown = sorted({w for w in ws if w not in self.index})
+            if unknown:
+                known = list(self.config.vocab)
+                shown = ", ".join(known[:40]) + (", ..." if len(known) > 40 else "")
+                raise ValueError(f"words the text encoder does not know: {unknown}; it knows: {shown}")
+        if len(ws) > self.config.max_len:
+            raise ValueError(f"has {len(ws)} words, more than the {self.config.max_len} the text encoder reads")
 
     def tokenize(self, prompts: Sequence[str]) -> torch.Tensor:
         rows = []

@@ -11,8 +11,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..errors import InputError
 
-class CheckpointError(ValueError):
+
+class CheckpointError(InputError):
     """A checkpoint file is missing, unreadable, or does not match the model it is loaded into."""
 
 
@@ -28,7 +30,12 @@ def read_state_dict(path: str | Path, *, nested_key: str | None = None) -> dict[
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        obj: object = load_file(str(path), device="cpu")
+        try:
+            obj: object = load_file(str(path), device="cpu")
+        except Exception as e:  # noqa: BLE001 - SafetensorError (header, truncation), OSError
+            why = str(e).strip() or type(e).__name__
+            raise CheckpointError(f"cannot read {path} as a safetensors file ({why}): it is truncated, corrupt or "
+                                  "not a safetensors file; download or save it again") from None
     else:
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=True)

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from ..errors import MissingFileError
 from ..generator import Generator, SamplingConfig
 
 
@@ -35,6 +36,7 @@ class ModelDefaults:
     features: str = "dinov2"
     preview_size: int | None = None
     sampling: dict = field(default_factory=dict)
+    reads: tuple[str, ...] | None = None  # the ModelConfig fields the builder reads (None: all); others warn
 
 
 _BUILDERS: dict[str, Callable[[ModelConfig, SamplingConfig | None], Generator]] = {}
@@ -100,7 +102,7 @@ def require_file(value: str | None, field_name: str, what: str) -> Path:
         raise ValueError(f"{field_name} is not set: give the local path of {what}")
     path = Path(value).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"{field_name}={value!r} does not exist: it should be {what}")
+        raise MissingFileError(f"{field_name}={value!r} does not exist: it should be {what}")
     return path
 
 

@@ -33,13 +33,15 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import InputError
+
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
 GENEVAL_RELATIONS = ("left of", "right of", "above", "below")
 POSITION_THRESHOLD = 0.1  # GenEval's default `position_threshold` option
 
 
-class MetadataError(ValueError):
+class MetadataError(InputError):
     """A metadata object does not follow GenEval's format; the message names the line and the field."""
 
 

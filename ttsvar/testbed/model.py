@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import MissingFileError
 from ..generator import SamplingConfig
 from ..models.checkpoint import CheckpointError, load_strict, read_state_dict
 from ..models.infinity.generator import InfinityGenerator
@@ -31,8 +32,8 @@ def load_shapes_tiny(path: str | Path | None = None, device: str | torch.device 
     path = Path(path) if path else WEIGHTS
     meta_path = path.with_suffix(".json")
     if not path.is_file() or not meta_path.is_file():
-        raise FileNotFoundError(f"shapes-tiny weights not found at {path} (+ .json); reinstall the package or "
-                                "rebuild them with `python -m ttsvar.testbed.train`")
+        raise MissingFileError(f"shapes-tiny weights not found at {path} (+ .json); reinstall the package or "
+                               "rebuild them with `python -m ttsvar.testbed.train`")
     meta = json.loads(meta_path.read_text())
     vd = {k: (tuple(map(tuple, v)) if k == "scale_schedule" and v else tuple(v) if isinstance(v, list) else v)
           for k, v in meta["vae"].items()}
@@ -52,7 +53,7 @@ def load_shapes_tiny(path: str | Path | None = None, device: str | torch.device 
                              sampling or SamplingConfig(**SHAPES_SAMPLING), device)
 
 
-@register_generator("shapes-tiny", ModelDefaults(reward="shapes-clip", features="shapes-clip",
-                                                 sampling=SHAPES_SAMPLING))
+@register_generator("shapes-tiny", ModelDefaults(reward="shapes-reward", features="shapes-clip",
+                                                 sampling=SHAPES_SAMPLING, reads=("weights", "device")))
 def shapes_tiny(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
     return load_shapes_tiny(cfg.weights, resolve_device(cfg.device), sampling)

@@ -68,6 +68,7 @@ def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = N
                              sampling, device)
 
 
-@register_generator("infinity-tiny-random", ModelDefaults(reward="shapes-clip", features="shapes-clip"))
+@register_generator("infinity-tiny-random", ModelDefaults(reward="shapes-clip", features="shapes-clip",
+                                                          reads=("device",)))
 def infinity_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)

@@ -84,6 +84,22 @@ class InfinityGenerator(Generator):
         self.sampling = sampling
         self.cfg_list, self.tau_list = sampling.per_scale(self.num_scales)
 
+    def check_prompt(self, prompt: str) -> None:
+        check = getattr(self.text_encoder, "check_prompt", None)
+        if callable(check):
+            check(prompt)
+
+    def state_bytes_per_row(self, scale: int) -> int:
+        """About the bytes one candidate row holds once scale `scale` is sampled: its key/value cache (two rows
+        with CFG) and its accumulated codes. `ttsvar.jobs.check_memory` sizes work units with it."""
+        cfg = self.model.config
+        tokens = sum(h * w for h, w in self.scale_schedule[: scale + 1])
+        blocks = self.model.blocks
+        item = blocks[0].sa.mat_qkv.weight.element_size() if blocks else 4
+        pairs = 2 if any(c != 1 for c in self.cfg_list) else 1
+        H, W = self.vae_schedule[-1]
+        return pairs * cfg.depth * 2 * tokens * cfg.embed_dim * item + cfg.codebook_dim * H * W * 4
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @torch.inference_mode()

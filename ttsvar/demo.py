@@ -1,0 +1,205 @@
+"""`ttsvar demo` (what `make demo` runs): plain sampling vs TTS-VAR on the same prompts, judged exactly.
+
+`run_demo` is called by `ttsvar.cli.cmd_demo`; `write_grid` by `run_demo` (and the tests). Layout of the
+demo's output directory:
+
+    prompts.jsonl   the GenEval-format prompts (`per_tag` per GenEval tag, shapes world, train split)
+    plain/          job output of plain sampling (search.strategy=random, search.n=1)
+    tts-var/        job output of TTS-VAR (search.n=n, output.save_candidates=true)
+    grid.png        one row per prompt: plain sample, TTS-VAR pick, TTS-VAR's other final candidates,
+                    each framed green (correct) or red (wrong) by the exact shapes evaluator
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from .output import OutputDir, atomic_write_bytes
+
+PLAIN, SEARCH = "plain", "tts-var"
+# fields the demo sets for each run; a user override of one of them would be silently replaced
+_DEMO_KEYS = ("prompts", "model.name", "search.strategy", "search.n", "output.dir", "output.save_candidates")
+_STALE = ("manifest.jsonl", "summary.json", "images", "traces", "candidates", "geneval_results.jsonl",
+          "geneval_summary.json")
+
+# grid geometry (pixels); a cell is a tile framed by BORDER and surrounded by PAD
+BORDER, PAD, LABEL_W, HEADER_H = 4, 5, 200, 36
+GREEN, RED = (40, 170, 60), (210, 40, 40)
+
+
+def cell_size(tile: int) -> int:
+    return tile + 2 * BORDER + 2 * PAD
+
+
+def grid_size(n_rows: int, n_cols: int, tile: int) -> tuple[int, int]:
+    """(width, height) of a grid with `n_rows` prompt rows (plus the header) and `n_cols` image columns."""
+    return LABEL_W + n_cols * cell_size(tile), HEADER_H + n_rows * cell_size(tile)
+
+
+def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, overrides: Sequence[str] = (),
+             max_candidates: int = 4, tile: int = 96) -> int:
+    """Run the demo into `out`; returns the exit code (1 when a prompt failed in either run).
+
+    Called by `ttsvar.cli.cmd_demo`. Both runs use the same prompts, seed and user `overrides`; each run's
+    directory is started afresh. Without the shapes-tiny weights only TTS-VAR runs, on a random-weight
+    Infinity, and there is nothing to judge or compare.
+    """
+    from .config import load_config
+    from .jobs import run_job
+    from .testbed import world
+    from .testbed.model import weights_available
+
+    fixed = [o for o in overrides if o.split("=", 1)[0].strip() in _DEMO_KEYS]
+    if fixed:
+        raise ValueError(f"the demo sets {', '.join(_DEMO_KEYS)} itself (got {', '.join(fixed)}); use --n for "
+                         "TTS-VAR's N, --per-tag for the number of prompts, or `ttsvar run` for other jobs")
+    if per_tag < 1 or n < 1:
+        raise ValueError(f"--per-tag and --n must be >= 1, got {per_tag} and {n}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    metadata = world.eval_prompts(per_tag, seed=seed, split="train")
+    prompts = out / "prompts.jsonl"  # GenEval format, so the results can be judged exactly
+    atomic_write_bytes(prompts, "".join(json.dumps(m) + "\n" for m in metadata).encode())
+    model = "shapes-tiny" if weights_available() else "infinity-tiny-random"
+    runs = [(PLAIN, "random", 1, "plain sampling (N=1)"), (SEARCH, "tts-var", n, f"TTS-VAR (N={n})")]
+    if model != "shapes-tiny":
+        print("NOTE: the embedded shapes-tiny weights are not available; running TTS-VAR on a tiny Infinity with "
+              "RANDOM weights (images are noise-like), without evaluation or comparison.")
+        runs = runs[1:]
+    print(f"ttsvar demo: {' vs '.join(r[3] for r in runs)} with {model} on {len(metadata)} GenEval-style "
+          f"prompts (seed {seed}):")
+    for m in metadata:
+        print(f"  [{m['tag']}] {m['prompt']}")
+
+    summaries = {}
+    for sub, strategy, k, label in runs:
+        d = out / sub
+        _start_afresh(d)
+        job = load_config(None, list(overrides), prompts=str(prompts), model={"name": model},
+                          search={"strategy": strategy, "n": k},
+                          output={"dir": str(d), "save_candidates": strategy == "tts-var"})
+        s = summaries[sub] = run_job(job)
+        print(f"{label}: {s['prompts_ok']} images in {s['wall_time_s']:.1f} s, "
+              f"{s['compute'].get('token_forwards', 0):,} token forwards -> {d}")
+    rc = 0 if all(s.get("prompts_failed", 0) == 0 for s in summaries.values()) else 1
+    if model != "shapes-tiny":
+        return rc
+
+    from .testbed.evaluate import evaluate_output_dir
+
+    print("exact GenEval-style evaluation (overall = mean of the per-tag accuracies):")
+    for sub, _, _, label in runs:
+        s = evaluate_output_dir(out / sub)["summary"]
+        tags = ", ".join(f"{t} {v['correct']}/{v['total']}" for t, v in s["per_tag"].items())
+        print(f"{label}: overall {s['overall']:.2f} ({tags})")
+    tf = {sub: summaries[sub]["compute"].get("token_forwards", 0) for sub in summaries}
+    if tf[PLAIN]:
+        print(f"TTS-VAR used {tf[SEARCH] / tf[PLAIN]:.1f}x the token forwards of plain sampling")
+    grid = write_grid(out / "grid.png", out / PLAIN, out / SEARCH, labels=("plain N=1", f"TTS-VAR N={n}"),
+                      max_candidates=max_candidates, tile=tile)
+    print(f"grid: {grid}  (rows: prompts; columns: plain sample, TTS-VAR pick, TTS-VAR's other final candidates; "
+          "green frame = correct, red = wrong)")
+    return rc
+
+
+def _start_afresh(d: Path) -> None:
+    for old in _STALE:
+        path = d / old
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    d.mkdir(parents=True, exist_ok=True)
+
+
+def write_grid(path: Path, plain_dir: Path, search_dir: Path, *, labels: tuple[str, str] = ("plain N=1", "TTS-VAR"),
+               max_candidates: int = 4, tile: int = 96) -> Path:
+    """Judge and draw both runs' images into one PNG at `path` (written atomically); returns `path`.
+
+    Called by `run_demo`. One row per prompt finished in both runs (by index): the plain sample, the
+    TTS-VAR pick, then up to `max_candidates` of TTS-VAR's other final candidates (manifest `candidates`,
+    the pick first, so it is skipped). Each tile is upscaled (nearest) to `tile` pixels and framed green
+    with a check mark when `ShapesEvaluator` judges it correct for the prompt's metadata, red with a cross
+    otherwise. A header row names the columns and gives each run's number of correct images.
+    """
+    from .testbed.evaluate import metadata_for
+    from .testbed.evaluator import ShapesEvaluator
+
+    ev = ShapesEvaluator()
+    plain, search = OutputDir(plain_dir), OutputDir(search_dir)
+    p_recs, s_recs = plain.done(), search.done()
+    rows = []  # (metadata, [(image, correct) or None per column])
+    for i in sorted(set(p_recs) & set(s_recs)):
+        md = metadata_for(s_recs[i])
+        if md is None:
+            raise ValueError(f"prompt {i} ({s_recs[i]['prompt']!r}) has no GenEval metadata to judge it by")
+        paths = [plain.root / p_recs[i]["image"], search.root / s_recs[i]["image"]]
+        paths += [search.root / c for c in s_recs[i].get("candidates", [])[1:][:max_candidates]]
+        cells = []
+        for p in paths:
+            img = np.asarray(Image.open(p).convert("RGB"))
+            cells.append((img, ev.evaluate(img, md).correct))
+        rows.append((md, cells))
+    if not rows:
+        raise ValueError(f"no prompt finished in both {plain_dir} and {search_dir}")
+    n_cols = max(len(c) for _, c in rows)
+    counts = [sum(c[j][1] for _, c in rows if len(c) > j) for j in range(2)]
+    titles = [labels[0], labels[1]] + [f"not picked {j}" for j in range(1, n_cols - 1)]
+    subtitles = [f"{counts[0]}/{len(rows)} correct", f"pick: {counts[1]}/{len(rows)} correct"]
+    subtitles += ["(TTS-VAR final)"] * (n_cols - 2)
+
+    font = _font()
+    W, H = grid_size(len(rows), n_cols, tile)
+    canvas = Image.new("RGB", (W, H), "white")
+    draw = ImageDraw.Draw(canvas)
+    cell = cell_size(tile)
+    draw.text((PAD, PAD), "prompt [GenEval tag]", fill="black", font=font)
+    for j, (t, st) in enumerate(zip(titles, subtitles)):
+        x = LABEL_W + j * cell + PAD
+        draw.text((x, PAD), t, fill="black", font=font)
+        draw.text((x, PAD + 14), st, fill=(90, 90, 90), font=font)
+    draw.line([(0, HEADER_H - 1), (W, HEADER_H - 1)], fill=(180, 180, 180))
+    for r, (md, cells) in enumerate(rows):
+        y = HEADER_H + r * cell
+        text = textwrap.wrap(md["prompt"], width=_wrap_width(draw, font, LABEL_W - 2 * PAD)) + [f"[{md['tag']}]"]
+        draw.multiline_text((PAD, y + PAD + BORDER), "\n".join(text), fill="black", font=font, spacing=3)
+        for j, (img, ok) in enumerate(cells):
+            x = LABEL_W + j * cell + PAD
+            draw.rectangle([x, y + PAD, x + tile + 2 * BORDER - 1, y + PAD + tile + 2 * BORDER - 1],
+                           fill=GREEN if ok else RED)
+            canvas.paste(Image.fromarray(img).resize((tile, tile), Image.NEAREST), (x + BORDER, y + PAD + BORDER))
+            _mark(draw, x + tile + 2 * BORDER - 16, y + PAD, ok)
+        if r:
+            draw.line([(0, y), (W, y)], fill=(225, 225, 225))
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    atomic_write_bytes(Path(path), buf.getvalue())
+    return Path(path)
+
+
+def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=12)  # Pillow >= 10.1 (FreeType)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def _wrap_width(draw: ImageDraw.ImageDraw, font, width: int) -> int:
+    """Characters per line that fit in `width` pixels (measured on a typical prompt's letters)."""
+    per_char = draw.textlength("a photo of a square", font=font) / len("a photo of a square")
+    return max(8, int(width / max(per_char, 1.0)))
+
+
+def _mark(draw: ImageDraw.ImageDraw, x: int, y: int, ok: bool) -> None:
+    """A 16x16 badge at (x, y): a white check on green or a white cross on red (drawn, not a font glyph)."""
+    draw.rectangle([x, y, x + 15, y + 15], fill=GREEN if ok else RED)
+    if ok:
+        draw.line([(x + 3, y + 8), (x + 6, y + 12), (x + 12, y + 3)], fill="white", width=2)
+    else:
+        draw.line([(x + 4, y + 4), (x + 11, y + 11)], fill="white", width=2)
+        draw.line([(x + 11, y + 4), (x + 4, y + 11)], fill="white", width=2)

@@ -1,0 +1,455 @@
+"""Train `shapes-reward` on samples of the embedded generator, labelled by the exact evaluator.
+
+    python -m ttsvar.testbed.train_reward [--threads 2] [--seed 0] [--out PATH] [--data CACHE.npz]
+                                          [--set steps=600 samples_per_prompt=96 ...] [--quick]
+
+1. Data: `samples_per_prompt` images of `shapes-tiny` for every *training-split* prompt, spread over
+   several (cfg, tau) settings so the reward sees the generator's typical mistakes at many rates. Held-out
+   prompts are never sampled, never used as a label, never scored here.
+2. Labels, from the exact evaluator: correctness; partial credit (the share of include/exclude clauses
+   met, a count clause by its distance); for every image also a few *other* training prompts of the same
+   tag (one-attribute perturbations first), so the model must read the words and not only the image.
+3. Loss: binary cross-entropy of the log-odds on correctness, plus ImageReward's within-prompt pairwise
+   ranking loss, -log sigmoid(r_i - r_j) over image pairs of one prompt whose graded labels
+   (correct + partial/2) differ.
+4. Metrics on fresh samples of training prompts (new seeds, never trained on): within-prompt AUROC, pair
+   accuracy, Best-of-8 against random and oracle; the declared scale (std of the scores over generated
+   samples) that potentials divide by. Printed, and stored in the JSON beside the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..generator import Rows, SamplingConfig
+from ..output import to_uint8
+from . import world
+from .evaluator import ShapesEvaluator
+from .geneval import check_metadata
+from .reward import DEFAULT_WEIGHTS, ShapesRewardConfig, ShapesRewardModel, save_shapes_reward
+from .train_vae import autocast
+
+# (cfg, tau, share of the samples): the shipped default first; the others widen the failure modes seen.
+SETTINGS: tuple[tuple[float, float, float], ...] = ((3.0, 1.0, 0.5), (2.0, 1.0, 0.2), (4.0, 1.3, 0.15),
+                                                     (1.5, 0.8, 0.15))
+
+
+@dataclass
+class RewardTrainConfig:
+    seed: int = 0
+    samples_per_prompt: int = 64  # generated images per training prompt (over all SETTINGS)
+    val_per_prompt: int = 8  # fresh samples per training prompt at the default setting, for the metrics
+    extra_prompts: int = 7  # other training prompts scored per image and step (labels: the full verdict matrix)
+    steps: int = 600
+    prompts_per_batch: int = 16
+    images_per_prompt: int = 8  # images of one prompt per batch (the ranking loss compares them)
+    lr: float = 1e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+    rank_weight: float = 1.0
+    aux_weight: float = 0.5  # the evaluator's segmentation and counts as auxiliary targets of the image tower
+    val_every: int = 100
+    width: int = 96
+    image_layers: int = 2
+    fusion_layers: int = 2
+    tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
+    amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
+    gen_batch: int = 384  # rows per generator forward while sampling
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256) -> np.ndarray:
+    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3]."""
+    rows = Rows.for_prompts(k, seeds)
+    out = []
+    for s in range(0, len(rows), batch):
+        sub = rows.select(np.arange(s, min(len(rows), s + batch)))
+        state = gen.start(prompts, sub)
+        for _ in range(gen.num_scales):
+            state = gen.step(state)
+        out.append(to_uint8(gen.finish(state)))
+    return np.concatenate(out).reshape(len(prompts), k, *out[0].shape[1:])
+
+
+def partial_credit(detections, metadata: dict) -> float:
+    """Share of the prompt's clauses that hold, in [0, 1]; a count clause earns 1 - |found - asked| / asked."""
+    by_class: dict[str, int] = {}
+    for d in detections:
+        by_class[d.cls] = by_class.get(d.cls, 0) + 1
+    credits = []
+    inc = metadata.get("include", [])
+    for req in inc:
+        sub = {"include": [req] if "position" not in req else [inc[req["position"][1]], {**req, "position":
+               [req["position"][0], 0]}]}
+        if check_metadata(detections, sub)[0]:
+            credits.append(1.0)
+        else:
+            found = by_class.get(req["class"], 0)
+            credits.append(0.5 * min(found, req["count"]) / req["count"])  # present but wrong colour/position
+    for req in metadata.get("exclude", []):
+        n, asked = by_class.get(req["class"], 0), req["count"] - 1
+        credits.append(1.0 if n < req["count"] else max(0.0, 1.0 - abs(n - asked) / max(asked, 1)))
+    return float(np.mean(credits)) if credits else 0.0
+
+
+def label(ev: ShapesEvaluator, images: np.ndarray, metadata: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """(correct int8 [N], partial float32 [N]) of each image for its metadata."""
+    dets = [ev.detect(im) for im in images]
+    correct = np.array([check_metadata(d, m)[0] for d, m in zip(dets, metadata)], dtype=np.int8)
+    partial = np.array([1.0 if c else partial_credit(d, m) for d, m, c in zip(dets, metadata, correct)], np.float32)
+    return correct, partial
+
+
+def make_data(gen, tc: RewardTrainConfig, log=print) -> dict:
+    """Samples of every training prompt under SETTINGS, with labels for their own and extra prompts."""
+    train = world.prompts_of("train")
+    texts = [m["prompt"] for m in train]
+    rng = np.random.default_rng(tc.seed)
+    images, prompt_idx, setting = [], [], []
+    t0 = time.perf_counter()
+    for si, (cfg, tau, share) in enumerate(SETTINGS):
+        k = max(1, round(tc.samples_per_prompt * share))
+        gen.set_sampling(SamplingConfig(cfg=cfg, tau=tau, top_k=0, top_p=0.0))
+        seeds = [int(x) for x in rng.integers(0, 2**31, len(texts))]
+        imgs = sample_images(gen, texts, k, seeds, tc.gen_batch)
+        images.append(imgs.reshape(-1, *imgs.shape[2:]))
+        prompt_idx.append(np.repeat(np.arange(len(texts)), k))
+        setting.append(np.full(len(texts) * k, si))
+        log(f"  sampled cfg={cfg:g} tau={tau:g}: {len(texts)} prompts x {k} ({time.perf_counter() - t0:.0f}s)")
+    images, prompt_idx, setting = np.concatenate(images), np.concatenate(prompt_idx), np.concatenate(setting)
+    data = {"images": images, "prompt_idx": prompt_idx, "setting": setting, "prompts": np.array(texts),
+            **label_matrix(images, prompt_idx, train), **aux_targets(images)}
+    log(f"  labelled {len(images)} images x {len(train)} prompts ({time.perf_counter() - t0:.0f}s); "
+        "own-prompt accuracy per setting " + ", ".join(
+            f"{c:g}/{t:g}: {data['correct'][setting == i, prompt_idx[setting == i]].mean():.3f}"
+            for i, (c, t, _) in enumerate(SETTINGS)))
+    return data
+
+
+def label_matrix(images: np.ndarray, own: np.ndarray, prompts: list[dict]) -> dict:
+    """The evaluator's verdict of every image for every prompt (`correct` int8 [N, P]: the training pairs
+    beyond an image's own prompt teach the model to read the words), and partial credit for the own prompt
+    (`partial` float32 [N])."""
+    ev = ShapesEvaluator()
+    correct = np.zeros((len(images), len(prompts)), np.int8)
+    partial = np.zeros(len(images), np.float32)
+    for n, im in enumerate(images):
+        d = ev.detect(im)
+        correct[n] = [check_metadata(d, m)[0] for m in prompts]
+        partial[n] = 1.0 if correct[n, own[n]] else partial_credit(d, prompts[own[n]])
+    return {"correct": correct, "partial": partial}
+
+
+def make_val(gen, tc: RewardTrainConfig, k: int, seed: int) -> dict:
+    """Fresh samples of every training prompt at the default setting (new seeds): the metrics' data."""
+    train = world.prompts_of("train")
+    texts = [m["prompt"] for m in train]
+    gen.set_sampling(SamplingConfig(cfg=SETTINGS[0][0], tau=SETTINGS[0][1], top_k=0, top_p=0.0))
+    seeds = [int(x) for x in np.random.default_rng([seed, 99]).integers(0, 2**31, len(texts))]
+    imgs = sample_images(gen, texts, k, seeds, tc.gen_batch)
+    correct, partial = label(ShapesEvaluator(), imgs.reshape(-1, *imgs.shape[2:]), [m for m in train for _ in range(k)])
+    return {"images": imgs, "correct": correct.reshape(len(texts), k), "partial": partial.reshape(len(texts), k),
+            "prompts": texts, "tags": [m["tag"] for m in train]}
+
+
+def aux_targets(images: np.ndarray, batch: int = 2048) -> dict:
+    """The evaluator's view of each image as dense auxiliary targets for the image tower:
+    `counts` uint8 [N, 18]: detected objects per (shape, colour), clipped to 4;
+    `seg` int8 [N, g, g]: the majority segmentation class of each 4x4 patch (0 background, 1 + colour);
+    `pos` float32 [N, 18, 2]: box centre (x, y in [0, 1]) of the most confident object per (shape, colour)."""
+    from .evaluator import segment
+
+    ev = ShapesEvaluator()
+    shapes, colors = list(world.SHAPES), list(world.PALETTE)
+    counts = np.zeros((len(images), len(shapes) * len(colors)), np.uint8)
+    pos = np.zeros((len(images), len(shapes) * len(colors), 2), np.float32)
+    best = np.zeros((len(images), len(shapes) * len(colors)), np.float32)
+    seg = []
+    for s in range(0, len(images), batch):
+        lab = segment(images[s:s + batch]) + 1  # [b, 32, 32] in 0..6
+        b, h, w = lab.shape
+        onehot = np.eye(len(colors) + 1, dtype=np.float32)[lab]  # [b, 32, 32, 7]
+        seg.append(onehot.reshape(b, h // 4, 4, w // 4, 4, -1).sum((2, 4)).argmax(-1).astype(np.int8))
+    for n, im in enumerate(images):
+        for d in ev.detect(im):
+            k = shapes.index(d.cls) * len(colors) + colors.index(d.color)
+            counts[n, k] = min(4, counts[n, k] + 1)
+            if d.score > best[n, k]:
+                best[n, k] = d.score
+                x0, y0, x1, y1 = d.box
+                pos[n, k] = ((x0 + x1) / 2 / im.shape[1], (y0 + y1) / 2 / im.shape[0])
+    return {"counts": counts, "seg": np.concatenate(seg), "pos": pos}
+
+
+class AuxHeads(torch.nn.Module):
+    """Training-only heads (not saved): each patch token's segmentation class, and each object slot's count
+    of its (shape, colour) — slot k is tied to shape k // 6 and colour k % 6 by this loss alone."""
+
+    def __init__(self, width: int, n_seg: int = 7):
+        super().__init__()
+        self.seg = torch.nn.Linear(width, n_seg)
+        self.count = torch.nn.Linear(width, 5)
+        self.pos = torch.nn.Linear(width, 2)
+        self.count_pooled = torch.nn.Linear(width, 18 * 5)
+
+    def loss(self, tokens: torch.Tensor, seg: torch.Tensor, counts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """tokens [B, N (+ 18), W] (patches, then slots if the model has them), seg [B, N] classes, counts [B, 18]
+        in 0..4, pos [B, 18, 2] (read where the count is > 0). Without slots, counts are read from the mean patch
+        token through 18 heads and positions are not supervised."""
+        n = seg.shape[1]
+        seg_loss = F.cross_entropy(self.seg(tokens[:, :n]).flatten(0, 1), seg.flatten())
+        if tokens.shape[1] == n:
+            logits = self.count_pooled(tokens.mean(1)).view(len(tokens), -1, 5)  # [B, 18, 5]
+            return seg_loss + F.cross_entropy(logits.flatten(0, 1), counts.flatten())
+        slots = tokens[:, n:]
+        count_loss = F.cross_entropy(self.count(slots).flatten(0, 1), counts.flatten())
+        present = (counts > 0).float()
+        pos_err = ((torch.sigmoid(self.pos(slots)) - pos) ** 2).sum(-1)  # [B, 18]
+        pos_loss = 10 * (pos_err * present).sum() / present.sum().clamp(min=1)
+        return seg_loss + count_loss + pos_loss
+
+
+# ------------------------------------------------------------------------------------------- training
+
+
+def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def pixel_stats(images_u8: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images_u8.reshape(-1, 3).astype(np.float64) / 255.0
+    return tuple(float(v) for v in x.mean(0)), tuple(float(v) for v in x.std(0))
+
+
+def ranking_loss(scores: torch.Tensor, graded: torch.Tensor) -> torch.Tensor:
+    """ImageReward's pairwise loss within groups: scores, graded [G, M]; pairs where graded_i > graded_j."""
+    diff = scores[:, :, None] - scores[:, None, :]  # [G, M, M]
+    better = (graded[:, :, None] > graded[:, None, :]).float()
+    n = better.sum()
+    return (F.softplus(-diff) * better).sum() / n if n > 0 else scores.sum() * 0.0
+
+
+def tag_of(prompt: str) -> str:
+    """The GenEval tag of a shapes-world prompt (the trainer balances tags by it)."""
+    return _TAGS.get(prompt, "other")
+
+
+_TAGS = {m["prompt"]: m["tag"] for ms in world.ALL_PROMPTS.values() for m in ms}
+
+
+def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, log=print,
+                 val: dict | None = None) -> list[float]:
+    """Minibatches of `prompts_per_batch` prompts x `images_per_prompt` images; returns the loss curve.
+    With `val`, the validation metrics are logged every `val_every` steps."""
+    rng = np.random.default_rng(tc.seed + 1)
+    if "pos" not in data:
+        data.update(aux_targets(data["images"]))
+    aux = AuxHeads(model.cfg.width)
+    own = data["prompt_idx"]
+    n_prompts = len(data["prompts"])
+    by_prompt = [np.nonzero(own == p)[0] for p in range(n_prompts)]
+    tags = [tag_of(p) for p in data["prompts"]]
+    same_tag = [np.array([q for q in range(n_prompts) if tags[q] == tags[p] and q != p] or [p])
+                for p in range(n_prompts)]
+    keep = [p for p, b in enumerate(by_prompt) if len(b)]
+    n_tag = {t: sum(tags[p] == t for p in keep) for t in set(tags)}
+    w = np.array([n_tag[tags[p]] ** -tc.tag_balance for p in keep])
+    w /= w.sum()
+    ids_all = model.tokenize(list(data["prompts"]))  # [P, L]
+    params = [*model.parameters(), *aux.parameters()]
+    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
+    amp = {"bf16": torch.bfloat16, "fp32": None}[tc.amp]
+    losses = []
+    model.train()
+    G, M, E = tc.prompts_per_batch, tc.images_per_prompt, tc.extra_prompts
+    best: tuple[float, int, dict | None] = (-1.0, 0, None)
+    for step in range(tc.steps):
+        lr = tc.lr * min(1.0, (step + 1) / tc.warmup) * 0.5 * (1 + math.cos(math.pi * step / tc.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        groups = [keep[i] for i in rng.choice(len(keep), G, replace=False, p=w)]
+        idx = np.concatenate([rng.choice(by_prompt[g], M, replace=len(by_prompt[g]) < M) for g in groups])
+        images = to_tensor(data["images"][idx])
+        # prompts per image: its own, then half same-tag prompts (near misses), half any training prompt
+        n_same = E // 2
+        others = np.concatenate([np.stack([rng.choice(same_tag[p], n_same) for p in own[idx]]),
+                                 rng.integers(0, n_prompts, (len(idx), E - n_same))], 1)
+        pidx = torch.from_numpy(np.concatenate([own[idx][:, None], others], 1))  # [B, 1 + E]
+        correct = torch.from_numpy(data["correct"][idx[:, None], pidx.numpy()]).float()
+        partial = torch.from_numpy(data["partial"][idx])[:, None]
+        B, P = pidx.shape
+        with autocast(images.device, amp):
+            tokens = model.encode_images(images)  # [B, N, W]
+            which = torch.arange(B).repeat_interleave(P)  # [B*P] image of each (image, prompt) pair
+            s = model.score_tokens(tokens, ids_all[pidx.reshape(-1)], which).float().view(B, P)
+        weight = torch.ones(P)
+        weight[0] = 2.0  # an image's own prompt is what search ranks by
+        bce = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * weight).sum() / (B * weight.sum())
+        graded = (correct[:, 0] + 0.5 * partial[:, 0]).view(G, M)  # correct first, then closer misses
+        rank = ranking_loss(s[:, 0].view(G, M), graded)
+        aux_loss = aux.loss(tokens, torch.from_numpy(data["seg"][idx].astype(np.int64)).flatten(1),
+                            torch.from_numpy(data["counts"][idx].astype(np.int64)), torch.from_numpy(data["pos"][idx]))
+        loss = bce + tc.rank_weight * rank + tc.aux_weight * aux_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        losses.append(loss.item())
+        if step % 50 == 0 or step == tc.steps - 1:
+            log(f"  step {step:4d}  loss {loss.item():.4f}  (bce {bce.item():.4f}, rank {rank.item():.4f}, "
+                f"aux {aux_loss.item():.4f})  lr {lr:.2e}")
+        if val is not None and tc.val_every and (step + 1) % tc.val_every == 0:
+            model.eval()
+            m = ranking_metrics(score_grid(model, val["images"], val["prompts"]), val["correct"], val["tags"])
+            log(f"  step {step + 1:4d}  validation: prompt AUROC {m['prompt_auroc']:.3f}, best-of-8 "
+                f"{m['best_of_8']:.3f} (random {m['random']:.3f}, oracle {m['oracle_best_of_8']:.3f})")
+            if m["prompt_auroc"] > best[0]:  # keep the best weights by the validation AUROC (training prompts)
+                best = (m["prompt_auroc"], step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            model.train()
+    model.eval()
+    if best[2] is not None and best[1] != tc.steps:
+        log(f"  keeping the weights of step {best[1]} (validation prompt AUROC {best[0]:.3f})")
+        model.load_state_dict(best[2])
+    return losses
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+@torch.no_grad()
+def score_grid(model: ShapesRewardModel, images_u8: np.ndarray, prompts: list[str], batch: int = 512) -> np.ndarray:
+    """Scores [P, K] of images [P, K, H, W, 3] for their own prompts [P]."""
+    P, K = images_u8.shape[:2]
+    flat = images_u8.reshape(P * K, *images_u8.shape[2:])
+    ids = model.tokenize(prompts).repeat_interleave(K, 0)
+    out = [model(to_tensor(flat[s:s + batch]), ids[s:s + batch]) for s in range(0, P * K, batch)]
+    return torch.cat(out).float().numpy().reshape(P, K)
+
+
+def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """P(score of a positive > score of a negative), ties count half."""
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    d = pos[:, None] - neg[None, :]
+    return float(((d > 0) + 0.5 * (d == 0)).mean())
+
+
+def ranking_metrics(scores: np.ndarray, correct: np.ndarray, tags: list[str], k: int = 8) -> dict:
+    """Within-prompt ranking quality of scores [P, K] against the evaluator's correct [P, K].
+
+    prompt_auroc: mean over prompts with both outcomes; best_of_k: the top-scored of the first k samples
+    is correct (per-tag mean, then mean of tags, as GenEval); random / oracle of the same k samples."""
+    aucs = [auroc(s[c == 1], s[c == 0]) for s, c in zip(scores, correct) if 0 < c.sum() < len(c)]
+    k = min(k, scores.shape[1])
+    pick = correct[np.arange(len(scores)), scores[:, :k].argmax(1)]
+    per = {}
+    for t in sorted(set(tags)):
+        m = np.array([x == t for x in tags])
+        per[t] = {"best": float(pick[m].mean()), "random": float(correct[m, :k].mean()),
+                  "oracle": float(correct[m, :k].max(1).mean())}
+    mean = {key: float(np.mean([v[key] for v in per.values()])) for key in ("best", "random", "oracle")}
+    gap = mean["oracle"] - mean["random"]
+    return {"prompt_auroc": float(np.mean(aucs)) if aucs else float("nan"), "prompts_with_both": len(aucs),
+            f"best_of_{k}": mean["best"], "random": mean["random"], f"oracle_best_of_{k}": mean["oracle"],
+            "gap_closed": (mean["best"] - mean["random"]) / gap if gap > 0 else float("nan"), "per_tag": per}
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+
+def build_model(tc: RewardTrainConfig, images_u8: np.ndarray) -> ShapesRewardModel:
+    mean, std = pixel_stats(images_u8[:4096])
+    cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), context_length=world.MAX_PROMPT_WORDS, width=tc.width,
+                             image_layers=tc.image_layers, fusion_layers=tc.fusion_layers, mean=mean, std=std)
+    torch.manual_seed(tc.seed)
+    return ShapesRewardModel(cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ttsvar.testbed.train_reward", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
+    p.add_argument("--generator", default=None, help="shapes-tiny weights (default: the shipped ones)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--data", default=None, help="cache the generated data set in this .npz (reused if present)")
+    p.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
+    p.add_argument("--set", nargs="*", default=[], help="RewardTrainConfig overrides, e.g. steps=100")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    tc = RewardTrainConfig()
+    if a.quick:
+        tc = RewardTrainConfig(samples_per_prompt=4, val_per_prompt=2, steps=3, prompts_per_batch=4,
+                               images_per_prompt=2, width=32, image_layers=1, fusion_layers=1, warmup=1)
+    types = {f.name: f.type for f in fields(RewardTrainConfig)}
+    for kv in a.set:
+        key, sep, val = kv.partition("=")
+        if not sep or key not in types:
+            print(f"error: --set {kv!r}: expected key=value with key in {sorted(types)}", file=sys.stderr)
+            return 2
+        setattr(tc, key, type(getattr(tc, key))(val))
+    from .model import load_shapes_tiny
+
+    t_start = time.perf_counter()
+    gen = load_shapes_tiny(a.generator)
+    timings = {}
+    cache = Path(a.data) if a.data else None
+    if cache and cache.is_file():
+        stored = dict(np.load(cache))
+        data = {k: v for k, v in stored.items() if not k.startswith("val_")}
+        val = {k[4:]: v for k, v in stored.items() if k.startswith("val_")}
+        data["prompts"], val["prompts"], val["tags"] = ([str(x) for x in d] for d in
+                                                        (data["prompts"], val["prompts"], val["tags"]))
+        print(f"data: {len(data['images'])} images (+ {val['images'].shape[:2]} validation) from {cache}")
+    else:
+        print(f"data: sampling shapes-tiny for {len(world.prompts_of('train'))} training prompts")
+        data = make_data(gen, tc)
+        timings["data_s"] = time.perf_counter() - t_start
+        t0 = time.perf_counter()
+        val = make_val(gen, tc, tc.val_per_prompt, tc.seed)
+        timings["val_data_s"] = time.perf_counter() - t0
+        data["prompts"] = [str(x) for x in data["prompts"]]
+        if cache:
+            np.savez(cache, **data, **{f"val_{k}": np.asarray(v) for k, v in val.items()})
+    model = build_model(tc, data["images"])
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {n_params / 1e6:.2f}M parameters; training {tc.steps} steps of "
+          f"{tc.prompts_per_batch}x{tc.images_per_prompt} images x {1 + tc.extra_prompts} prompts")
+    t0 = time.perf_counter()
+    losses = train_reward(model, data, tc, val=val)
+    timings["train_s"] = time.perf_counter() - t0
+    scores = score_grid(model, val["images"], val["prompts"])
+    metrics = ranking_metrics(scores, val["correct"], val["tags"], k=min(8, tc.val_per_prompt))
+    metrics["score_scale"] = float(scores.std())  # over all generated samples of all prompts, like ImageReward's
+    metrics["within_prompt_std"] = float(scores.std(1).mean())
+    timings["total_s"] = time.perf_counter() - t_start
+    print(f"validation (fresh samples of training prompts): prompt AUROC {metrics['prompt_auroc']:.3f}, "
+          f"best-of-{min(8, tc.val_per_prompt)} {metrics[f'best_of_{min(8, tc.val_per_prompt)}']:.3f} "
+          f"(random {metrics['random']:.3f}, oracle {metrics[f'oracle_best_of_{min(8, tc.val_per_prompt)}']:.3f}, "
+          f"gap closed {metrics['gap_closed']:.2f}); score scale {metrics['score_scale']:.3f}")
+    print(f"time: {json.dumps({k: round(v) for k, v in timings.items()})}")
+    meta = {"score_scale": metrics["score_scale"], "metrics": metrics, "train_config": asdict(tc),
+            "settings": [list(s) for s in SETTINGS], "loss": losses[:: max(1, len(losses) // 200)],
+            "loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "timings_s": timings,
+            "parameters": n_params,
+            "command": " ".join(["python -m ttsvar.testbed.train_reward", *(argv or sys.argv[1:])]),
+            "torch_threads": torch.get_num_threads()}
+    save_shapes_reward(model, a.out, meta)
+    print(f"wrote {a.out} and {Path(a.out).with_suffix('.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
