@@ -121,10 +121,13 @@ def quality(a) -> None:
     tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, tuple(a.set))
              for seed in a.seeds for st, n in configs]
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
-        results = list(pool.map(_quality_run, tasks))
+    if a.from_json:  # re-tabulate / re-plot a previous run's numbers
+        results = json.loads(Path(a.from_json).read_text())
+    else:
+        with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_quality_run, tasks))
     wall = time.perf_counter() - t0
-    if a.json:
+    if a.json and not a.from_json:
         Path(a.json).write_text(json.dumps(results, indent=1))
     rows = []
     for st, n in configs:
@@ -184,7 +187,7 @@ def _pareto(rows: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9.5, 5.5))
     series = {}
     for r in rows:
         series.setdefault(r["strategy"], []).append(r)
@@ -203,7 +206,7 @@ def _pareto(rows: list[dict], path: Path, title: str) -> None:
     ax.set_ylabel("exact GenEval-style score (mean ± SE over seeds)")
     ax.set_title(f"Search quality against compute, shapes-tiny ({title})", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -292,6 +295,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="quality: parallel processes (1 torch thread each)")
     p.add_argument("--plot", default=None, help="quality: write the Pareto PNG here")
     p.add_argument("--json", default=None, help="quality: write every run's numbers here")
+    p.add_argument("--from-json", default=None, help="quality: tabulate and plot a --json file instead of running")
     p.add_argument("--out", default="/tmp/bench_engine")
     p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.lam=1")
     a = p.parse_args()

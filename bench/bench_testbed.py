@@ -15,25 +15,12 @@ import time
 
 import numpy as np
 
-from ttsvar.generator import Rows, SamplingConfig
-from ttsvar.output import to_uint8
+from ttsvar.generator import SamplingConfig
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
 from ttsvar.testbed.model import load_shapes_tiny
+from ttsvar.testbed.train_reward import sample_images
 from ttsvar.testbed.train_vae import reconstruction_score
-
-
-def sample(gen, prompts: list[str], k: int, seed: int, batch: int = 256) -> np.ndarray:
-    rows = Rows.for_prompts(k, [seed + i for i in range(len(prompts))])
-    out = []
-    for s in range(0, len(rows), batch):
-        idx = np.arange(s, min(len(rows), s + batch))
-        sub = rows.select(idx)
-        state = gen.start(prompts, sub)
-        for _ in range(gen.num_scales):
-            state = gen.step(state)
-        out.append(to_uint8(gen.finish(state)))
-    return np.concatenate(out).reshape(len(prompts), k, *out[0].shape[1:])
 
 
 def score(images: np.ndarray, metadata: list[dict]) -> dict:
@@ -70,7 +57,7 @@ def main() -> None:
             for tau in a.tau:
                 gen.set_sampling(SamplingConfig(cfg=cfg, tau=tau, top_k=0, top_p=0.0))
                 t0 = time.perf_counter()
-                imgs = sample(gen, prompts, a.k, a.seed)
+                imgs = sample_images(gen, prompts, a.k, [a.seed + i for i in range(len(prompts))])
                 s = score(imgs, md)
                 dt = time.perf_counter() - t0
                 tags = " ".join(f"{t}={s['single'][t]:.2f}/{s['oracle'][t]:.2f}" for t in sorted(s["single"]))
