@@ -12,6 +12,7 @@ Plain types only so that it embeds in the job config with omegaconf::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -32,8 +33,6 @@ class RewardConfig:
 
 def check_score_scale(scale: Any) -> float | None:
     """Validate ``reward.score_scale`` (None, or a finite number > 0)."""
-    import math
-
     if scale is None:
         return None
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
