@@ -1,0 +1,62 @@
+"""Behaviour is pinned across refactors: two fixed jobs must write the very images they wrote when the hashes
+were recorded (before the architecture consolidation of issue 11).
+
+Each job is small and fully seeded; the hash is SHA-256 of every finished prompt's best image, decoded to RGB
+pixels, in prompt order. A change here means the engine, a strategy, a model or a reward now decides or draws
+differently: if that is intended, re-record with ``TTSVAR_RECORD_GOLDEN=1 pytest tests/test_golden_outputs.py -s``
+and say why in the commit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ttsvar.config import load_config
+from ttsvar.jobs import run_job
+
+PROMPTS = ("a photo of a red circle", "a photo of two blue squares", "a photo of a triangle left of a square")
+
+JOBS = {
+    # the Infinity code path (random weights), a plugged-in reward by import path, TTS-VAR with clustering
+    "infinity-tts-var": ["model.name=infinity-tiny-random", "search.strategy=tts-var", "search.n=4",
+                         "search.features=test-pixels", "reward.name=helpers_components:ScaledRedness"],
+    # the embedded testbed generator with its CLIP-like reward and features, Best-of-N
+    "shapes-best-of-n": ["model.name=shapes-tiny", "search.strategy=best-of-n", "search.n=4",
+                         "reward.name=shapes-clip"],
+}
+
+GOLDEN = {
+    "infinity-tts-var": "3e0fa1baeff800b4486b34468ae62efe2ed4f391bc47db59843ba7cc238c5373",
+    "shapes-best-of-n": "ed48dfb95725d12416d20db7dee872967b748a408f4ae07b5992d66242cdeafe",
+}
+
+
+def _run(tmp_path, name: str) -> str:
+    prompts = tmp_path / f"{name}.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    out = tmp_path / name
+    job = load_config(None, [f"prompts={prompts}", f"output.dir={out}", "seed=1234", "runtime.quiet=true",
+                             *JOBS[name]])
+    run_job(job)
+    records = sorted((json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines() if line),
+                     key=lambda r: r["index"])
+    assert len(records) == len(PROMPTS)
+    h = hashlib.sha256()
+    for rec in records:
+        with Image.open(out / rec["image"]) as im:
+            h.update(np.asarray(im.convert("RGB")).tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("name", sorted(JOBS))
+def test_fixed_job_writes_the_recorded_images(tmp_path, name):
+    digest = _run(tmp_path, name)
+    if os.environ.get("TTSVAR_RECORD_GOLDEN"):
+        print(f"\n    {name!r}: {digest!r},")
+        return
+    assert digest == GOLDEN[name], f"{name}: the job's images changed (see the module docstring)"
