@@ -1,9 +1,10 @@
 """`shapes-reward`: the testbed's ImageReward (shipped in `ttsvar/testbed/weights`), the default reward of
 the embedded `shapes-tiny` generator.
 
-A text-image model with cross-attention trained on the generator's own samples, labelled by the exact
-evaluator (correctness, partial credit and a within-prompt ranking loss, like ImageReward's human
-rankings). Its score is the log-odds that the evaluator judges the image correct. See docs/testbed.md.
+A text-image model trained on the generator's own samples, labelled by the exact evaluator (correctness,
+partial credit and a within-prompt ranking loss, like ImageReward's human rankings): a small learned detector
+reads the image into one slot per (shape, colour), and the prompt's words cross-attend to the slots. Its score
+is the log-odds that the evaluator judges the image correct. See docs/testbed.md.
 """
 
 from __future__ import annotations

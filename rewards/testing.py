@@ -244,7 +244,7 @@ def reward_files(name: str, d: Path, *, full: bool = False, dtype: torch.dtype =
         from ttsvar.testbed.reward import ShapesRewardConfig, ShapesRewardModel, save_shapes_reward
 
         torch.manual_seed(7)
-        cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), width=32, heads=2, image_layers=1, fusion_layers=1)
+        cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), width=32, heads=2, det_width=8, fusion_layers=1)
         save_shapes_reward(ShapesRewardModel(cfg), d / "shapes_reward.safetensors", {"score_scale": 1.5})
         return {"weights": str(d / "shapes_reward.safetensors")}
     raise KeyError(f"no test files for reward {name!r}")

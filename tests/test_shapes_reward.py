@@ -51,10 +51,13 @@ def _rendered_data(n_prompts: int = 12, per_prompt: int = 6, seed: int = 0) -> d
 def test_training_on_a_tiny_budget_lowers_the_loss():
     data = _rendered_data()
     tc = RewardTrainConfig(steps=40, prompts_per_batch=6, images_per_prompt=4, extra_prompts=3, width=32,
-                           image_layers=1, fusion_layers=1, warmup=5, lr=3e-3)
+                           det_width=8, det_steps=40, det_batch=16, fusion_layers=1, warmup=5, lr=3e-3)
     model = build_model(tc, data["images"])
-    losses = train_reward(model, data, tc, log=lambda *_: None)
-    assert np.mean(losses[-8:]) < 0.8 * np.mean(losses[:4])
+    curves = train_reward(model, data, tc, log=lambda *_: None)
+    det, fusion = curves["detector"], curves["fusion"]
+    assert len(det) == len(fusion) == 40
+    assert np.mean(det[-8:]) < 0.7 * np.mean(det[:4]), det
+    assert np.mean(fusion[-8:]) < 0.9 * np.mean(fusion[:4]), fusion
 
 
 def test_partial_credit_orders_near_misses():
@@ -80,7 +83,7 @@ def test_ranking_loss_prefers_the_right_order():
 
 
 def test_checkpoint_round_trip_and_strict_loading(tmp_path):
-    tc = RewardTrainConfig(width=32, image_layers=1, fusion_layers=1)
+    tc = RewardTrainConfig(width=32, det_width=8, fusion_layers=1)
     model = build_model(tc, _rendered_data(2, 2)["images"])
     path = tmp_path / "r.safetensors"
     save_shapes_reward(model, path, {"score_scale": 2.5})
@@ -99,7 +102,7 @@ def test_checkpoint_round_trip_and_strict_loading(tmp_path):
 
 
 def test_unknown_words_are_a_clear_input_error(tmp_path):
-    tc = RewardTrainConfig(width=32, image_layers=1, fusion_layers=1)
+    tc = RewardTrainConfig(width=32, det_width=8, fusion_layers=1)
     model = build_model(tc, _rendered_data(2, 2)["images"])
     save_shapes_reward(model, tmp_path / "r.safetensors", {"score_scale": 1.0})
     reward = create_reward("shapes-reward", weights=str(tmp_path / "r.safetensors"))
@@ -108,7 +111,7 @@ def test_unknown_words_are_a_clear_input_error(tmp_path):
 
 
 def test_declared_score_scale_is_read_without_building(tmp_path):
-    tc = RewardTrainConfig(width=32, image_layers=1, fusion_layers=1)
+    tc = RewardTrainConfig(width=32, det_width=8, fusion_layers=1)
     model = build_model(tc, _rendered_data(2, 2)["images"])
     save_shapes_reward(model, tmp_path / "r.safetensors", {"score_scale": 2.5})
     cfg = RewardConfig(name="shapes-reward", options={"weights": str(tmp_path / "r.safetensors")})
@@ -135,9 +138,8 @@ def test_shipped_reward_loads_strictly_and_records_its_training():
 def test_shipped_reward_ranks_fresh_samples():
     """Fresh samples of training prompts (seeds the trainer never used), judged by the exact evaluator.
 
-    Measured with the shipped weights: AUROC 0.640, Best-of-8 0.542 against 0.464 for one sample; the same
-    network with random weights gets 0.580 (a random net still sees e.g. how much of the image is drawn), so
-    the floor sits between the two."""
+    Measured with the shipped weights: AUROC 0.836, Best-of-8 0.646 against 0.464 for one sample (oracle 0.875);
+    the same network with random weights (three seeds) gets 0.44-0.48, so the floor sits well between the two."""
     from ttsvar.testbed.model import load_shapes_tiny
 
     gen = load_shapes_tiny()
@@ -149,8 +151,8 @@ def test_shipped_reward_ranks_fresh_samples():
     scores = score_grid(model, imgs, [m["prompt"] for m in mds])
     m = ranking_metrics(scores, correct.reshape(len(mds), 8), [x["tag"] for x in mds])
     assert m["prompts_with_both"] >= 30
-    assert m["prompt_auroc"] >= 0.62, m
-    assert m["best_of_8"] > m["random"] + 0.05, m
+    assert m["prompt_auroc"] >= 0.75, m
+    assert m["best_of_8"] > m["random"] + 0.1, m
 
 
 def test_scaling_a_reward_changes_no_decision_once_its_scale_is_declared(tmp_path):
@@ -180,3 +182,38 @@ def test_scaling_a_reward_changes_no_decision_once_its_scale_is_declared(tmp_pat
     base = run("base", 1, None)
     assert run("scaled_declared", 8, 8.0) == base
     assert run("scaled_undeclared", 8, None) != base
+
+
+def test_slot_features_of_the_evaluators_own_view_count_its_detections():
+    """Dense targets turned into confident detector logits must give, slot by slot, the evaluator's counts and
+    box centres: the read-out the fusion learns from loses nothing the rules need."""
+    from ttsvar.testbed.reward import DENSITY_SCALE, N_COLORS, slot_features
+    from ttsvar.testbed.train_reward import dense_targets
+
+    rng = np.random.default_rng(3)
+    mds = [world.sample_prompt(rng, t, "train") for t in ("counting", "color_attr", "position", "two_object")]
+    images = np.stack([world.render(world.sample_scene_for(m, rng, p_distractor=0.5)) for m in mds])
+    t = dense_targets(images)
+    assert t["density"].shape == (4, 16, 16)
+    logits = torch.cat([
+        20 * torch.nn.functional.one_hot(torch.from_numpy(t["color"].astype(np.int64)), 7).permute(0, 3, 1, 2),
+        20 * torch.nn.functional.one_hot(torch.from_numpy(t["shape"].astype(np.int64)), 4).permute(0, 3, 1, 2),
+        # softplus^-1 of the scaled density (a large negative logit where it is zero)
+        torch.from_numpy(np.log(np.expm1(np.maximum(t["density"] * DENSITY_SCALE, 1e-6))))[:, None]], 1).float()
+    feats = slot_features(logits).numpy()  # [4, 21, 6]
+    ev = ShapesEvaluator()
+    for n, im in enumerate(images):
+        dets = ev.detect(im)
+        assert t["density"][n].sum() == pytest.approx(len(dets), abs=1e-4)
+        for d in dets:
+            s, c = world.SHAPES.index(d.cls), list(world.PALETTE).index(d.color)
+            same = [e for e in dets if e.cls == d.cls and e.color == d.color]
+            slot = feats[n, s * (N_COLORS + 1) + c]
+            assert slot[0] == pytest.approx(len(same), abs=0.15)
+            if len(same) == 1:  # the mass-weighted centre is the object's centroid, within a cell of the box centre
+                x0, y0, x1, y1 = d.box
+                assert slot[1] == pytest.approx((x0 + x1) / 64, abs=1 / 16)
+                assert slot[2] == pytest.approx((y0 + y1) / 64, abs=1 / 16)
+        for s in range(3):  # the any-colour slot counts the shape over all colours
+            n_shape = sum(d.cls == world.SHAPES[s] for d in dets)
+            assert feats[n, s * (N_COLORS + 1) + N_COLORS, 0] == pytest.approx(n_shape, abs=0.25)

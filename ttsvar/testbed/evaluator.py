@@ -221,10 +221,15 @@ class ShapesEvaluator(Evaluator):
         return self._detect_labels(segment(_check_image(image)))
 
     def _detect_labels(self, labels: np.ndarray) -> list[Detection]:
+        return [det for det, _, _ in self.objects(labels)]
+
+    def objects(self, labels: np.ndarray) -> list[tuple[Detection, tuple[slice, slice], np.ndarray]]:
+        """The detections of a `segment` label map [H, W], each with its box's slices and its bool mask
+        within the box: the pixels the detector counted as the object (shapes-reward learns from them)."""
         h, w = labels.shape
         min_area = self.min_area * (h * w) / (IMAGE_SIZE * IMAGE_SIZE)
         present = np.bincount(labels.ravel() + 1, minlength=len(_COLOR_NAMES) + 1)[1:]
-        dets = []
+        out = []
         for c in np.nonzero(present >= min_area)[0]:
             comp, n = ndimage.label(labels == c, structure=_EIGHT)
             for i, sl in enumerate(ndimage.find_objects(comp), 1):
@@ -237,8 +242,8 @@ class ShapesEvaluator(Evaluator):
                     continue
                 ys, xs = sl
                 box = (float(xs.start), float(ys.start), float(xs.stop), float(ys.stop))
-                dets.append(Detection(kind, box, score, _COLOR_NAMES[c], area))
-        return dets
+                out.append((Detection(kind, box, score, _COLOR_NAMES[c], area), sl, mask))
+        return out
 
     def evaluate_batch(self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]) -> list[EvalResult]:
         if isinstance(images, np.ndarray) and images.ndim == 4:

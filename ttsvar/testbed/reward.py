@@ -1,19 +1,26 @@
-"""`shapes-reward`: the testbed's ImageReward, a small text-image model trained on *generated* samples.
+"""`shapes-reward`: the testbed's ImageReward, a small detector-grounded text-image model trained on
+*generated* samples.
 
-ImageReward is BLIP: a ViT whose patch tokens a BERT text encoder reads through cross-attention, with a
-small head on the text side's first token. This is the same design at the size of the shapes world:
+ImageReward reads an image through a pretrained backbone and a prompt through a text encoder that
+cross-attends to it. At the size of the shapes world a ViT trained end to end from 12k samples did not
+learn to bind colour, shape, count and position (within-prompt AUROC 0.70, docs/testbed.md), so this model
+grounds the image side first, the way GenEval itself reads images through a detector:
 
-* image tower: a conv stem to an 8x8 grid of patch tokens (patch 4) with learned 2-D positions, then
-  `image_layers` pre-norm transformer blocks;
-* text tower: word embeddings of the closed shapes-world vocabulary plus a [CLS] token, `text_layers`
-  self-attention blocks;
-* fusion: `fusion_layers` blocks of text self-attention, text -> image cross-attention and an MLP;
-* head: LayerNorm + Linear on the [CLS] token: the log-odds that the exact evaluator judges the image
-  correct for the prompt.
+* `Detector`: a small conv net, 32x32 image -> dense maps on a 16x16 grid: the colour class of each cell
+  (background or one of the palette), the shape class (none or one of the shapes) and an object density
+  whose sum over an object's cells is one (crowd-counting style), trained on the exact evaluator's
+  segmentation of generated images;
+* `slot_features`: a fixed read-out of those maps into one slot per (shape, colour) and per shape of any
+  colour: soft count, density-weighted centre and spread, and covered area;
+* slots: each slot token is its (shape, colour) identity embedding plus an MLP of its features; the
+  identity is the sum of a shape and a colour embedding, so an unseen (colour, shape) pair is still named;
+* text tower: word embeddings of the closed vocabulary plus a [CLS] token, `text_layers` blocks;
+* fusion: `fusion_layers` blocks of text self-attention, text -> slot cross-attention and an MLP;
+* head: LayerNorm + Linear on [CLS]: the log-odds that the exact evaluator judges the image correct.
 
-Trained by `python -m ttsvar.testbed.train_reward` (data: samples of `shapes-tiny` for training prompts,
-labelled by the exact evaluator; see docs/testbed.md). The vocabulary and the reward's declared scale live
-in the JSON beside the weights, so loading needs nothing but the two files.
+Everything is learned: the detector from the evaluator's view of generated images, and how counts, colours
+and positions decide a prompt from the verdicts (`python -m ttsvar.testbed.train_reward`). The vocabulary and
+the declared scale live in the JSON beside the weights, so loading needs nothing but the two files.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ from torch import Tensor, nn
 from ..models.checkpoint import load_strict, read_state_dict
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "shapes_reward.safetensors"
+N_COLORS, N_SHAPES = 6, 3  # the shapes world's palette and shapes (world.PALETTE, world.SHAPES), in order
+N_SLOTS = N_SHAPES * (N_COLORS + 1)  # one per (shape, colour) and one per shape of any colour
+SLOT_FEATURES = 6  # count, centre x, centre y, spread x, spread y, area
+GRID = 16  # side of the detector's output grid
+DENSITY_SCALE = 16.0  # the density head predicts density * this (keeps its targets near 1)
 
 
 @dataclass
@@ -37,14 +49,11 @@ class ShapesRewardConfig:
     vocab: tuple[str, ...] = ()  # word list; index 0 is the padding word
     context_length: int = 14  # words per prompt, before the [CLS] token
     image_size: int = 32
-    patch: int = 4
-    stem_width: int = 48  # conv stem channels before the patch projection
-    width: int = 128
+    det_width: int = 32  # detector channels at full resolution (doubled at 16x16 and 8x8)
+    width: int = 96
     heads: int = 4
-    image_layers: int = 2
     text_layers: int = 1
     fusion_layers: int = 2
-    slots: int = 0  # object slots (18: one per (shape, colour)) the fusion reads beside the patches; 0: none
     mlp_ratio: float = 3.0
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel statistics of the world, [0, 1] units
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
@@ -52,6 +61,55 @@ class ShapesRewardConfig:
     def __post_init__(self) -> None:
         self.vocab = tuple(self.vocab)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+
+
+class Detector(nn.Module):
+    """images [B, 3, 32, 32] (normalised) -> logits [B, 1 + N_COLORS + 1 + N_SHAPES + 1, 16, 16]: colour classes
+    (0 = background), shape classes (0 = no shape), then the density (softplus / DENSITY_SCALE = objects per
+    cell). A 16x16 trunk with an 8x8 dilated context branch: a shape's class needs its whole outline (up to 15
+    pixels), its colour only its own pixels."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        w = width
+        self.c1 = nn.Conv2d(3, w, 3, padding=1)
+        self.c2 = nn.Conv2d(w, w, 3, padding=1, stride=2)  # 32 -> 16
+        self.c3 = nn.Conv2d(w, 2 * w, 3, padding=1)
+        self.c4 = nn.Conv2d(2 * w, 2 * w, 3, padding=1, stride=2)  # 16 -> 8
+        self.c5 = nn.Conv2d(2 * w, 2 * w, 3, padding=2, dilation=2)
+        self.c6 = nn.Conv2d(4 * w, 2 * w, 3, padding=1)  # 16x16 trunk + upsampled context
+        self.head = nn.Conv2d(2 * w, N_COLORS + N_SHAPES + 3, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = F.gelu(self.c3(F.gelu(self.c2(F.gelu(self.c1(x))))))  # [B, 2w, 16, 16]
+        c = F.gelu(self.c5(F.gelu(self.c4(b))))  # [B, 2w, 8, 8]
+        u = F.interpolate(c, scale_factor=2, mode="nearest")  # [B, 2w, 16, 16]
+        return self.head(F.gelu(self.c6(torch.cat([b, u], 1))))
+
+
+def slot_features(dense: Tensor) -> Tensor:
+    """Detector logits [B, C, 16, 16] -> slot features [B, N_SLOTS, SLOT_FEATURES], slots ordered shape-major
+    (shape s, colour c) at s * (N_COLORS + 1) + c, colour N_COLORS = any colour.
+
+    Each cell's object mass for a slot is density x P(shape) x P(colour); a slot's count is its mass summed,
+    its centre and spread the mass-weighted mean and std of cell centres (in [0, 1]), its area the summed
+    P(shape) x P(colour) as a share of the image (x4: objects cover a few percent)."""
+    B = dense.shape[0]
+    pcol = dense[:, : N_COLORS + 1].softmax(1)[:, 1:]  # [B, 6, G, G]
+    pshp = dense[:, N_COLORS + 1 : N_COLORS + N_SHAPES + 2].softmax(1)[:, 1:]  # [B, 3, G, G]
+    dens = F.softplus(dense[:, -1]) / DENSITY_SCALE  # [B, G, G]
+    pcol = torch.cat([pcol, pcol.new_ones(B, 1, GRID, GRID)], 1)  # [B, 7, G, G]: colour N_COLORS = any
+    cover = pshp[:, :, None] * pcol[:, None]  # [B, 3, 7, G, G]
+    mass = cover * dens[:, None, None]
+    t = (torch.arange(GRID, dtype=dense.dtype, device=dense.device) + 0.5) / GRID
+    count = mass.sum((-1, -2))  # [B, 3, 7]
+    norm = count.clamp(min=1e-3)
+    mx = (mass * t).sum((-1, -2)) / norm
+    my = (mass * t[:, None]).sum((-1, -2)) / norm
+    sx = ((mass * (t - mx[..., None, None]) ** 2).sum((-1, -2)) / norm).clamp(min=0).sqrt()
+    sy = ((mass * (t[:, None] - my[..., None, None]) ** 2).sum((-1, -2)) / norm).clamp(min=0).sqrt()
+    area = cover.sum((-1, -2)) * (4 / GRID**2)
+    return torch.stack([count, mx, my, sx, sy, area], -1).flatten(1, 2)  # [B, 21, 6]
 
 
 class Attention(nn.Module):
@@ -115,21 +173,15 @@ class ShapesRewardModel(nn.Module):
     def __init__(self, cfg: ShapesRewardConfig):
         super().__init__()
         self.cfg = cfg
-        W, g = cfg.width, cfg.image_size // cfg.patch
+        W = cfg.width
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, 3, 1, 1), persistent=False)
-        self.stem = nn.Conv2d(3, cfg.stem_width, 3, padding=1)
-        self.patch_embed = nn.Conv2d(cfg.stem_width, W, cfg.patch, stride=cfg.patch)
-        self.image_pos = nn.Parameter(torch.randn(1, g * g, W) * 0.02)
-        self.image_blocks = nn.ModuleList(Block(W, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.image_layers))
-        self.ln_image = nn.LayerNorm(W)
-        # object slots: learned queries that each gather one (shape, colour)'s evidence from the patches; a
-        # prompt's words then attend to the slot they name instead of re-deriving binding from raw patches
-        if cfg.slots:
-            self.slot_queries = nn.Parameter(torch.randn(1, cfg.slots, W) * 0.02)
-            self.slot_attn = Attention(W, cfg.heads)
-            self.ln_slots = nn.LayerNorm(W)
-            self.slot_mlp = MLP(W, cfg.mlp_ratio)
+        self.detector = Detector(cfg.det_width)
+        self.shape_embed = nn.Parameter(torch.randn(N_SHAPES, 1, W) * 0.02)
+        self.color_embed = nn.Parameter(torch.randn(1, N_COLORS + 1, W) * 0.02)
+        self.slot_fc = nn.Linear(SLOT_FEATURES + 6, W)
+        self.slot_proj = nn.Linear(W, W)
+        self.ln_slots = nn.LayerNorm(W)
         self.word_embed = nn.Embedding(len(cfg.vocab), W)
         self.cls = nn.Parameter(torch.randn(1, 1, W) * 0.02)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.context_length + 1, W) * 0.02)
@@ -139,31 +191,41 @@ class ShapesRewardModel(nn.Module):
         self.ln_f = nn.LayerNorm(W)
         self.head = nn.Linear(W, 1)
 
-    def encode_images(self, images: Tensor) -> Tensor:
-        """images [B, 3, S, S] in [0, 1] at the model's size -> tokens [B, (S/p)^2 + slots, W]: the patch
-        tokens, then the object slots (if any)."""
-        x = (images - self.mean) / self.std
-        x = self.patch_embed(F.gelu(self.stem(x)))  # [B, W, S/p, S/p]
-        x = x.flatten(2).transpose(1, 2) + self.image_pos  # [B, (S/p)^2, W]
-        for blk in self.image_blocks:
-            x = blk(x)
-        x = self.ln_image(x)
-        if not self.cfg.slots:
-            return x
-        q = self.slot_queries.expand(x.shape[0], -1, -1)
-        slots = q + self.slot_attn(q, kv=x)  # [B, slots, W]
-        slots = self.ln_slots(slots + self.slot_mlp(slots))
-        return torch.cat([x, slots], dim=1)
+    def detect(self, images: Tensor) -> Tensor:
+        """images [B, 3, 32, 32] in [0, 1] -> detector logits [B, C, 16, 16] (see `Detector`)."""
+        return self.detector((images - self.mean) / self.std)
 
-    def score_tokens(self, image_tokens: Tensor, ids: Tensor, image_index: Tensor | None = None) -> Tensor:
-        """image_tokens [B_img, N, W] (from encode_images), ids [B, L] word ids (0 = pad) -> log-odds [B].
-        `image_index` [B]: the image of each prompt row (default: row i reads image i)."""
+    def encode_slots(self, feats: Tensor) -> Tensor:
+        """slot features [B, N_SLOTS, SLOT_FEATURES] -> slot tokens [B, N_SLOTS, W]. The count also enters
+        as soft indicators of 0..5 objects, so "exactly three" is one unit away from the features."""
+        count = feats[..., :1]
+        near = torch.exp(-((count - torch.arange(6, dtype=feats.dtype, device=feats.device)) ** 2) / 0.18)
+        ident = (self.shape_embed + self.color_embed).flatten(0, 1)  # [N_SLOTS, W], shape-major like the slots
+        x = self.slot_proj(F.gelu(self.slot_fc(torch.cat([feats, near], -1))))
+        return self.ln_slots(ident + x)
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """images [B, 3, 32, 32] in [0, 1] -> slot tokens [B, N_SLOTS, W]."""
+        return self.encode_slots(slot_features(self.detect(images)))
+
+    def encode_text(self, ids: Tensor) -> tuple[Tensor, Tensor]:
+        """ids [B, L] (0 = pad) -> (tokens [B, 1 + L, W] after the text blocks, key mask [B, 1 + L])."""
         B = ids.shape[0]
         x = torch.cat([self.cls.expand(B, -1, -1), self.word_embed(ids)], dim=1)  # [B, 1+L, W]
         x = x + self.text_pos[:, : x.shape[1]]
         mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=ids.device), ids != 0], dim=1)  # [B, 1+L]
         for blk in self.text_blocks:
             x = blk(x, mask=mask)
+        return x, mask
+
+    def score_tokens(self, image_tokens: Tensor, ids: Tensor, image_index: Tensor | None = None,
+                     text: tuple[Tensor, Tensor] | None = None, text_index: Tensor | None = None) -> Tensor:
+        """image_tokens [B_img, N, W] (from encode_images), ids [B, L] word ids (0 = pad) -> log-odds [B].
+        `image_index` [B]: the image of each prompt row (default: row i reads image i). `text` (from
+        `encode_text` of a few distinct prompts) with `text_index` [B] replaces re-encoding `ids` per row."""
+        x, mask = text if text is not None else self.encode_text(ids)
+        if text_index is not None:
+            x, mask = x[text_index], mask[text_index]
         for blk in self.fusion_blocks:
             x = blk(x, mask=mask, ctx=image_tokens, ctx_index=image_index)
         return self.head(self.ln_f(x[:, 0]))[:, 0]

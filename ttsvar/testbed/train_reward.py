@@ -1,17 +1,20 @@
 """Train `shapes-reward` on samples of the embedded generator, labelled by the exact evaluator.
 
     python -m ttsvar.testbed.train_reward [--threads 2] [--seed 0] [--out PATH] [--data CACHE.npz]
-                                          [--set steps=600 samples_per_prompt=96 ...] [--quick]
+                                          [--set steps=1200 det_steps=1500 ...] [--quick]
 
 1. Data: `samples_per_prompt` images of `shapes-tiny` for every *training-split* prompt, spread over
    several (cfg, tau) settings so the reward sees the generator's typical mistakes at many rates. Held-out
    prompts are never sampled, never used as a label, never scored here.
 2. Labels, from the exact evaluator: correctness; partial credit (the share of include/exclude clauses
    met, a count clause by its distance); for every image also a few *other* training prompts of the same
-   tag (one-attribute perturbations first), so the model must read the words and not only the image.
-3. Loss: binary cross-entropy of the log-odds on correctness, plus ImageReward's within-prompt pairwise
-   ranking loss, -log sigmoid(r_i - r_j) over image pairs of one prompt whose graded labels
-   (correct + partial/2) differ.
+   tag (one-attribute perturbations first), so the model must read the words and not only the image;
+   and the evaluator's dense view of every image (`dense_targets`: colour, shape and object density per
+   2x2 cell), the detector's targets.
+3. Stage 1 trains the detector on the dense targets (`train_detector`). Stage 2 freezes it, reads every
+   image's slot features once, and trains slots, text and fusion: binary cross-entropy of the log-odds on
+   correctness, plus ImageReward's within-prompt pairwise ranking loss, -log sigmoid(r_i - r_j) over
+   image pairs of one prompt whose graded labels (correct + partial/2) differ.
 4. Metrics on fresh samples of training prompts (new seeds, never trained on): within-prompt AUROC, pair
    accuracy, Best-of-8 against random and oracle; the declared scale (std of the scores over generated
    samples) that potentials divide by. Printed, and stored in the JSON beside the weights.
@@ -36,7 +39,14 @@ from ..output import to_uint8
 from . import world
 from .evaluator import ShapesEvaluator
 from .geneval import check_metadata
-from .reward import DEFAULT_WEIGHTS, ShapesRewardConfig, ShapesRewardModel, save_shapes_reward
+from .reward import (
+    DEFAULT_WEIGHTS,
+    DENSITY_SCALE,
+    ShapesRewardConfig,
+    ShapesRewardModel,
+    save_shapes_reward,
+    slot_features,
+)
 from .train_vae import autocast
 
 # (cfg, tau, share of the samples): the shipped default first; the others widen the failure modes seen.
@@ -50,17 +60,19 @@ class RewardTrainConfig:
     samples_per_prompt: int = 64  # generated images per training prompt (over all SETTINGS)
     val_per_prompt: int = 8  # fresh samples per training prompt at the default setting, for the metrics
     extra_prompts: int = 7  # other training prompts scored per image and step (labels: the full verdict matrix)
-    steps: int = 600
+    steps: int = 1000  # stage 2: slots, text and fusion, on the frozen detector's slot features
     prompts_per_batch: int = 16
     images_per_prompt: int = 8  # images of one prompt per batch (the ranking loss compares them)
     lr: float = 1e-3
     warmup: int = 50
     weight_decay: float = 0.05
     rank_weight: float = 1.0
-    aux_weight: float = 0.5  # the evaluator's segmentation and counts as auxiliary targets of the image tower
-    val_every: int = 100
+    det_steps: int = 1500  # stage 1: the detector on the evaluator's dense view of the images
+    det_batch: int = 64
+    det_lr: float = 2e-3
+    val_every: int = 250
+    det_width: int = 32
     width: int = 96
-    image_layers: int = 2
     fusion_layers: int = 2
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
@@ -130,7 +142,7 @@ def make_data(gen, tc: RewardTrainConfig, log=print) -> dict:
         log(f"  sampled cfg={cfg:g} tau={tau:g}: {len(texts)} prompts x {k} ({time.perf_counter() - t0:.0f}s)")
     images, prompt_idx, setting = np.concatenate(images), np.concatenate(prompt_idx), np.concatenate(setting)
     data = {"images": images, "prompt_idx": prompt_idx, "setting": setting, "prompts": np.array(texts),
-            **label_matrix(images, prompt_idx, train), **aux_targets(images)}
+            **label_matrix(images, prompt_idx, train), **dense_targets(images)}
     log(f"  labelled {len(images)} images x {len(train)} prompts ({time.perf_counter() - t0:.0f}s); "
         "own-prompt accuracy per setting " + ", ".join(
             f"{c:g}/{t:g}: {data['correct'][setting == i, prompt_idx[setting == i]].mean():.3f}"
@@ -164,61 +176,49 @@ def make_val(gen, tc: RewardTrainConfig, k: int, seed: int) -> dict:
             "prompts": texts, "tags": [m["tag"] for m in train]}
 
 
-def aux_targets(images: np.ndarray, batch: int = 2048) -> dict:
-    """The evaluator's view of each image as dense auxiliary targets for the image tower:
-    `counts` uint8 [N, 18]: detected objects per (shape, colour), clipped to 4;
-    `seg` int8 [N, g, g]: the majority segmentation class of each 4x4 patch (0 background, 1 + colour);
-    `pos` float32 [N, 18, 2]: box centre (x, y in [0, 1]) of the most confident object per (shape, colour)."""
+def dense_targets(images: np.ndarray, batch: int = 2048) -> dict:
+    """The exact evaluator's view of each image on the detector's 16x16 grid (2x2 pixel cells):
+    `color` int8 [N, 16, 16]: the segmentation class (0 background, 1 + palette index), see `_cell_class`;
+    `shape` int8 [N, 16, 16]: the shape class (0 none, 1 + shape index) of the detected objects' pixels;
+    `density` float32 [N, 16, 16]: each detected object's pixels carry 1 / its area, so a cell's sum counts the
+    objects in it (fractions at object edges) and the whole map sums to the number of detections."""
     from .evaluator import segment
 
     ev = ShapesEvaluator()
-    shapes, colors = list(world.SHAPES), list(world.PALETTE)
-    counts = np.zeros((len(images), len(shapes) * len(colors)), np.uint8)
-    pos = np.zeros((len(images), len(shapes) * len(colors), 2), np.float32)
-    best = np.zeros((len(images), len(shapes) * len(colors)), np.float32)
-    seg = []
+    shapes, n_col = list(world.SHAPES), len(world.PALETTE)
+    color, shape, density = [], [], []
     for s in range(0, len(images), batch):
-        lab = segment(images[s:s + batch]) + 1  # [b, 32, 32] in 0..6
+        lab = segment(images[s:s + batch])  # [b, 32, 32] in -1..5
         b, h, w = lab.shape
-        onehot = np.eye(len(colors) + 1, dtype=np.float32)[lab]  # [b, 32, 32, 7]
-        seg.append(onehot.reshape(b, h // 4, 4, w // 4, 4, -1).sum((2, 4)).argmax(-1).astype(np.int8))
-    for n, im in enumerate(images):
-        for d in ev.detect(im):
-            k = shapes.index(d.cls) * len(colors) + colors.index(d.color)
-            counts[n, k] = min(4, counts[n, k] + 1)
-            if d.score > best[n, k]:
-                best[n, k] = d.score
-                x0, y0, x1, y1 = d.box
-                pos[n, k] = ((x0 + x1) / 2 / im.shape[1], (y0 + y1) / 2 / im.shape[0])
-    return {"counts": counts, "seg": np.concatenate(seg), "pos": pos}
+        shp = np.zeros((b, h, w), np.int64)
+        den = np.zeros((b, h, w), np.float32)
+        for n in range(b):
+            for det, sl, mask in ev.objects(lab[n]):
+                shp[n][sl][mask] = shapes.index(det.cls) + 1
+                den[n][sl][mask] = 1.0 / det.area
+        cells = (b, h // 2, 2, w // 2, 2)
+        color.append(_cell_class(np.eye(n_col + 1, dtype=np.float32)[lab + 1].reshape(*cells, -1).sum((2, 4))))
+        shape.append(_cell_class(np.eye(len(shapes) + 1, dtype=np.float32)[shp].reshape(*cells, -1).sum((2, 4))))
+        density.append(den.reshape(cells).sum((2, 4)))
+    return {"color": np.concatenate(color).astype(np.int8), "shape": np.concatenate(shape).astype(np.int8),
+            "density": np.concatenate(density)}
 
 
-class AuxHeads(torch.nn.Module):
-    """Training-only heads (not saved): each patch token's segmentation class, and each object slot's count
-    of its (shape, colour) — slot k is tied to shape k // 6 and colour k % 6 by this loss alone."""
+def _cell_class(counts: np.ndarray) -> np.ndarray:
+    """Class of each cell from its pixel counts [..., 1 + K]: the most frequent non-background class when the
+    cell has any, so every cell carrying an object's density also carries its class (no mass is lost at edges)."""
+    fg = counts[..., 1:].sum(-1) > 0
+    return np.where(fg, counts[..., 1:].argmax(-1) + 1, 0)
 
-    def __init__(self, width: int, n_seg: int = 7):
-        super().__init__()
-        self.seg = torch.nn.Linear(width, n_seg)
-        self.count = torch.nn.Linear(width, 5)
-        self.pos = torch.nn.Linear(width, 2)
-        self.count_pooled = torch.nn.Linear(width, 18 * 5)
 
-    def loss(self, tokens: torch.Tensor, seg: torch.Tensor, counts: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-        """tokens [B, N (+ 18), W] (patches, then slots if the model has them), seg [B, N] classes, counts [B, 18]
-        in 0..4, pos [B, 18, 2] (read where the count is > 0). Without slots, counts are read from the mean patch
-        token through 18 heads and positions are not supervised."""
-        n = seg.shape[1]
-        seg_loss = F.cross_entropy(self.seg(tokens[:, :n]).flatten(0, 1), seg.flatten())
-        if tokens.shape[1] == n:
-            logits = self.count_pooled(tokens.mean(1)).view(len(tokens), -1, 5)  # [B, 18, 5]
-            return seg_loss + F.cross_entropy(logits.flatten(0, 1), counts.flatten())
-        slots = tokens[:, n:]
-        count_loss = F.cross_entropy(self.count(slots).flatten(0, 1), counts.flatten())
-        present = (counts > 0).float()
-        pos_err = ((torch.sigmoid(self.pos(slots)) - pos) ** 2).sum(-1)  # [B, 18]
-        pos_loss = 10 * (pos_err * present).sum() / present.sum().clamp(min=1)
-        return seg_loss + count_loss + pos_loss
+def detector_loss(logits: torch.Tensor, color: torch.Tensor, shape: torch.Tensor,
+                  density: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the colour and shape classes per cell plus the squared error of the scaled density."""
+    nc = len(world.PALETTE) + 1
+    ns = len(world.SHAPES) + 1
+    pred = F.softplus(logits[:, nc + ns])
+    return (F.cross_entropy(logits[:, :nc], color) + F.cross_entropy(logits[:, nc:nc + ns], shape)
+            + 4 * F.mse_loss(pred, density * DENSITY_SCALE))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -249,14 +249,53 @@ def tag_of(prompt: str) -> str:
 _TAGS = {m["prompt"]: m["tag"] for ms in world.ALL_PROMPTS.values() for m in ms}
 
 
+def train_detector(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, log=print) -> list[float]:
+    """Stage 1: the detector alone, on `dense_targets` of the training images; returns the loss curve."""
+    if "density" not in data:
+        data.update(dense_targets(data["images"]))
+    gen = torch.Generator().manual_seed(tc.seed + 2)
+    params = list(model.detector.parameters())
+    opt = torch.optim.AdamW(params, lr=tc.det_lr, weight_decay=0.01)
+    with torch.no_grad():  # start the density near zero: a softplus started at ~0.7 per cell dies to 0
+        model.detector.head.bias[-1] = -3.0
+    color, shape = torch.from_numpy(data["color"].astype(np.int64)), torch.from_numpy(data["shape"].astype(np.int64))
+    density = torch.from_numpy(data["density"])
+    losses = []
+    model.train()
+    for step in range(tc.det_steps):
+        for g in opt.param_groups:
+            g["lr"] = tc.det_lr * 0.5 * (1 + math.cos(math.pi * step / tc.det_steps))
+        idx = torch.randint(0, len(data["images"]), (tc.det_batch,), generator=gen)
+        logits = model.detect(to_tensor(data["images"][idx.numpy()]))
+        loss = detector_loss(logits, color[idx], shape[idx], density[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if step % 250 == 0 or step == tc.det_steps - 1:
+            log(f"  detector step {step:4d}  loss {loss.item():.4f}")
+    model.eval()
+    return losses
+
+
+@torch.no_grad()
+def image_features(model: ShapesRewardModel, images_u8: np.ndarray, batch: int = 512) -> torch.Tensor:
+    """Slot features [N, N_SLOTS, SLOT_FEATURES] of uint8 images [N, H, W, 3] by the (frozen) detector."""
+    return torch.cat([slot_features(model.detect(to_tensor(images_u8[s:s + batch])))
+                      for s in range(0, len(images_u8), batch)])
+
+
 def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, log=print,
-                 val: dict | None = None) -> list[float]:
-    """Minibatches of `prompts_per_batch` prompts x `images_per_prompt` images; returns the loss curve.
-    With `val`, the validation metrics are logged every `val_every` steps."""
+                 val: dict | None = None) -> dict[str, list[float]]:
+    """Stage 1 (`train_detector`), then stage 2 on the frozen detector's slot features: minibatches of
+    `prompts_per_batch` prompts x `images_per_prompt` images, each image scored against its own prompt and
+    `extra_prompts` others. Returns the loss curves {"detector", "fusion"}. With `val`, the validation
+    metrics are logged every `val_every` steps and the best weights by validation AUROC are kept."""
     rng = np.random.default_rng(tc.seed + 1)
-    if "pos" not in data:
-        data.update(aux_targets(data["images"]))
-    aux = AuxHeads(model.cfg.width)
+    det_losses = train_detector(model, data, tc, log) if tc.det_steps else []
+    model.detector.requires_grad_(False)
+    feats = image_features(model, data["images"])
+    val_feats = image_features(model, val["images"].reshape(-1, *val["images"].shape[2:])) if val else None
     own = data["prompt_idx"]
     n_prompts = len(data["prompts"])
     by_prompt = [np.nonzero(own == p)[0] for p in range(n_prompts)]
@@ -268,7 +307,7 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     w = np.array([n_tag[tags[p]] ** -tc.tag_balance for p in keep])
     w /= w.sum()
     ids_all = model.tokenize(list(data["prompts"]))  # [P, L]
-    params = [*model.parameters(), *aux.parameters()]
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     amp = {"bf16": torch.bfloat16, "fp32": None}[tc.amp]
     losses = []
@@ -281,48 +320,60 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
             g["lr"] = lr
         groups = [keep[i] for i in rng.choice(len(keep), G, replace=False, p=w)]
         idx = np.concatenate([rng.choice(by_prompt[g], M, replace=len(by_prompt[g]) < M) for g in groups])
-        images = to_tensor(data["images"][idx])
         # prompts per image: its own, then half same-tag prompts (near misses), half any training prompt
         n_same = E // 2
         others = np.concatenate([np.stack([rng.choice(same_tag[p], n_same) for p in own[idx]]),
                                  rng.integers(0, n_prompts, (len(idx), E - n_same))], 1)
-        pidx = torch.from_numpy(np.concatenate([own[idx][:, None], others], 1))  # [B, 1 + E]
-        correct = torch.from_numpy(data["correct"][idx[:, None], pidx.numpy()]).float()
+        pidx = np.concatenate([own[idx][:, None], others], 1)  # [B, 1 + E]
+        correct = torch.from_numpy(data["correct"][idx[:, None], pidx]).float()
         partial = torch.from_numpy(data["partial"][idx])[:, None]
         B, P = pidx.shape
-        with autocast(images.device, amp):
-            tokens = model.encode_images(images)  # [B, N, W]
+        uniq, inverse = np.unique(pidx.reshape(-1), return_inverse=True)  # encode each distinct prompt once
+        with autocast(correct.device, amp):
+            tokens = model.encode_slots(feats[idx])  # [B, N_SLOTS, W]
             which = torch.arange(B).repeat_interleave(P)  # [B*P] image of each (image, prompt) pair
-            s = model.score_tokens(tokens, ids_all[pidx.reshape(-1)], which).float().view(B, P)
+            text = model.encode_text(ids_all[torch.from_numpy(uniq)])
+            s = model.score_tokens(tokens, None, which, text=text,
+                                   text_index=torch.from_numpy(inverse.reshape(-1))).float().view(B, P)
         weight = torch.ones(P)
         weight[0] = 2.0  # an image's own prompt is what search ranks by
         bce = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * weight).sum() / (B * weight.sum())
         graded = (correct[:, 0] + 0.5 * partial[:, 0]).view(G, M)  # correct first, then closer misses
         rank = ranking_loss(s[:, 0].view(G, M), graded)
-        aux_loss = aux.loss(tokens, torch.from_numpy(data["seg"][idx].astype(np.int64)).flatten(1),
-                            torch.from_numpy(data["counts"][idx].astype(np.int64)), torch.from_numpy(data["pos"][idx]))
-        loss = bce + tc.rank_weight * rank + tc.aux_weight * aux_loss
+        loss = bce + tc.rank_weight * rank
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         losses.append(loss.item())
-        if step % 50 == 0 or step == tc.steps - 1:
-            log(f"  step {step:4d}  loss {loss.item():.4f}  (bce {bce.item():.4f}, rank {rank.item():.4f}, "
-                f"aux {aux_loss.item():.4f})  lr {lr:.2e}")
+        if step % 100 == 0 or step == tc.steps - 1:
+            log(f"  step {step:4d}  loss {loss.item():.4f}  (bce {bce.item():.4f}, rank {rank.item():.4f})  "
+                f"lr {lr:.2e}")
         if val is not None and tc.val_every and (step + 1) % tc.val_every == 0:
             model.eval()
-            m = ranking_metrics(score_grid(model, val["images"], val["prompts"]), val["correct"], val["tags"])
+            m = ranking_metrics(_score_features(model, val_feats, val["prompts"], val["images"].shape[1]),
+                                val["correct"], val["tags"])
             log(f"  step {step + 1:4d}  validation: prompt AUROC {m['prompt_auroc']:.3f}, best-of-8 "
                 f"{m['best_of_8']:.3f} (random {m['random']:.3f}, oracle {m['oracle_best_of_8']:.3f})")
             if m["prompt_auroc"] > best[0]:  # keep the best weights by the validation AUROC (training prompts)
                 best = (m["prompt_auroc"], step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
             model.train()
     model.eval()
+    model.detector.requires_grad_(True)
     if best[2] is not None and best[1] != tc.steps:
         log(f"  keeping the weights of step {best[1]} (validation prompt AUROC {best[0]:.3f})")
         model.load_state_dict(best[2])
-    return losses
+    return {"detector": det_losses, "fusion": losses}
+
+
+@torch.no_grad()
+def _score_features(model: ShapesRewardModel, feats: torch.Tensor, prompts: list[str], k: int,
+                    batch: int = 1024) -> np.ndarray:
+    """Scores [P, k] of precomputed slot features [P * k, ...] for their own prompts [P]."""
+    ids = model.tokenize(prompts).repeat_interleave(k, 0)
+    out = [model.score_tokens(model.encode_slots(feats[s:s + batch]), ids[s:s + batch])
+           for s in range(0, len(ids), batch)]
+    return torch.cat(out).float().numpy().reshape(len(prompts), k)
 
 
 # -------------------------------------------------------------------------------------------- metrics
@@ -372,7 +423,7 @@ def ranking_metrics(scores: np.ndarray, correct: np.ndarray, tags: list[str], k:
 def build_model(tc: RewardTrainConfig, images_u8: np.ndarray) -> ShapesRewardModel:
     mean, std = pixel_stats(images_u8[:4096])
     cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), context_length=world.MAX_PROMPT_WORDS, width=tc.width,
-                             image_layers=tc.image_layers, fusion_layers=tc.fusion_layers, mean=mean, std=std)
+                             det_width=tc.det_width, fusion_layers=tc.fusion_layers, mean=mean, std=std)
     torch.manual_seed(tc.seed)
     return ShapesRewardModel(cfg)
 
@@ -392,7 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     tc = RewardTrainConfig()
     if a.quick:
         tc = RewardTrainConfig(samples_per_prompt=4, val_per_prompt=2, steps=3, prompts_per_batch=4,
-                               images_per_prompt=2, width=32, image_layers=1, fusion_layers=1, warmup=1)
+                               images_per_prompt=2, width=32, det_width=8, fusion_layers=1, warmup=1,
+                               det_steps=3, det_batch=4)
     types = {f.name: f.type for f in fields(RewardTrainConfig)}
     for kv in a.set:
         key, sep, val = kv.partition("=")
@@ -425,10 +477,11 @@ def main(argv: list[str] | None = None) -> int:
             np.savez(cache, **data, **{f"val_{k}": np.asarray(v) for k, v in val.items()})
     model = build_model(tc, data["images"])
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model: {n_params / 1e6:.2f}M parameters; training {tc.steps} steps of "
-          f"{tc.prompts_per_batch}x{tc.images_per_prompt} images x {1 + tc.extra_prompts} prompts")
+    print(f"model: {n_params / 1e6:.2f}M parameters; detector {tc.det_steps} steps of {tc.det_batch} images, then "
+          f"{tc.steps} steps of {tc.prompts_per_batch}x{tc.images_per_prompt} images x {1 + tc.extra_prompts} prompts")
     t0 = time.perf_counter()
-    losses = train_reward(model, data, tc, val=val)
+    curves = train_reward(model, data, tc, val=val)
+    losses = curves["fusion"]
     timings["train_s"] = time.perf_counter() - t0
     scores = score_grid(model, val["images"], val["prompts"])
     metrics = ranking_metrics(scores, val["correct"], val["tags"], k=min(8, tc.val_per_prompt))
@@ -443,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {"score_scale": metrics["score_scale"], "metrics": metrics, "train_config": asdict(tc),
             "settings": [list(s) for s in SETTINGS], "loss": losses[:: max(1, len(losses) // 200)],
             "loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "timings_s": timings,
+            "detector_loss": curves["detector"][:: max(1, len(curves["detector"]) // 100)],
             "parameters": n_params,
             "command": " ".join(["python -m ttsvar.testbed.train_reward", *(argv or sys.argv[1:])]),
             "torch_threads": torch.get_num_threads()}
