@@ -72,7 +72,7 @@ class RewardActor:
 
     def extract(self, images: np.ndarray) -> np.ndarray:
         if self.features is None:
-            from search.features import create_features
+            from rewards.features import create_features
             from ttsvar.models.registry import model_defaults
 
             s = self.job.search

@@ -31,7 +31,9 @@ from torch import Tensor, nn
 
 NanPolicy = str | float
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The project's one table of dtype names (rewards, feature extractors, model.dtype). Its home is the bottom layer
+# with the checkpoint code (ttsvar.core, planned); it sits here until that exists.
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RewardInputError(ValueError):
@@ -44,11 +46,11 @@ class RewardOutputError(RuntimeError):
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Map a config string ('float32', 'float16', 'bfloat16') or a torch dtype to a torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
 
 
 def check_images(images: Any, reward_name: str) -> Tensor:

@@ -92,7 +92,7 @@ class SearchConfig:
     beam_width: int | None = None  # beam: rows kept at a beam scale (None: max(1, n // 2))
     ess_threshold: float = 0.5  # fk: resample when ESS < ess_threshold * n
     fk_pick: str = "weights"  # fk: final choice by corrected weights ("weights") or highest reward ("reward")
-    features: str = "auto"  # feature extractor for clustering (search.features registry); auto: the model's
+    features: str = "auto"  # feature extractor for clustering (rewards.features registry); auto: the model's
     features_opts: dict[str, Any] = field(default_factory=dict)  # its options (weights path, mode, ...)
 
     def strategy_kwargs(self) -> dict[str, Any]:

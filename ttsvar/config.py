@@ -17,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rewards.base import DTYPES as _DTYPE_TABLE
 from rewards.config import RewardConfig
 from search.registry import SearchConfig
 
@@ -30,7 +31,7 @@ MAX_SEARCH_N = 65536
 MAX_ACTORS = 4096
 MAX_PREVIEW_SIZE = 4096
 MAX_PROMPTS_PER_UNIT = 65536
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *_DTYPE_TABLE)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 

@@ -115,8 +115,8 @@ def preflight(job: JobConfig) -> None:
     `reward.options`, the feature extractor exists and takes `search.features_opts`; warns about set fields the
     job will not read. Raises `ConfigError` naming the field."""
     from rewards.base import FunctionReward, Reward
+    from rewards.features import _FEATURES, list_features
     from rewards.registry import COMMON_OPTIONS
-    from search.features import _FEATURES, list_features
 
     for f in ignored_fields(job):
         log.warning("%s is ignored", f)
@@ -204,7 +204,7 @@ def open_output(job: JobConfig) -> OutputDir:
 
 def build_components(job: JobConfig, generator=None) -> Components:
     """Everything a Worker and a Coordinator need. Called once per process (driver or actor)."""
-    from search.features import create_features
+    from rewards.features import create_features
     from search.registry import build_strategy
 
     defaults = model_defaults(job.model.name)

@@ -91,10 +91,11 @@ def resolve_device(device: str) -> torch.device:
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"model.dtype={dtype!r}; use auto, {', '.join(table)}")
-    return table[dtype]
+    from rewards.base import DTYPES  # the one dtype table, until it moves to the bottom layer (ttsvar.core)
+
+    if dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r}; use auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
 
 
 def require_file(value: str | None, field_name: str, what: str) -> Path:
