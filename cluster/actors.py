@@ -115,9 +115,8 @@ def _to_numpy(images: torch.Tensor) -> np.ndarray:
 
 class PooledReward:
     """Stands in for a reward in `Worker`: same `score(images, prompts, groups)` method, served by the pool.
-    It always passes the groups; the reward actor's `score_images` drops them for per-image rewards."""
-
-    uses_groups = True
+    The generator actor's `Worker` has already cut the call at group boundaries; the reward actor's
+    `score_images` hands the groups on to the reward (a plain function gets none)."""
 
     def __init__(self, pool: RewardPool):
         self.pool = pool

@@ -10,9 +10,16 @@ Contract of ``Reward.score``:
 * ``images``: ``Tensor[B, 3, H, W]``, floating point, values in [0, 1], any device.
 * ``prompts``: list of ``B`` strings aligned with ``images`` (may be ``None`` for rewards with
   ``needs_prompt = False``).
-* ``groups``: optional ``B`` integer ids of the candidate group of each image (the engine passes the
-  prompt-group ids). Per-image rewards ignore it; group-relative ones (z-score ensembles) use it.
+* ``groups``: optional ``B`` integer ids of the candidate group of each image. Per-image rewards ignore it;
+  group-relative ones (z-score ensembles) normalise within each group.
 * returns ``Tensor[B]``, ``float32``, on the CPU.
+
+Groups contract of the engine (`ttsvar.engine.Worker`, local and on Ray): every reward whose ``score`` takes a
+``groups`` argument (every ``Reward``) gets the prompt index of each candidate as its group id, and one call
+holds whole groups only: all the distinct candidates of a prompt at that scale (identical rows are scored
+once), never part of one, even when a group is larger than ``runtime.score_batch``. ``batch_size`` then only
+chunks the forward passes inside ``score``; a group-relative reward overrides ``score`` and normalises after
+its chunks, as ``rewards.ensemble.EnsembleReward`` does.
 
 Non-finite scores (NaN, +-inf) follow the reward's ``nan_policy``: ``"raise"`` (default) raises
 :class:`RewardOutputError`; ``"pass"`` returns them unchanged; a float replaces them with that value

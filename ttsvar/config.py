@@ -68,7 +68,7 @@ class RuntimeConfig:
     max_rows_per_forward: int = 64  # memory bound: larger batches run in chunks of this many rows
     prompts_per_unit: int = 4  # prompts packed into one work unit (one forward batch family)
     preview_size: int | None = None  # decode size of intermediate previews; None: the model's default
-    score_batch: int = 64  # images per reward / feature call
+    score_batch: int = 64  # images per reward / feature call; a reward call holds whole prompt groups (rewards.md)
     quiet: bool = False
     # ray only
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join a cluster

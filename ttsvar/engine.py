@@ -16,6 +16,7 @@ or where they run.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -259,14 +260,15 @@ class Worker:
         return torch.cat(parts), first_arr, inverse
 
     def _score(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """Rewards of the decoded `rows`, with each row's prompt index as its group id. A call holds whole groups
+        only (a group larger than score_batch gets a call of its own), so a group-relative reward such as a
+        z-score ensemble always sees every distinct candidate of a group: the contract of `rewards.base.Reward`."""
         t0 = time.perf_counter()
         prompts = [t for t, n in zip(u.unit.prompts, u.sizes) for _ in range(n)]
         prompts = [prompts[i] for i in rows]
-        groups = self._group_of_rows(u)[rows]
-        out = []
-        for s in range(0, len(images), self.score_batch):
-            e = s + self.score_batch
-            out.append(np.asarray(score_images(self.reward, images[s:e], prompts[s:e], groups[s:e]), np.float32))
+        groups = np.asarray(u.unit.prompt_indices, dtype=np.int64)[self._group_of_rows(u)[rows]]
+        out = [np.asarray(score_images(self.reward, images[sl], prompts[sl], groups[sl]), np.float32)
+               for sl in group_batches(groups, self.score_batch)]
         self._count(u, "time_reward", seconds=time.perf_counter() - t0)
         self._count(u, "reward_images", rows=rows)
         return np.concatenate(out)
@@ -280,10 +282,34 @@ class Worker:
         return np.concatenate(out)
 
 
+def group_batches(groups: np.ndarray, size: int) -> list[slice]:
+    """Consecutive slices covering `groups` (ids, each group's rows adjacent) that hold at most `size` rows and
+    never cut a group; a group of more than `size` rows is a slice of its own."""
+    n = len(groups)
+    starts = np.flatnonzero(np.diff(groups)) + 1
+    out, s = [], 0
+    for a, b in zip([0, *starts.tolist()], [*starts.tolist(), n]):  # the group in rows [a, b)
+        if b - s > size and a > s:
+            out.append(slice(s, a))
+            s = a
+    if n > s:
+        out.append(slice(s, n))
+    return out
+
+
+def _takes_groups(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "groups" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def score_images(reward, images: torch.Tensor, prompts: list[str], groups: np.ndarray | None = None) -> np.ndarray:
-    """Score with a reward object (`score(images, prompts[, groups])`) or a plain callable."""
+    """Score with a reward object (`score(images, prompts[, groups])`) or a plain callable. `groups` goes to every
+    scorer whose signature takes it (each `rewards.Reward` does); a plain `f(images, prompts)` gets none."""
     fn = reward.score if hasattr(reward, "score") else reward
-    if getattr(reward, "uses_groups", False):
+    if groups is not None and _takes_groups(fn):
         scores = fn(images, prompts, groups=groups)
     else:
         scores = fn(images, prompts)
