@@ -61,7 +61,7 @@ from rewards import create_reward
 from search.base import RNG_KMEANS, group_rng
 from search.clustering import kmeans_pp, nearest_to_centroids, squared_distances
 from search.features import create_features
-from ttsvar.generator import Rows
+from ttsvar.core.generator import Rows
 from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator

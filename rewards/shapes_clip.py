@@ -13,7 +13,7 @@ import torch
 
 from rewards.clip_score import CLIPScore
 from rewards.registry import register_reward
-from ttsvar.errors import MissingFileError
+from ttsvar.core.errors import MissingFileError
 
 
 @register_reward("shapes-clip")

@@ -30,8 +30,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ttsvar.errors import MissingFileError
-from ttsvar.models.checkpoint import load_strict, read_state_dict
+from ttsvar.core.checkpoint import load_strict, read_state_dict
+from ttsvar.core.errors import MissingFileError
 
 _FEATURES: dict[str, type[FeatureExtractor]] = {}
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -20,8 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 from rewards.config import RewardConfig
 from search.registry import SearchConfig
 
-from .errors import ConfigError
-from .generator import SamplingConfig
+from .core.errors import ConfigError
+from .core.generator import SamplingConfig
 from .models.registry import ModelConfig, list_generators, model_defaults
 
 # Upper bounds that keep a typo from eating the machine (the memory a job needs is checked once the model is
@@ -49,7 +49,6 @@ class SamplingOptions:
             v = getattr(self, k)
             if v is not None:
                 base[k] = list(v) if isinstance(v, (list, tuple)) else v
-        base.pop("extra", None)
         return SamplingConfig(**base)
 
 

@@ -42,9 +42,9 @@ from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from scipy.stats import rankdata
 
+from ttsvar.eval.geneval import check_metadata
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
-from ttsvar.testbed.geneval import check_metadata
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "shapes_clip.safetensors"
