@@ -60,7 +60,7 @@ from scipy.stats import rankdata
 from rewards import create_features, create_reward
 from search.base import RNG_KMEANS, group_rng
 from search.clustering import kmeans_pp, nearest_to_centroids, squared_distances
-from ttsvar.generator import Rows
+from ttsvar.core.generator import Rows
 from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator

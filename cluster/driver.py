@@ -16,7 +16,7 @@ Failures (all bounded, none silent):
   lost its actor `MAX_ACTOR_LOSSES` times is recorded as failed (it may be what kills the actors).
 * an exception inside a unit (raised in the actor, or by the strategy here): the unit is dropped; a unit of
   several prompts is re-queued as one unit per prompt (a bad prompt costs only itself), a single prompt is
-  re-run up to `runtime.retries` times if the error can be transient (`ttsvar.errors.is_transient`) and
+  re-run up to `runtime.retries` times if the error can be transient (`ttsvar.core.errors.is_transient`) and
   then recorded as failed with the error.
 * an actor whose constructor raises before any actor has started: a config error, raised at once.
 
@@ -40,17 +40,10 @@ from ray.exceptions import RayError, RayTaskError
 
 from search.registry import build_strategy
 from ttsvar.config import JobConfig
-from ttsvar.engine import Coordinator, Report, WorkUnit, make_units
-from ttsvar.errors import is_transient
-from ttsvar.jobs import (
-    ResultWriter,
-    _progress,
-    check_prompts,
-    job_items,
-    preflight,
-    reward_scale_for,
-    split_unit,
-)
+from ttsvar.core.errors import is_transient
+from ttsvar.engine import Coordinator, Report, WorkUnit, make_units, split_unit
+from ttsvar.jobs import ResultWriter, check_prompts, job_items, preflight, reward_scale_for
+from ttsvar.progress import progress_bar
 
 from . import ClusterError
 from .actors import GeneratorActor, RewardActor
@@ -170,7 +163,7 @@ class RayJob:
         t = time.perf_counter()
         started = connect(self.rt)
         self.connect_s = time.perf_counter() - t
-        self.bar = _progress(len(todo), self.rt.quiet)
+        self.bar = progress_bar(len(todo), self.rt.quiet)
         try:
             self.plan = plan_actors(self.rt, self.job.model.device)
             log.info("ttsvar on Ray: %s", self.plan)

@@ -36,11 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ttsvar.core.device import DTYPES  # the one dtype table (the bottom layer)
+
 NanPolicy = str | float
 
 # The project's one table of dtype names (rewards, feature extractors, model.dtype). Its home is the bottom layer
 # with the checkpoint code (ttsvar.core, planned); it sits here until that exists.
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 class RewardInputError(ValueError):

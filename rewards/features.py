@@ -35,8 +35,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from rewards.base import parse_dtype
-from ttsvar.errors import MissingFileError
-from ttsvar.models.checkpoint import load_strict, read_state_dict
+from ttsvar.core.checkpoint import load_strict, read_state_dict
+from ttsvar.core.errors import MissingFileError
 
 _FEATURES: dict[str, type[FeatureExtractor]] = {}
 

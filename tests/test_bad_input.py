@@ -1,5 +1,5 @@
 """Bad input and faults, as a new user would make them: every case gets a clear error (one root class,
-`ttsvar.errors.TtsvarError`, naming the field, file or line), before any model loads when no model is needed
+`ttsvar.core.errors.TtsvarError`, naming the field, file or line), before any model loads when no model is needed
 to judge it, and no result is lost. Through the Python API (seconds); a few CLI subprocess tests on top.
 
 See docs/engine.md, "Bad input and faults".
@@ -24,7 +24,8 @@ import torch
 import ttsvar.jobs
 from rewards.base import Reward
 from ttsvar.config import load_config
-from ttsvar.errors import (
+from ttsvar.core.checkpoint import CheckpointError
+from ttsvar.core.errors import (
     ConfigError,
     InputError,
     ManifestError,
@@ -36,10 +37,9 @@ from ttsvar.errors import (
     TtsvarError,
     is_transient,
 )
+from ttsvar.eval.evaluate import evaluate_output_dir
 from ttsvar.jobs import run_job
-from ttsvar.models.checkpoint import CheckpointError
 from ttsvar.output import OutputDir
-from ttsvar.testbed.evaluate import evaluate_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -517,6 +517,35 @@ def test_read_only_output_dir_is_refused_before_the_model(tmp_path, no_model):
             run_job(make_job(tmp_path, f"output.dir={ro}"))
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("section, field, value, known", [
+    ("model", "name", "nope", "shapes-tiny"),
+    ("search", "strategy", "nope", "tts-var"),
+    ("reward", "name", "nope", "shapes-clip"),
+    ("search", "features", "nope", "shapes-clip"),
+])
+def test_registry_names_of_a_job_built_in_code_are_checked_before_any_model(tmp_path, no_model, section, field,
+                                                                           value, known):
+    """`run_job` on a `JobConfig` that `load_config` never validated: one ConfigError naming the field and the
+    known names, before the generator loads."""
+    from ttsvar.config import JobConfig
+
+    job = JobConfig(prompts=str(write_prompts(tmp_path)))
+    job.output.dir = str(tmp_path / "out")
+    setattr(getattr(job, section), field, value)
+    with pytest.raises(ConfigError, match=rf"{section}.{field}={value!r}.*{known}") as info:
+        run_job(job)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_evaluate_with_an_unknown_evaluator(finished, tmp_path, capsys):
+    from ttsvar.cli import main
+
+    assert main(["evaluate", str(finished), "--evaluator", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ttsvar: error: --evaluator='nope' is unknown; available: shapes"]
+    assert main(["evaluate", str(_copy_finished(finished, tmp_path)), "--evaluator", "shapes"]) == 0
 
 
 # ----------------------------------------------------------------------------- ttsvar evaluate

@@ -76,6 +76,44 @@ def test_traces_follow_the_batch_schedule(tts_run):
         assert {row["parent"] for row in cur["rows"]} <= alive
 
 
+def test_coordinator_keeps_the_strategys_trace_columns():
+    """A strategy column the coordinator also writes is kept: once when it says the same (`row_id`,
+    `children`), as `strategy.<name>` when it differs (`reward` as the strategy saw it, `kept`)."""
+    from search.base import Decision, SearchPlan, Strategy
+    from ttsvar.engine import Coordinator, GroupArrays, Report, WorkUnit
+
+    class Echo(Strategy):
+        name = "echo"
+
+        def plan(self, num_scales, n):
+            return SearchPlan((n, 1), frozenset(), frozenset({0}), (0,))
+
+        def init_group(self, prompt_index, seed):
+            return None
+
+        def decide(self, state, obs):
+            parents = np.array([1])
+            trace = {"row_id": obs.row_ids.tolist(), "children": [0, 1], "reward": obs.rewards.tolist(),
+                     "kept": ["no", "yes"], "score": [7, 8]}
+            return Decision(parents, trace, {"kind": "echo"})
+
+        def pick(self, state, obs):
+            return 0
+
+    strategy = Echo()
+    coord = Coordinator(strategy, strategy.plan(2, 2), reward_scale=2.0)
+    coord.begin(WorkUnit(0, [4], ["p"], [1]))
+    coord.decide(Report(0, 0, False, [GroupArrays(4, np.array([0, 1]), np.array([1.0, 3.0], np.float32), None)],
+                        {4: {}}))
+    rows = coord.trace(4)["decisions"][0]["rows"]
+    assert rows == [
+        {"row_id": 0, "parent": None, "reward": 1.0, "children": 0, "kept": False, "strategy.reward": 0.5,
+         "strategy.kept": "no", "score": 7},
+        {"row_id": 1, "parent": None, "reward": 3.0, "children": 1, "kept": True, "strategy.reward": 1.5,
+         "strategy.kept": "yes", "score": 8},
+    ]
+
+
 def test_compute_accounting(tts_run):
     from search.registry import build_strategy
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import save_file
 
 from rewards.features import create_features, first_pc_projection, list_features
-from ttsvar.models.checkpoint import CheckpointError
+from ttsvar.core.checkpoint import CheckpointError
 
 TINY_VIT = dict(depth=1, embed_dim=32, num_heads=2)
 VIT_NAME = "vit_small_patch14_reg4_dinov2"

@@ -17,12 +17,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from rewards.base import DTYPES as _DTYPE_TABLE
 from rewards.config import RewardConfig
 from search.registry import SearchConfig
+from ttsvar.core.device import DTYPES as _DTYPE_TABLE
 
-from .errors import ConfigError
-from .generator import SamplingConfig
+from .core.errors import ConfigError
+from .core.generator import SamplingConfig
 from .models.registry import ModelConfig, list_generators, model_defaults
 
 # Upper bounds that keep a typo from eating the machine (the memory a job needs is checked once the model is
@@ -50,7 +50,6 @@ class SamplingOptions:
             v = getattr(self, k)
             if v is not None:
                 base[k] = list(v) if isinstance(v, (list, tuple)) else v
-        base.pop("extra", None)
         return SamplingConfig(**base)
 
 

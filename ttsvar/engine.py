@@ -26,7 +26,7 @@ import torch
 
 from search.base import Observation, SearchPlan, Strategy
 
-from .generator import Generator, GenState, Rows, mix64
+from .core.generator import Generator, GenState, Rows, mix64
 
 # ----------------------------------------------------------------------------- messages (picklable)
 
@@ -85,6 +85,12 @@ def make_units(indices: Sequence[int], prompts: Sequence[str], job_seed: int, pe
     return units
 
 
+def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
+    """One single-prompt unit per prompt of `unit` (ids from `next_id`): a failed unit's prompts re-run alone."""
+    return [WorkUnit(next_id + k, [p], [t], [s])
+            for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
+
+
 def _new_counters() -> dict:
     return {"token_forwards": 0, "preview_decodes": 0, "reward_images": 0, "feature_images": 0,
             "time_generate": 0.0, "time_decode": 0.0, "time_reward": 0.0, "time_features": 0.0}
@@ -105,7 +111,8 @@ class _Unit:
 
 
 class Worker:
-    """Model side of the engine. Called by the local `Engine` or hosted in a Ray actor.
+    """Model side of the engine. Driven in-process by `run_unit` (the local runtime, `ttsvar.jobs`) or hosted
+    in a Ray actor (`cluster.actors`).
 
     Per unit: `start(unit)` -> Report; then `apply(selection)` -> Report until a report is final;
     then `collect(unit_id, picks, keep_all)` -> UnitImages, which also frees the unit.
@@ -121,7 +128,6 @@ class Worker:
         self.score_batch = max(1, int(score_batch))
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
-        self.cfg_factor = 2 if any(c != 1 for c in getattr(generator, "cfg_list", [1])) else 1
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -184,7 +190,7 @@ class Worker:
             u.chunks = [self.gen.step(c) for c in u.chunks]
             dt = time.perf_counter() - t0
             u.scale = k + 1
-            tok = self.gen.tokens_at_scale(k) * self.cfg_factor
+            tok = self.gen.tokens_at_scale(k) * self.gen.forward_rows_per_candidate(k)
             for p, n in zip(u.unit.prompt_indices, u.sizes):
                 u.counters[p]["token_forwards"] += n * tok
             self._count(u, "time_generate", seconds=dt)
@@ -398,13 +404,11 @@ class Coordinator:
             if ga.rewards is not None:
                 r = float(ga.rewards[i])
                 row["reward"] = r if np.isfinite(r) else None
-            for key, vals in (trace or {}).items():
-                if key != "reward":
-                    row[key] = vals[i]
             if children is not None:
                 row["children"] = children[i]
                 row["kept"] = children[i] > 0
             rows.append(row)
+        _merge_strategy_columns(rows, trace or {})
         return {"scale": scale, "info": info or {}, "rows": rows}
 
     def pick(self, report: Report) -> dict[int, int]:
@@ -435,6 +439,23 @@ class Coordinator:
         tr = self.trace(prompt_index)
         g = self.groups.pop(prompt_index)
         return tr, g.counters
+
+
+def _merge_strategy_columns(rows: list[dict], trace: dict) -> None:
+    """Add a strategy's per-row trace columns to the coordinator's rows (`row_id`, `parent`, `reward`,
+    `children`, `kept`) without losing either: a strategy column that repeats a coordinator column (same
+    name, same value in every row, e.g. `row_id`) is written once; one that differs (e.g. `reward` as the
+    strategy saw it, divided by the reward's score scale) is kept as `strategy.<name>`."""
+    ours = set(rows[0]) if rows else set()
+    for key, vals in trace.items():
+        if len(vals) != len(rows):
+            raise ValueError(f"strategy trace column {key!r} has {len(vals)} entries for {len(rows)} rows")
+        if key in ours:
+            if all(row[key] == v for row, v in zip(rows, vals)):
+                continue
+            key = f"strategy.{key}"
+        for row, v in zip(rows, vals):
+            row[key] = v
 
 
 def run_unit(worker: Worker, coord: Coordinator, unit: WorkUnit, keep_all: bool = False):

@@ -8,7 +8,7 @@ Before any model loads, a job checks what it can without one (`preflight`: the r
 options; `open_output`: output.dir is writable, its manifest intact, its results from the same configuration).
 Once the models are loaded it checks the memory a work unit needs (`check_memory`) and every prompt against
 the job's text models (`check_prompts`). A unit that raises is re-run prompt by prompt, so a bad prompt
-costs only itself; only errors that can be transient are retried (`ttsvar.errors.is_transient`).
+costs only itself; only errors that can be transient are retried (`ttsvar.core.errors.is_transient`).
 """
 
 from __future__ import annotations
@@ -23,11 +23,25 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from search.base import SearchPlan, Strategy
+
 from .config import JobConfig, ignored_fields
-from .engine import Coordinator, Report, UnitImages, Worker, WorkUnit, make_units, prompt_seed, run_unit
-from .errors import ConfigError, OutputWriteError, PromptError, is_transient
-from .models.registry import create_generator, model_defaults
+from .core.errors import ConfigError, OutputWriteError, PromptError, is_transient
+from .core.generator import Generator
+from .engine import (
+    Coordinator,
+    Report,
+    UnitImages,
+    Worker,
+    WorkUnit,
+    make_units,
+    prompt_seed,
+    run_unit,
+    split_unit,
+)
+from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
+from .progress import progress_bar
 from .prompts import PromptItem, format_problems, read_prompts
 
 log = logging.getLogger("ttsvar")
@@ -35,11 +49,13 @@ log = logging.getLogger("ttsvar")
 
 @dataclass
 class Components:
-    generator: object
-    reward: object
-    features: object | None
-    strategy: object
-    plan: object
+    """What one process of a job builds: the model side (generator, reward, features) and the decision side."""
+
+    generator: Generator
+    reward: object  # a rewards.Reward or a function f(images, prompts) -> scores
+    features: object | None  # a feature extractor, when the plan clusters
+    strategy: Strategy
+    plan: SearchPlan
     preview_size: int | None
 
 
@@ -110,14 +126,28 @@ def resolve_reward_checked(job: JobConfig):
     return obj
 
 
+def check_names(job: JobConfig) -> None:
+    """The model and strategy names, checked against their registries (also for a `JobConfig` built in code,
+    which `ttsvar.config.validate` has not seen): `ConfigError` naming the field and the known names."""
+    from search.registry import list_strategies
+
+    if job.model.name not in list_generators():
+        raise ConfigError(f"model.name={job.model.name!r} is unknown; available: {', '.join(list_generators())}")
+    if job.search.strategy not in list_strategies():
+        raise ConfigError(f"search.strategy={job.search.strategy!r} is unknown; available: "
+                          f"{', '.join(list_strategies())}")
+
+
 def preflight(job: JobConfig) -> None:
-    """What can be checked before a model loads, beyond `ttsvar.config.validate`: the reward resolves and takes
-    `reward.options`, the feature extractor exists and takes `search.features_opts`; warns about set fields the
-    job will not read. Raises `ConfigError` naming the field."""
+    """What can be checked before a model loads, beyond `ttsvar.config.validate`: every registry name (model,
+    strategy, reward, features); the reward takes `reward.options` and the feature extractor
+    `search.features_opts`; warns about set fields the job will not read. Raises `ConfigError` naming the
+    field (and, for a name, the known ones)."""
     from rewards.base import FunctionReward, Reward
     from rewards.features import _FEATURES, list_features
     from rewards.registry import COMMON_OPTIONS
 
+    check_names(job)
     for f in ignored_fields(job):
         log.warning("%s is ignored", f)
     obj = resolve_reward_checked(job)  # before the features: a plugin's module may register features too
@@ -251,14 +281,14 @@ def _free_memory(device) -> tuple[int | None, str]:
 def check_memory(job: JobConfig, comp: Components) -> None:
     """Refuse a job whose work unit cannot fit: a unit holds the state of all its candidate rows at once
     (`runtime.prompts_per_unit` prompts x the rows of the batch schedule at each scale); raises `ConfigError`
-    naming search.n and runtime.prompts_per_unit. Generators without `state_bytes_per_row(scale)` are not
+    naming search.n and runtime.prompts_per_unit. Generators whose `state_bytes_per_row` is None are not
     checked."""
-    per_row = getattr(comp.generator, "state_bytes_per_row", None)
-    if not callable(per_row):
+    per_row = [comp.generator.state_bytes_per_row(k) for k in range(len(comp.plan.batch_sizes))]
+    if any(b is None for b in per_row):
         return
     ppu = job.runtime.prompts_per_unit
-    need = max(b * ppu * per_row(k) for k, b in enumerate(comp.plan.batch_sizes))
-    free, where = _free_memory(getattr(comp.generator, "device", None))
+    need = max(b * ppu * r for b, r in zip(comp.plan.batch_sizes, per_row))
+    free, where = _free_memory(comp.generator.device)
     if free is None or need <= 0.8 * free:
         return
     rows = max(comp.plan.batch_sizes) * ppu
@@ -281,13 +311,11 @@ def prompt_problems(comp: Components, prompts: list[str], score_batch: int = 64,
 
     bad: dict[str, str] = {}
     uniq = list(dict.fromkeys(prompts))
-    check = getattr(comp.generator, "check_prompt", None)
-    if callable(check):
-        for p in uniq:
-            try:
-                check(p)
-            except ValueError as e:
-                bad[p] = f"the generator's text encoder: {e}"
+    for p in uniq:
+        try:
+            comp.generator.check_prompt(p)
+        except ValueError as e:
+            bad[p] = f"the generator's text encoder: {e}"
     size = getattr(comp.reward, "input_size", None) or comp.preview_size or 32
     size = size if isinstance(size, int) and 8 <= size <= 1024 else 32
     label = reward_label or getattr(comp.reward, "name", None) or type(comp.reward).__name__
@@ -485,18 +513,6 @@ class ResultWriter:
         return s
 
 
-def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, disable=quiet, unit="prompt", desc="ttsvar", dynamic_ncols=True)
-
-
-def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
-    """One single-prompt unit per prompt of `unit` (ids from `next_id`): a failed unit's prompts re-run alone."""
-    return [WorkUnit(next_id + k, [p], [t], [s])
-            for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
-
-
 def error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=3))
 
@@ -530,7 +546,7 @@ def _run_local(job: JobConfig, generator, writer: ResultWriter, items: list[Prom
     coord = Coordinator(comp.strategy, comp.plan, reward_scale_for(job, comp.plan))
     setup = time.perf_counter() - t0
     units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
-    bar = _progress(len(todo), job.runtime.quiet)
+    bar = progress_bar(len(todo), job.runtime.quiet)
     S = comp.generator.num_scales
     worker.on_step = lambda uid, k: bar.set_postfix_str(f"unit {uid + 1}/{len(units)} scale {k + 1}/{S}")
     queue, next_id, retried = deque(units), len(units), 0

@@ -3,19 +3,26 @@
 Weights are local files the user names (or files shipped inside the package); nothing downloads.
 A registered model also names the reward and the clustering features that suit it, used when the job
 config says `auto`.
+
+The built-in generators register themselves when their module is imported; this module names those modules
+(`_BUILTIN_MODULES`) and imports them on the first lookup, so it imports no model family and the testbed,
+which sits above the models, registers its own generator.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..core.errors import ConfigError, MissingFileError
+from ..core.generator import Generator, SamplingConfig
 
-from ..errors import MissingFileError
-from ..generator import Generator, SamplingConfig
+# Modules whose @register_generator decorators define the built-in names, imported on first lookup.
+_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.testbed.model")
+_builtins_loaded = False
 
 
 @dataclass
@@ -39,14 +46,15 @@ class ModelDefaults:
     reads: tuple[str, ...] | None = None  # the ModelConfig fields the builder reads (None: all); others warn
 
 
-_BUILDERS: dict[str, Callable[[ModelConfig, SamplingConfig | None], Generator]] = {}
+Builder = Callable[[ModelConfig, SamplingConfig | None], Generator]
+_BUILDERS: dict[str, Builder] = {}
 _DEFAULTS: dict[str, ModelDefaults] = {}
 
 
-def register_generator(name: str, defaults: ModelDefaults | None = None):
-    """Decorator for a builder `f(model_cfg, sampling) -> Generator`."""
+def register_generator(name: str, defaults: ModelDefaults | None = None) -> Callable[[Builder], Builder]:
+    """Decorator for a builder `f(model_cfg, sampling) -> Generator`, registered as `name`."""
 
-    def deco(fn):
+    def deco(fn: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"generator {name!r} is already registered")
         _BUILDERS[name] = fn
@@ -56,21 +64,34 @@ def register_generator(name: str, defaults: ModelDefaults | None = None):
     return deco
 
 
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True  # first: a built-in module may look names up while it registers
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+
+
 def list_generators() -> list[str]:
+    """Sorted names of the registered generators (the built-ins are imported first)."""
+    _load_builtins()
     return sorted(_BUILDERS)
 
 
 def model_defaults(name: str) -> ModelDefaults:
+    """The reward, features, preview size and sampling that suit generator `name` (used for `auto`)."""
     _check_name(name)
     return _DEFAULTS[name]
 
 
 def _check_name(name: str) -> None:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model.name {name!r}; available: {', '.join(list_generators())}")
+    if name not in list_generators():
+        raise ConfigError(f"model.name={name!r} is unknown; available: {', '.join(list_generators())}")
 
 
 def create_generator(cfg: ModelConfig | str, sampling: SamplingConfig | None = None, **overrides: Any) -> Generator:
+    """Build the generator `cfg.name` (or the name given) with `sampling`; `overrides` set `ModelConfig` fields.
+    An unknown name raises `ConfigError` naming `model.name` and the registered names."""
     if isinstance(cfg, str):
         cfg = ModelConfig(name=cfg)
     for k, v in overrides.items():
@@ -79,34 +100,12 @@ def create_generator(cfg: ModelConfig | str, sampling: SamplingConfig | None = N
     return _BUILDERS[cfg.name](cfg, sampling)
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"model.device={device!r} but CUDA is not available here; use model.device=cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    from rewards.base import DTYPES  # the one dtype table, until it moves to the bottom layer (ttsvar.core)
-
-    if dtype not in DTYPES:
-        raise ValueError(f"model.dtype={dtype!r}; use auto, {', '.join(DTYPES)}")
-    return DTYPES[dtype]
-
-
 def require_file(value: str | None, field_name: str, what: str) -> Path:
+    """The local path `value` of config field `field_name`, which must exist (`what` says what it holds)."""
     if not value:
-        raise ValueError(f"{field_name} is not set: give the local path of {what}")
+        raise ConfigError(f"{field_name} is not set: give the local path of {what}")
     path = Path(value).expanduser()
     if not path.exists():
         raise MissingFileError(f"{field_name}={value!r} does not exist: it should be {what}")
     return path
 
-
-# Importing the families registers their builders (explicit, not a star-import side effect).
-from ..testbed import model as _testbed_model  # noqa: E402,F401
-from .infinity import builders as _infinity_builders  # noqa: E402,F401

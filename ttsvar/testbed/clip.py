@@ -43,10 +43,10 @@ from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from scipy.stats import rankdata
 
-from ttsvar.errors import MissingFileError
+from ttsvar.core.errors import MissingFileError
+from ttsvar.eval.geneval import check_metadata
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
-from ttsvar.testbed.geneval import check_metadata
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "shapes_clip.safetensors"

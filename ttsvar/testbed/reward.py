@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.checkpoint import load_strict, read_state_dict
+from ..core.checkpoint import load_strict, read_state_dict
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "shapes_reward.safetensors"
 

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ...generator import SamplingConfig
-from ...text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
-from ..checkpoint import load_strict, read_state_dict
-from ..registry import (
-    ModelConfig,
-    ModelDefaults,
-    register_generator,
-    require_file,
-    resolve_device,
-    resolve_dtype,
-)
+from ...core.checkpoint import load_strict, read_state_dict
+from ...core.device import resolve_device, resolve_dtype
+from ...core.generator import SamplingConfig
+from ..registry import ModelConfig, ModelDefaults, register_generator, require_file
+from ..text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
 from .generator import InfinityGenerator
 from .model import Infinity, InfinityConfig, official_state_dict_to_ours
 from .schedules import scale_schedule
