@@ -296,7 +296,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="quality: write every run's numbers here")
     p.add_argument("--from-json", default=None, help="quality: tabulate and plot a --json file instead of running")
     p.add_argument("--out", default="/tmp/bench_engine")
-    p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.lam=1")
+    p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.options.lam=1")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -204,10 +204,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ("search.strategy=nope", "nope"),
     ("search.n=0", "search.n"),
-    ("search.lam=inf", "search.lam"),
-    ("search.batch_schedule=[1,2,2,2,2,2]", "batch_schedule"),
-    ("search.batch_schedule=[8,8,6]", "batch_schedule"),
-    ("search.cluster_scales=[9]", "cluster_scales"),
+    ("search.options.lam=inf", "search.options.lam"),
+    ("search.options.batch_schedule=[1,2,2,2,2,2]", "search.options.batch_schedule"),
+    ("search.options.batch_schedule=[8,8,6]", "search.options.batch_schedule"),
+    ("search.options.cluster_scales=[9]", "search.options.cluster_scales"),
     ("model.name=nope", "model.name"),
     ("runtime.kind=slurm", "runtime.kind"),
     ("runtime.max_rows_per_forward=0", "runtime.max_rows_per_forward"),
@@ -231,6 +231,52 @@ def test_yaml_and_cli_overrides_compose(tmp_path):
     j = load_config(y, ["search.n=4", "runtime.quiet=true"])
     assert (j.search.strategy, j.search.n, j.seed, j.runtime.quiet) == ("beam", 4, 5, True)
     assert type(j.search).__name__ == "SearchConfig"  # plain dataclasses, not DictConfig
+
+
+def test_component_options_come_from_yaml_and_overrides(tmp_path):
+    y = tmp_path / "job.yaml"
+    y.write_text("model:\n  name: infinity-2b\n  options: {pixels: 0.25M, h_div_w: 0.5}\n"
+                 "search:\n  strategy: fk\n  n: 4\n  options: {lam: 2.0, resample_scales: [3, 5]}\n")
+    j = load_config(y, ["search.options.ess_threshold=0.3", "model.options.vae_weights=/ckpt/vae.pth"])
+    assert j.search.options == {"lam": 2.0, "resample_scales": [3, 5], "ess_threshold": 0.3}
+    assert j.model.options == {"pixels": "0.25M", "h_div_w": 0.5, "vae_weights": "/ckpt/vae.pth"}
+    assert type(j.search.options) is dict and type(j.search.options["resample_scales"]) is list
+
+
+def test_legacy_flat_keys_still_work_with_a_warning_naming_the_new_key(tmp_path):
+    from ttsvar.config import ConfigDeprecationWarning
+    from ttsvar.jobs import job_fingerprint
+
+    y = tmp_path / "old.yaml"
+    y.write_text("model: {name: infinity-2b, pixels: 0.25M, vae_weights: /ckpt/vae.pth}\n"
+                 "search: {strategy: fk, n: 4, lam: 2.0}\n")
+    with pytest.warns(ConfigDeprecationWarning, match=r"search.lam is deprecated: use search.options.lam"):
+        old = load_config(y, ["search.ess_threshold=0.3"])
+    with pytest.warns(ConfigDeprecationWarning, match=r"model.pixels is deprecated: use model.options.pixels"):
+        load_config(y)
+    new = load_config(None, ["model.name=infinity-2b", "model.options.pixels=0.25M",
+                             "model.options.vae_weights=/ckpt/vae.pth", "search.strategy=fk", "search.n=4",
+                             "search.options={lam: 2.0, ess_threshold: 0.3}"])
+    assert old.search.options == new.search.options == {"lam": 2.0, "ess_threshold": 0.3}
+    assert old.model.options == new.model.options
+    # the same job for resume; the flat names of the old layout are kept, so job.json files written before resume
+    fp = job_fingerprint(old)
+    assert fp == job_fingerprint(new)
+    assert (fp["search.lam"], fp["search.ess_threshold"], fp["search.beam_width"]) == (2.0, 0.3, None)
+    assert (fp["model.pixels"], fp["model.h_div_w"], fp["model.text_encoder"]) == ("0.25M", 1.0, None)
+    # an old key left at its old default for a strategy that never read it had no effect, and still has none
+    with pytest.warns(ConfigDeprecationWarning):
+        j = load_config(None, ["search.strategy=best-of-n", "search.lam=10.0", "model.h_div_w=1.0"])
+    assert j.search.options == {} and j.model.options == {}
+
+
+def test_resume_accepts_the_new_style_equivalent_of_an_old_style_job(tmp_path):
+    with pytest.warns(DeprecationWarning):
+        old = job(tmp_path, "search.strategy=importance", "search.n=2", "search.lam=3.0", prompts=PROMPTS[:1])
+    assert run_job(old)["prompts_ok"] == 1
+    new = job(tmp_path, "search.strategy=importance", "search.n=2", "search.options.lam=3", prompts=PROMPTS[:2])
+    s = run_job(new)
+    assert (s["skipped_done"], s["prompts_ok"]) == (1, 1)
 
 
 def test_an_edited_prompt_is_redone(tmp_path):

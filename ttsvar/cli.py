@@ -213,6 +213,26 @@ def _setup_logging() -> None:
     h.setFormatter(logging.Formatter("ttsvar: %(levelname)s: %(message)s"))
     lg.addHandler(h)
     lg.setLevel(logging.WARNING)
+    _show_config_deprecations()
+
+
+def _show_config_deprecations() -> None:
+    """Python hides DeprecationWarnings outside __main__; a moved config key is one line on stderr."""
+    import warnings
+
+    from .config import ConfigDeprecationWarning
+
+    warnings.simplefilter("default", ConfigDeprecationWarning)
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigDeprecationWarning):
+            print(f"ttsvar: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    if getattr(original, "__name__", "") != "show":
+        warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (`generate "p" --n 4 search.lam=5`): argparse leaves them over
+    # key=value overrides may follow options (`generate "p" --n 4 search.options.lam=5`): argparse leaves them over
     if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         ns.overrides = list(ns.overrides) + extra
     elif extra:

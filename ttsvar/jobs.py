@@ -13,7 +13,6 @@ costs only itself; only errors that can be transient are retried (`ttsvar.core.e
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import traceback
@@ -25,9 +24,10 @@ import numpy as np
 
 from search.base import SearchPlan, Strategy
 
-from .config import JobConfig, ignored_fields
+from .config import LEGACY_OPTIONS, JobConfig, ignored_fields
 from .core.errors import ConfigError, OutputWriteError, PromptError, is_transient
 from .core.generator import Generator
+from .core.options import check_options
 from .engine import (
     Coordinator,
     Report,
@@ -91,17 +91,6 @@ def features_name(job: JobConfig) -> str:
     return model_defaults(job.model.name).features if job.search.features == "auto" else job.search.features
 
 
-def _signature_options(factory) -> tuple[set[str], bool]:
-    """(named keyword parameters, takes **kwargs) of a class or function."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return set(), True
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return ({p.name for p in params if p.kind in kinds and p.name != "self"},
-            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
-
-
 def resolve_reward_checked(job: JobConfig):
     """The object `reward.name` names (imported if it is a plugin), or a `ConfigError` naming the field."""
     from rewards.registry import resolve_reward
@@ -162,20 +151,12 @@ def preflight(job: JobConfig) -> None:
     else:
         factory = FunctionReward.__init__
     if factory is not None:
-        accepted, any_kw = _signature_options(factory)
-        accepted -= {"fn"}
-        unknown = sorted(k for k in options if k not in accepted and k not in COMMON_OPTIONS)
-        if unknown and not any_kw:
-            raise ConfigError(f"reward.options.{unknown[0]}: reward {name!r} has no option(s) {unknown}; its "
-                              f"options are {sorted(accepted) or 'none'}")
+        check_options(factory, options, "reward.options", f"reward {name!r}", skip=("fn",), also=COMMON_OPTIONS)
     feats = features_name(job)
     if feats not in list_features():
         raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
-    accepted, any_kw = _signature_options(_FEATURES[feats].__init__)
-    unknown = sorted(set(job.search.features_opts or {}) - accepted)
-    if unknown and not any_kw:
-        raise ConfigError(f"search.features_opts.{unknown[0]}: feature extractor {feats!r} has no option(s) "
-                          f"{unknown}; its options are {sorted(accepted)}")
+    check_options(_FEATURES[feats].__init__, job.search.features_opts or {}, "search.features_opts",
+                  f"feature extractor {feats!r}")
 
 
 def _is_registered(obj) -> bool:
@@ -187,18 +168,23 @@ def _is_registered(obj) -> bool:
 def job_fingerprint(job: JobConfig) -> dict:
     """The fields that change a job's results, flat (`search.n`, ...), with `auto` resolved. Stored in
     `output.dir/job.json`; a resume with a different fingerprint is refused. Not in it: runtime and output
-    fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway)."""
+    fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway).
+
+    Options that used to be flat fields (`LEGACY_OPTIONS`) keep their flat names, with their old default when
+    unset, so a job written before `options` existed (or with the deprecated keys) is the same job; other
+    options are `search.options.<key>` / `model.options.<key>`."""
     fp: dict = {"seed": job.seed, "runtime.preview_size": job.runtime.preview_size}
     m = job.model
-    for k in ("name", "weights", "vae_weights", "text_encoder", "h_div_w", "pixels", "dtype"):
+    for k in ("name", "weights", "dtype"):
         fp[f"model.{k}"] = getattr(m, k)
+    fp.update(_flat_options("model", m.options))
     try:
         sampling = asdict(job.sampling.resolve(m.name))
     except Exception:  # noqa: BLE001 - invalid values are reported by the sampler, with the field name
         sampling = asdict(job.sampling)
     fp.update({f"sampling.{k}": v for k, v in sampling.items()})
-    for f in fields(job.search):
-        fp[f"search.{f.name}"] = getattr(job.search, f.name)
+    fp["search.strategy"], fp["search.n"] = job.search.strategy, job.search.n
+    fp.update(_flat_options("search", job.search.options))
     fp["search.features"] = features_name(job)
     fp["search.features_opts"] = _without_device(job.search.features_opts)
     r = reward_config(job)
@@ -207,6 +193,13 @@ def job_fingerprint(job: JobConfig) -> dict:
             fp[f"reward.{f.name}"] = getattr(r, f.name)
     fp["reward.options"] = _without_device(r.options)
     return fp
+
+
+def _flat_options(section: str, options: dict | None) -> dict:
+    opts = dict(options or {})
+    out = {f"{section}.{k}": opts.pop(k, default) for k, default in LEGACY_OPTIONS[section].items()}
+    out.update({f"{section}.options.{k}": v for k, v in sorted(opts.items())})
+    return out
 
 
 def _without_device(options: dict | None) -> dict:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,15 @@ _builtins_loaded = False
 
 @dataclass
 class ModelConfig:
+    """The `model:` section of a job config. What every model family has is a field; what one family needs
+    (Infinity: `vae_weights`, `text_encoder`, `h_div_w`, `pixels`) is in `options`, the keyword parameters of
+    the registered builder, checked against its signature before anything loads (`builder_options`)."""
+
     name: str = "shapes-tiny"
-    weights: str | None = None  # transformer checkpoint (.pth with weights only, or .safetensors)
-    vae_weights: str | None = None  # BSQ-VAE checkpoint
-    text_encoder: str | None = None  # local Hugging Face directory of the text encoder (flan-t5-xl)
-    h_div_w: float = 1.0  # aspect ratio (height / width), snapped to the model's templates
-    pixels: str = "1M"  # pixel budget: 0.06M, 0.25M, 0.60M, 1M
+    weights: str | None = None  # the main checkpoint (.pth with weights only, or .safetensors)
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu; or float32 / bfloat16 / float16
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's keyword options
 
 
 @dataclass(frozen=True)
@@ -44,15 +45,19 @@ class ModelDefaults:
     preview_size: int | None = None
     sampling: dict = field(default_factory=dict)
     reads: tuple[str, ...] | None = None  # the ModelConfig fields the builder reads (None: all); others warn
+    # checks `model.options` before anything loads; raises ValueError starting with the option's name
+    check_options: Callable[[dict[str, Any]], None] | None = None
 
 
-Builder = Callable[[ModelConfig, SamplingConfig | None], Generator]
+# f(model_cfg, sampling, **model_cfg.options) -> Generator; its keyword parameters are the model's options
+Builder = Callable[..., Generator]
 _BUILDERS: dict[str, Builder] = {}
 _DEFAULTS: dict[str, ModelDefaults] = {}
 
 
 def register_generator(name: str, defaults: ModelDefaults | None = None) -> Callable[[Builder], Builder]:
-    """Decorator for a builder `f(model_cfg, sampling) -> Generator`, registered as `name`."""
+    """Decorator for a builder `f(model_cfg, sampling, **options) -> Generator`, registered as `name`; the
+    keyword parameters after `sampling` are the model's `model.options`."""
 
     def deco(fn: Builder) -> Builder:
         if name in _BUILDERS:
@@ -84,20 +89,36 @@ def model_defaults(name: str) -> ModelDefaults:
     return _DEFAULTS[name]
 
 
+def builder(name: str) -> Builder:
+    """The builder registered as `name` (`ttsvar.config.validate` checks `model.options` against its
+    signature, less `cfg` and `sampling`)."""
+    _check_name(name)
+    return _BUILDERS[name]
+
+
+BUILDER_ARGS = ("cfg", "sampling")  # the builder's parameters that are not options
+
+
 def _check_name(name: str) -> None:
     if name not in list_generators():
         raise ConfigError(f"model.name={name!r} is unknown; available: {', '.join(list_generators())}")
 
 
 def create_generator(cfg: ModelConfig | str, sampling: SamplingConfig | None = None, **overrides: Any) -> Generator:
-    """Build the generator `cfg.name` (or the name given) with `sampling`; `overrides` set `ModelConfig` fields.
-    An unknown name raises `ConfigError` naming `model.name` and the registered names."""
+    """Build the generator `cfg.name` (or the name given) with `sampling`; `overrides` set `ModelConfig` fields
+    (or, for other keys, `cfg.options`). An unknown name raises `ConfigError` naming `model.name` and the
+    registered names."""
     if isinstance(cfg, str):
         cfg = ModelConfig(name=cfg)
+    cfg = replace(cfg, options=dict(cfg.options or {}))
+    names = {f.name for f in fields(ModelConfig)}
     for k, v in overrides.items():
-        setattr(cfg, k, v)
+        if k in names:
+            setattr(cfg, k, v)
+        else:
+            cfg.options[k] = v
     _check_name(cfg.name)
-    return _BUILDERS[cfg.name](cfg, sampling)
+    return _BUILDERS[cfg.name](cfg, sampling, **cfg.options)
 
 
 def require_file(value: str | None, field_name: str, what: str) -> Path:
