@@ -20,12 +20,14 @@ import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
 
 from search.base import Observation, SearchPlan, Strategy
 
+from .core.errors import is_transient
 from .core.generator import Generator, GenState, Rows, mix64
 
 # ----------------------------------------------------------------------------- messages (picklable)
@@ -339,14 +341,35 @@ class _GroupTrace:
     counters: dict = field(default_factory=_new_counters)
 
 
+class Action(Enum):
+    """What a runtime does with a unit that failed (`Coordinator.fail`) or lost its actor (`Coordinator.lost`)."""
+
+    SPLIT = "split"  # run each of its prompts alone, before anything else (a bad prompt costs only itself)
+    RETRY = "retry"  # run the same unit again (same id, same seeds)
+    ABANDON = "abandon"  # record its prompts as failed
+
+
+@dataclass
+class Verdict:
+    action: Action
+    units: list[WorkUnit]  # SPLIT: the new single-prompt units; RETRY, ABANDON: [the unit]
+    attempts: int  # how often this unit has failed (or, for `lost`, lost its actor) so far; 0 for SPLIT
+
+
+MAX_ACTOR_LOSSES = 3  # a unit whose actor died this often is abandoned (it may be what kills the actors)
+
+
 class Coordinator:
-    """Decision side: applies the strategy to reports and keeps per-prompt traces.
+    """Decision side: applies the strategy to reports and keeps per-prompt traces; owns the retry policy.
 
     Called by the engine (or the Ray driver): `begin(unit)` once, `decide(report)` for every non-final
-    report, `pick(report)` for the final one, then `trace(prompt_index)` for the output.
+    report, `pick(report)` for the final one, then `finish_group(prompt_index)` for the output. When a unit
+    fails instead, the runtime calls `fail(unit, error)` (the unit raised) or `lost(unit)` (its Ray actor
+    died) and does what the returned `Verdict` says; both forget the unit's search state.
     """
 
-    def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0):
+    def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0, retries: int = 0,
+                 next_unit_id: int = 0, max_losses: int = MAX_ACTOR_LOSSES):
         if not (np.isfinite(reward_scale) and reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
         # strategies see rewards in units of the reward's declared scale, so lam means the same for every
@@ -354,6 +377,38 @@ class Coordinator:
         self.strategy, self.plan, self.reward_scale = strategy, plan, float(reward_scale)
         self.groups: dict[int, _GroupTrace] = {}
         self.time_decide = 0.0
+        self.retries, self.max_losses = int(retries), int(max_losses)
+        self.next_unit_id = next_unit_id  # ids of split units start here (above every id already handed out)
+        self._failures: dict[int, int] = {}
+        self._losses: dict[int, int] = {}
+
+    # -- failure policy: one for both runtimes ------------------------------------------------------------
+
+    def forget(self, unit: WorkUnit) -> None:
+        """Drop the search state of a unit that will not finish (its prompts may run again from the start)."""
+        for p in unit.prompt_indices:
+            self.groups.pop(p, None)
+
+    def fail(self, unit: WorkUnit, error: BaseException, transient: bool | None = None) -> Verdict:
+        """A unit raised (in the model or in the strategy). A unit of several prompts is split into one unit
+        per prompt; a single prompt is retried while the error can be transient (`is_transient`, unless
+        `transient` says) and it has failed at most `retries` times; else it is abandoned."""
+        self.forget(unit)
+        if len(unit.prompt_indices) > 1:
+            singles = split_unit(unit, self.next_unit_id)
+            self.next_unit_id += len(singles)
+            return Verdict(Action.SPLIT, singles, 0)
+        n = self._failures[unit.unit_id] = self._failures.get(unit.unit_id, 0) + 1
+        transient = is_transient(error) if transient is None else transient
+        return Verdict(Action.RETRY if transient and n <= self.retries else Action.ABANDON, [unit], n)
+
+    def lost(self, unit: WorkUnit) -> Verdict:
+        """The actor running a unit died: re-run it from the start, unless this happened `max_losses` times."""
+        self.forget(unit)
+        n = self._losses[unit.unit_id] = self._losses.get(unit.unit_id, 0) + 1
+        return Verdict(Action.ABANDON if n >= self.max_losses else Action.RETRY, [unit], n)
+
+    # -- decisions ----------------------------------------------------------------------------------------
 
     def begin(self, unit: WorkUnit) -> None:
         n = self.plan.batch_sizes[0]

@@ -29,6 +29,7 @@ from .core.errors import ConfigError, OutputWriteError, PromptError, is_transien
 from .core.generator import Generator
 from .core.options import check_options
 from .engine import (
+    Action,
     Coordinator,
     Report,
     UnitImages,
@@ -37,7 +38,6 @@ from .engine import (
     make_units,
     prompt_seed,
     run_unit,
-    split_unit,
 )
 from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
@@ -225,30 +225,47 @@ def open_output(job: JobConfig) -> OutputDir:
     return out
 
 
-def build_components(job: JobConfig, generator=None) -> Components:
-    """Everything a Worker and a Coordinator need. Called once per process (driver or actor)."""
-    from rewards.features import create_features
+def search_plan(job: JobConfig, num_scales: int) -> tuple[Strategy, SearchPlan]:
+    """The job's strategy and its plan for a model with `num_scales` scales (`ConfigError` naming the field)."""
     from search.registry import build_strategy
 
-    defaults = model_defaults(job.model.name)
-    gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
     try:
-        job.search.validate(gen.num_scales)
+        job.search.validate(num_scales)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     strategy = build_strategy(job.search)
-    plan = strategy.plan(gen.num_scales, job.search.n)
-    try:  # before the features: a custom reward's module may register features too
-        reward = build_reward_for(job)
-    except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
-        if "argument" not in str(e):
-            raise
-        raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
-    features = None
+    return strategy, strategy.plan(num_scales, job.search.n)
+
+
+def make_coordinator(job: JobConfig, num_scales: int, next_unit_id: int = 0) -> Coordinator:
+    """The decision side of a job, in the process that drives it (local run or Ray driver), with the job's
+    retry policy (`runtime.retries`); `next_unit_id`: the first id not handed out (split units start there)."""
+    strategy, plan = search_plan(job, num_scales)
+    return Coordinator(strategy, plan, reward_scale_for(job, plan), retries=job.runtime.retries,
+                       next_unit_id=next_unit_id)
+
+
+def build_components(job: JobConfig, generator=None, reward=None, features=None) -> Components:
+    """Everything a Worker needs, built once per process that runs units (the local runtime, each Ray
+    generator actor). `generator`: a prebuilt one; `reward` / `features`: stand-ins that score elsewhere (the
+    Ray reward pool), so no reward or feature model loads here."""
+    from rewards.features import create_features
+
+    gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
+    strategy, plan = search_plan(job, gen.num_scales)
+    if reward is None:
+        try:  # before the features: a custom reward's module may register features too
+            reward = build_reward_for(job)
+        except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
+            if "argument" not in str(e):
+                raise
+            raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
+    feats = None
     if plan.feature_scales:
-        features = create_features(features_name(job), **job.search.features_opts)
-    preview = job.runtime.preview_size or defaults.preview_size
-    comp = Components(gen, reward, features, strategy, plan, preview)
+        feats = features if features is not None else \
+            create_features(features_name(job), **job.search.features_opts)
+    preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
+    comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp)
     return comp
 
@@ -510,72 +527,91 @@ def error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=3))
 
 
+@dataclass
+class PreparedJob:
+    """A job checked and its output opened, before any model loads: where both runtimes start."""
+
+    items: list[PromptItem]  # every prompt of the job (after `limit`)
+    todo: list[PromptItem]  # those without a result in output.dir
+    units: list[WorkUnit]  # `todo` packed into work units (ids 0..len-1)
+    writer: ResultWriter
+    t0: float  # perf_counter when the job started
+
+    def extra(self, runtime: str) -> dict:
+        """The summary fields every runtime writes."""
+        return {"runtime": runtime, "skipped_done": len(self.items) - len(self.todo),
+                "output_dir": str(self.writer.out.root)}
+
+
+def prepare_job(job: JobConfig) -> PreparedJob:
+    """Validation that needs no model (`preflight`), the prompts, output.dir (writable, same fingerprint) and the
+    units still to run. The caller closes `writer` on any exit (`ResultWriter.close`)."""
+    t0 = time.perf_counter()
+    items = job_items(job)
+    preflight(job)
+    writer = ResultWriter(job, items)
+    todo = writer.pending()
+    units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
+    return PreparedJob(items, todo, units, writer, t0)
+
+
 def run_job(job: JobConfig, generator=None) -> dict:
     """Run (or resume) a batch job; returns the summary (also written to output.dir/summary.json)."""
     if job.runtime.kind == "ray":
         from cluster import run_ray_job
 
         return run_ray_job(job)
-    t0 = time.perf_counter()
-    items = job_items(job)
-    preflight(job)
-    writer = ResultWriter(job, items)
+    prep = prepare_job(job)
     try:
-        return _run_local(job, generator, writer, items, t0)
+        return _run_local(job, generator, prep)
     finally:
-        writer.close()
+        prep.writer.close()
 
 
-def _run_local(job: JobConfig, generator, writer: ResultWriter, items: list[PromptItem], t0: float) -> dict:
-    todo = writer.pending()
-    skipped = len(items) - len(todo)
-    extra = {"skipped_done": skipped, "runtime": "local", "output_dir": str(writer.out.root)}
+def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
+    writer, todo, units, t0 = prep.writer, prep.todo, prep.units, prep.t0
+    extra = prep.extra("local")
     if not todo:
         return writer.summary(time.perf_counter() - t0, {**extra, "time_setup": 0.0, "time_decide": 0.0})
     comp = build_components(job, generator)
     check_prompts(job, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
                                              reward_config(job).name))
     worker = make_worker(job, comp)
-    coord = Coordinator(comp.strategy, comp.plan, reward_scale_for(job, comp.plan))
+    coord = make_coordinator(job, comp.generator.num_scales, next_unit_id=len(units))
     setup = time.perf_counter() - t0
-    units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
     bar = progress_bar(len(todo), job.runtime.quiet)
     S = comp.generator.num_scales
     worker.on_step = lambda uid, k: bar.set_postfix_str(f"unit {uid + 1}/{len(units)} scale {k + 1}/{S}")
-    queue, next_id, retried = deque(units), len(units), 0
+    queue, retried = deque(units), 0
     while queue:
         unit = queue.popleft()
-        for attempt in range(job.runtime.retries + 1):
-            writer.check()
-            try:
-                rep, picks, imgs = run_unit(worker, coord, unit, job.output.save_candidates)
-                writer.write_unit(coord, rep, picks, imgs)
-                bar.update(len(unit.prompt_indices))
-                break
-            except OutputWriteError:
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job goes on
-                err = error_text(e)
-                worker.drop(unit.unit_id)
-                for p in unit.prompt_indices:
-                    coord.groups.pop(p, None)
-                if len(unit.prompt_indices) > 1:  # find the prompt(s) at fault: each runs alone
-                    log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
-                                unit.prompt_indices, _one_line(e))
-                    singles = split_unit(unit, next_id)
-                    next_id += len(singles)
-                    queue.extendleft(reversed(singles))
-                    break
-                if is_transient(e) and attempt < job.runtime.retries:
-                    retried += 1
-                    log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
-                                attempt + 1, job.runtime.retries + 1, _one_line(e))
-                    continue
-                log.error("prompt %d failed%s: %s", unit.prompt_indices[0],
-                          f" after {attempt + 1} attempts" if attempt else "", _one_line(e))
-                writer.write_failure(unit, err, e)
-                bar.update(1)
-                break
+        writer.check()
+        try:
+            rep, picks, imgs = run_unit(worker, coord, unit, job.output.save_candidates)
+            writer.write_unit(coord, rep, picks, imgs)
+            bar.update(len(unit.prompt_indices))
+            continue
+        except OutputWriteError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job goes on
+            error = e
+        worker.drop(unit.unit_id)
+        verdict = coord.fail(unit, error)
+        if verdict.action is Action.SPLIT:
+            log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
+                        unit.prompt_indices, _one_line(error))
+            queue.extendleft(reversed(verdict.units))
+        elif verdict.action is Action.RETRY:  # right away: the local runtime runs one unit at a time anyway
+            retried += 1
+            log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
+                        verdict.attempts, job.runtime.retries + 1, _one_line(error))
+            queue.appendleft(unit)
+        else:
+            n = verdict.attempts
+            log.error("prompt %d failed%s: %s", unit.prompt_indices[0], f" after {n} attempts" if n > 1 else "",
+                      _one_line(error))
+            writer.write_failure(unit, error_text(error), error)
+            bar.update(1)
     bar.close()
     writer.flush()
     wall = time.perf_counter() - t0
