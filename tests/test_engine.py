@@ -288,3 +288,29 @@ def test_an_edited_prompt_is_redone(tmp_path):
     from ttsvar.output import OutputDir
 
     assert OutputDir(j2.output.dir).done()[1]["prompt"] == "a photo of three circles"
+
+
+# ---------------------------------------------------------------------------- the failure policy (both runtimes)
+
+
+def test_the_coordinator_owns_the_retry_policy():
+    from search.registry import create_strategy
+    from ttsvar.engine import Action, Coordinator, WorkUnit
+
+    strategy = create_strategy("best-of-n")
+    coord = Coordinator(strategy, strategy.plan(4, 2), retries=1, next_unit_id=10, max_losses=2)
+    unit = WorkUnit(3, [0, 1], ["a", "b"], [5, 6])
+    coord.begin(unit)
+    v = coord.fail(unit, RuntimeError("boom"))
+    assert v.action is Action.SPLIT and [u.unit_id for u in v.units] == [10, 11] and coord.next_unit_id == 12
+    assert [(u.prompt_indices, u.seeds) for u in v.units] == [([0], [5]), ([1], [6])]
+    assert not coord.groups  # the unit's search state is forgotten
+    single = v.units[0]
+    assert coord.fail(single, MemoryError()).action is Action.RETRY  # transient, 1st failure, retries=1
+    last = coord.fail(single, MemoryError())
+    assert (last.action, last.attempts) == (Action.ABANDON, 2)
+    assert coord.fail(v.units[1], ValueError("bad prompt")).action is Action.ABANDON  # never transient
+    other = WorkUnit(12, [2], ["c"], [7])
+    assert coord.fail(other, ValueError("x"), transient=True).action is Action.RETRY  # the caller knows better
+    assert coord.lost(single).action is Action.RETRY
+    assert coord.lost(single).action is Action.ABANDON  # max_losses=2
