@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from ttsvar.config import load_config
-from ttsvar.generator import Rows
+from ttsvar.core.generator import Rows
+from ttsvar.eval.evaluate import evaluate_output_dir
 from ttsvar.jobs import run_job
 from ttsvar.testbed import world
-from ttsvar.testbed.evaluate import evaluate_output_dir
 
 CONFIGS = [
     ("random", 1), ("best-of-n", 2), ("best-of-n", 4), ("best-of-n", 8), ("best-of-n", 16),
@@ -92,13 +92,12 @@ def _oracle(root: Path) -> float:
     """Oracle best-of-N: a prompt counts when any of its final candidates is correct (mean of tags)."""
     from PIL import Image
 
-    from ttsvar.testbed.evaluate import metadata_for
     from ttsvar.testbed.evaluator import ShapesEvaluator
 
     ev, per = ShapesEvaluator(), {}
     for line in (root / "manifest.jsonl").read_text().splitlines():
         rec = json.loads(line)
-        md = metadata_for(rec)
+        md = ev.metadata_for(rec)
         ok = any(ev.evaluate(np.asarray(Image.open(root / c).convert("RGB")), md).correct for c in rec["candidates"])
         per.setdefault(md["tag"], []).append(ok)
     return float(np.mean([np.mean(v) for v in per.values()]))
@@ -297,7 +296,7 @@ def main() -> None:
     p.add_argument("--json", default=None, help="quality: write every run's numbers here")
     p.add_argument("--from-json", default=None, help="quality: tabulate and plot a --json file instead of running")
     p.add_argument("--out", default="/tmp/bench_engine")
-    p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.lam=1")
+    p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.options.lam=1")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)

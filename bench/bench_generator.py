@@ -17,12 +17,12 @@ import time
 import numpy as np
 import torch
 
-from ttsvar.generator import Rows, SamplingConfig
+from ttsvar.core.generator import Rows, SamplingConfig
 from ttsvar.models.infinity.generator import InfinityGenerator
 from ttsvar.models.infinity.model import Infinity, InfinityConfig
 from ttsvar.models.infinity.schedules import scale_schedule
 from ttsvar.models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
-from ttsvar.text import TextEncoder
+from ttsvar.models.text import TextEncoder
 
 
 class RandomText(TextEncoder):

@@ -57,11 +57,10 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import rankdata
 
-from rewards import create_reward
+from rewards import create_features, create_reward
 from search.base import RNG_KMEANS, group_rng
 from search.clustering import kmeans_pp, nearest_to_centroids, squared_distances
-from search.features import create_features
-from ttsvar.generator import Rows
+from ttsvar.core.generator import Rows
 from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
@@ -320,12 +319,7 @@ def main() -> None:
             print(f"WARNING: reward {name} skipped: {e}", file=sys.stderr)
     if not rewards:
         raise SystemExit("no reward could be loaded")
-    try:
-        feats = create_features(a.features, device=a.device)
-    except ValueError:  # extractors taking **kw (shapes-clip) do not list `device`; they pick cuda iff available
-        feats = create_features(a.features)
-        if feats.device != torch.device(a.device):
-            print(f"WARNING: features {a.features} run on {feats.device}, not {a.device}", file=sys.stderr)
+    feats = create_features(a.features, device=a.device)
     times["load"] = time.perf_counter() - t_start
 
     md = world.eval_prompts(a.per_tag, seed=a.prompt_seed, split="train")

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from ttsvar.generator import SamplingConfig
+from ttsvar.core.generator import SamplingConfig
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
 from ttsvar.testbed.model import load_shapes_tiny

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ttsvar.errors import TtsvarError
+from ttsvar.core.errors import TtsvarError
 
 if TYPE_CHECKING:
     from ttsvar.config import JobConfig

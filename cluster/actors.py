@@ -72,12 +72,10 @@ class RewardActor:
 
     def extract(self, images: np.ndarray) -> np.ndarray:
         if self.features is None:
-            from search.features import create_features
-            from ttsvar.models.registry import model_defaults
+            from rewards.features import create_features
+            from ttsvar.jobs import features_name
 
-            s = self.job.search
-            name = model_defaults(self.job.model.name).features if s.features == "auto" else s.features
-            self.features = create_features(name, **s.features_opts)
+            self.features = create_features(features_name(self.job), **self.job.search.features_opts)
         return np.asarray(self.features.extract(torch.from_numpy(images)), np.float32)
 
     def shutdown(self) -> None:
@@ -115,9 +113,8 @@ def _to_numpy(images: torch.Tensor) -> np.ndarray:
 
 class PooledReward:
     """Stands in for a reward in `Worker`: same `score(images, prompts, groups)` method, served by the pool.
-    It always passes the groups; the reward actor's `score_images` drops them for per-image rewards."""
-
-    uses_groups = True
+    The generator actor's `Worker` has already cut the call at group boundaries; the reward actor's
+    `score_images` hands the groups on to the reward (a plain function gets none)."""
 
     def __init__(self, pool: RewardPool):
         self.pool = pool
@@ -153,30 +150,14 @@ class GeneratorActor:
         self.threads = _set_threads(job)
         self.index = index
         _import_plugins(job)
-        if reward_actors:
-            comp = self._components_with_pool(job, RewardPool(reward_actors, start=index))
+        if reward_actors:  # the reward and feature models live in the pool: stand-ins call it
+            pool = RewardPool(reward_actors, start=index)
+            comp = build_components(job, reward=PooledReward(pool), features=PooledFeatures(pool))
         else:
             comp = build_components(job)
         self.comp, self.job = comp, job
         self.worker = make_worker(job, comp)
         self.device = str(getattr(comp.generator, "device", "?"))
-
-    @staticmethod
-    def _components_with_pool(job: JobConfig, pool: RewardPool):
-        """`build_components` without loading a reward or feature model here: both live in the pool."""
-        from search.registry import build_strategy
-        from ttsvar.jobs import Components, check_memory
-        from ttsvar.models.registry import create_generator, model_defaults
-
-        gen = create_generator(job.model, job.sampling.resolve(job.model.name))
-        job.search.validate(gen.num_scales)
-        strategy = build_strategy(job.search)
-        plan = strategy.plan(gen.num_scales, job.search.n)
-        features = PooledFeatures(pool) if plan.feature_scales else None
-        preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
-        comp = Components(gen, PooledReward(pool), features, strategy, plan, preview)
-        check_memory(job, comp)
-        return comp
 
     def ready(self) -> dict:
         """Called once by the driver: where this actor runs and the model's number of scales."""

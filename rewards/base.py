@@ -10,9 +10,16 @@ Contract of ``Reward.score``:
 * ``images``: ``Tensor[B, 3, H, W]``, floating point, values in [0, 1], any device.
 * ``prompts``: list of ``B`` strings aligned with ``images`` (may be ``None`` for rewards with
   ``needs_prompt = False``).
-* ``groups``: optional ``B`` integer ids of the candidate group of each image (the engine passes the
-  prompt-group ids). Per-image rewards ignore it; group-relative ones (z-score ensembles) use it.
+* ``groups``: optional ``B`` integer ids of the candidate group of each image. Per-image rewards ignore it;
+  group-relative ones (z-score ensembles) normalise within each group.
 * returns ``Tensor[B]``, ``float32``, on the CPU.
+
+Groups contract of the engine (`ttsvar.engine.Worker`, local and on Ray): every reward whose ``score`` takes a
+``groups`` argument (every ``Reward``) gets the prompt index of each candidate as its group id, and one call
+holds whole groups only: all the distinct candidates of a prompt at that scale (identical rows are scored
+once), never part of one, even when a group is larger than ``runtime.score_batch``. ``batch_size`` then only
+chunks the forward passes inside ``score``; a group-relative reward overrides ``score`` and normalises after
+its chunks, as ``rewards.ensemble.EnsembleReward`` does.
 
 Non-finite scores (NaN, +-inf) follow the reward's ``nan_policy``: ``"raise"`` (default) raises
 :class:`RewardOutputError`; ``"pass"`` returns them unchanged; a float replaces them with that value
@@ -29,9 +36,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ttsvar.core.device import DTYPES  # the one dtype table (the bottom layer)
+
 NanPolicy = str | float
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# The project's one table of dtype names (rewards, feature extractors, model.dtype). Its home is the bottom layer
+# with the checkpoint code (ttsvar.core, planned); it sits here until that exists.
 
 
 class RewardInputError(ValueError):
@@ -44,11 +54,11 @@ class RewardOutputError(RuntimeError):
 
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Map a config string ('float32', 'float16', 'bfloat16') or a torch dtype to a torch dtype."""
-    if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
         return dtype
-    if isinstance(dtype, str) and dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(_DTYPES)}")
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}")
 
 
 def check_images(images: Any, reward_name: str) -> Tensor:

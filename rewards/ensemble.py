@@ -9,9 +9,10 @@
   image (population std; a group of one image scores 0).
 
 Groups: ``score(images, prompts, groups=ids)``; the engine passes the prompt-group id of every
-candidate. Without ``groups``, images with the same prompt string form a group; without prompts
-either (only prompt-free members), the whole batch is one group. Z-scored ensembles are therefore not
-batch-size invariant by design: the score of a candidate is relative to its group.
+candidate and never splits a group between calls (the contract in ``rewards.base``). Without ``groups``,
+images with the same prompt string form a group; without prompts either (only prompt-free members), the whole
+batch is one group. Z-scored ensembles are therefore not batch-size invariant by design: the score of a
+candidate is relative to its group.
 
 YAML::
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from rewards.base import FunctionReward, Reward
+from ttsvar.core.options import accepts_option  # noqa: F401 - re-exported: rewards.config, rewards.ensemble
 
 ENTRY_POINT_GROUP = "ttsvar.rewards"
 COMMON_OPTIONS = ("nan_policy", "batch_size")
@@ -136,15 +136,6 @@ def resolve_reward(reward: Any) -> Any:
         "A custom reward can also be given as an import path 'package.module:object', an entry point in "
         f"the group {ENTRY_POINT_GROUP!r}, or a Reward instance / function f(images, prompts)."
     )
-
-
-def accepts_option(factory: Any, option: str) -> bool:
-    """Whether ``factory(**{option: ...})`` is accepted (a named parameter or ``**kwargs``)."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    return any(p.name == option or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def create_reward(reward: Any, **options: Any) -> Reward:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ttsvar.errors import MissingFileError
+from ttsvar.core.errors import MissingFileError
 
 
 class WeightsNotFoundError(MissingFileError):
@@ -24,8 +24,8 @@ class WeightsNotFoundError(MissingFileError):
 
 
 # One implementation of safe reading and strict loading for the whole project.
-from ttsvar.models.checkpoint import CheckpointError, read_state_dict  # noqa: E402,F401
-from ttsvar.models.checkpoint import load_strict as _load_strict  # noqa: E402
+from ttsvar.core.checkpoint import CheckpointError, read_state_dict  # noqa: E402,F401
+from ttsvar.core.checkpoint import load_strict as _load_strict  # noqa: E402
 
 
 def _hf_cached_file(weights_dir: Path, repo_id: str, filename: str) -> Path | None:
@@ -144,7 +144,7 @@ def find_dir(
 
 def load_strict(module: nn.Module, state_dict: Mapping[str, Tensor], source: str | os.PathLike, *,
                 assign: bool = False) -> None:
-    """`ttsvar.models.checkpoint.load_strict` with a reward-specific hint."""
+    """`ttsvar.core.checkpoint.load_strict` with a reward-specific hint."""
     _load_strict(module, state_dict, source, assign=assign,
                  hint="Check that the file is the right checkpoint for this reward and that the architecture "
                       "options (model name / config) match it.")

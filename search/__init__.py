@@ -1,7 +1,8 @@
 """Search strategies for next-scale test-time scaling: which candidate rows continue after a scale.
 
-Numpy only (no torch): strategies see small per-row arrays and return row positions. The feature extractors
-that feed clustering live in `search.features` (torch) and are imported separately.
+Numpy only (no torch; tests/test_layering.py checks it): strategies see small per-row arrays and return row
+positions. The feature extractors that turn previews into those arrays are image models, so they live beside the
+rewards (`rewards.features`: `create_features`, `list_features`, `register_features`).
 """
 
 from search.base import Decision, GroupState, Observation, PlannedStrategy, SearchPlan, Strategy

@@ -91,10 +91,6 @@ class SearchPlan:
         """Number of final candidates per group, among which `pick` chooses."""
         return self.batch_sizes[-1]
 
-    def rows_generated(self) -> int:
-        """Sum of live rows over scales per group (a crude cost measure, counting each scale once)."""
-        return sum(self.batch_sizes)
-
 
 @dataclass
 class Observation:

@@ -5,7 +5,7 @@
 
     create_strategy("tts-var", potential="diff")   # options are the class's __init__ keywords
     list_strategies()                             # sorted names
-    build_strategy(SearchConfig(strategy="fk", n=4, ess_threshold=0.5))
+    build_strategy(SearchConfig(strategy="fk", n=4, options={"ess_threshold": 0.5}))
 
 The built-in strategies are registered by importing `search.strategies`, which lists every module explicitly.
 """
@@ -13,8 +13,7 @@ The built-in strategies are registered by importing `search.strategies`, which l
 from __future__ import annotations
 
 import inspect
-import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 from search.base import SearchPlan, Strategy, is_int
@@ -73,55 +72,55 @@ def _lookup(name: str) -> type[Strategy]:
     return registry[name]
 
 
+def strategy_factory(name: str) -> type[Strategy]:
+    """The class registered as `name`: its `__init__` keywords are the strategy's options (the job config
+    checks `search.options` against them before anything loads)."""
+    return _lookup(name)
+
+
 @dataclass
 class SearchConfig:
     """The `search:` section of a job config (plain types, so omegaconf/JSON round-trip it).
 
-    Fields after `n` are strategy options: a field the chosen strategy does not use must stay at its
-    default, or `validate`/`build_strategy` raise naming it.
+        search:
+          strategy: fk
+          n: 8
+          options: {resample_scales: [3, 5], lam: 2.0, ess_threshold: 0.3}   # FK.__init__ keywords
+          features: auto
+          features_opts: {}
+
+    `options` are the chosen strategy's constructor keywords (`strategy_options(name)` lists them with their
+    defaults), so a plugin strategy adds options by adding keywords. The flat keys of older configs
+    (`search.lam`, ...) are moved into `options` by `ttsvar.config.load_config` (`LEGACY_OPTIONS`).
     """
 
     strategy: str = "tts-var"
     n: int = 1  # batch unit: TTS-VAR runs batch_schedule x n rows; best-of-n/importance/beam/fk run n rows
-    batch_schedule: list[int] | None = None  # rows kept after each scale, x n (None: paper default, adapted)
-    cluster_scales: list[int] | None = None  # cluster after these scales (None: paper's 2, 5, adapted)
-    resample_scales: list[int] | None = None  # resample after these (None: tts-var 6, 9; importance/fk all)
-    potential: str = "value"  # value | diff | max | sum
-    lam: float = 10.0  # potential temperature lambda
-    beam_scales: list[int] | None = None  # beam: prune after these (None: the TTS-VAR decision scales)
-    beam_width: int | None = None  # beam: rows kept at a beam scale (None: max(1, n // 2))
-    ess_threshold: float = 0.5  # fk: resample when ESS < ess_threshold * n
-    fk_pick: str = "weights"  # fk: final choice by corrected weights ("weights") or highest reward ("reward")
-    features: str = "auto"  # feature extractor for clustering (search.features registry); auto: the model's
+    options: dict[str, Any] = field(default_factory=dict)  # the strategy's options (its __init__ keywords)
+    features: str = "auto"  # feature extractor for clustering (rewards.features registry); auto: the model's
     features_opts: dict[str, Any] = field(default_factory=dict)  # its options (weights path, mode, ...)
 
     def strategy_kwargs(self) -> dict[str, Any]:
-        """The options to pass to the chosen strategy; raises if a field it ignores was changed."""
+        """The options to pass to the chosen strategy; raises naming `search.options.<key>` if it has no such
+        option (and which strategies do)."""
+        if not isinstance(self.options, dict):
+            raise ValueError(f"search.options: expected a mapping of option: value, got {self.options!r}")
         accepted = strategy_options(self.strategy)
-        out = {}
-        for f in fields(self):
-            if f.name in _NOT_OPTIONS:
-                continue
-            value = getattr(self, f.name)
-            if f.name in accepted:
-                out[f.name] = _plain(value)
-            elif value != _default(f):
-                users = [s for s in list_strategies() if f.name in strategy_options(s)]
-                raise ValueError(f"search.{f.name} = {value!r} has no effect for strategy {self.strategy!r} "
-                                 f"(used by: {users}); remove it or choose one of those strategies")
-        return out
+        for key in self.options:
+            if key not in accepted:
+                users = [s for s in list_strategies() if key in strategy_options(s)]
+                raise ValueError(f"search.options.{key} = {self.options[key]!r} has no effect for strategy "
+                                 f"{self.strategy!r} (used by: {users}); its options are {sorted(accepted)}")
+        return {k: _plain(v) for k, v in self.options.items()}
 
     def validate(self, num_scales: int) -> SearchPlan:
         """Check every field against a model with `num_scales` scales; return the plan. Errors name the
-        field."""
+        field (`search.options.<key>` for a strategy option)."""
         if not isinstance(self.strategy, str):
             raise ValueError(f"search.strategy: expected a name, got {self.strategy!r}")
         _lookup(self.strategy)
         if not is_int(self.n) or self.n < 1:
             raise ValueError(f"search.n = {self.n!r}: must be an integer >= 1")
-        lam = self.lam
-        if isinstance(lam, bool) or not isinstance(lam, (int, float)) or not math.isfinite(lam):
-            raise ValueError(f"search.lam = {self.lam!r}: must be a finite number")
         if not isinstance(self.features, str):
             raise ValueError(f"search.features: expected a feature extractor name, got {self.features!r}")
         if not isinstance(self.features_opts, dict):
@@ -129,20 +128,21 @@ class SearchConfig:
         try:
             return build_strategy(self).plan(num_scales, int(self.n))
         except ValueError as e:
-            msg = str(e)
-            raise ValueError(msg if msg.startswith("search.") else f"search.{msg}") from e
+            raise ValueError(option_error(str(e), strategy_options(self.strategy))) from e
+
+
+def option_error(msg: str, accepted) -> str:
+    """A strategy's own error (`lam: -2 must be ...`) as the config field it is about: `search.options.lam: ...`
+    when it starts with one of the strategy's options, else `search.<msg>`."""
+    if msg.startswith("search."):
+        return msg
+    head = msg.split(":", 1)[0].split(" ", 1)[0].split("[", 1)[0]
+    return f"search.options.{msg}" if head in accepted else f"search.{msg}"
 
 
 def build_strategy(cfg: SearchConfig) -> Strategy:
     """The strategy described by `cfg` (not yet planned: call `.plan(num_scales, cfg.n)`)."""
     return create_strategy(cfg.strategy, **cfg.strategy_kwargs())
-
-
-_NOT_OPTIONS = {"strategy", "n", "features", "features_opts"}
-
-
-def _default(f) -> Any:
-    return f.default_factory() if callable(f.default_factory) else f.default
 
 
 def _plain(value: Any) -> Any:

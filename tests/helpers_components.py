@@ -2,8 +2,7 @@
 
 import torch
 
-from rewards import Reward
-from search.features import FeatureExtractor, list_features, register_features
+from rewards import FeatureExtractor, Reward, list_features, register_features
 
 
 def redness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:

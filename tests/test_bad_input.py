@@ -1,5 +1,5 @@
 """Bad input and faults, as a new user would make them: every case gets a clear error (one root class,
-`ttsvar.errors.TtsvarError`, naming the field, file or line), before any model loads when no model is needed
+`ttsvar.core.errors.TtsvarError`, naming the field, file or line), before any model loads when no model is needed
 to judge it, and no result is lost. Through the Python API (seconds); a few CLI subprocess tests on top.
 
 See docs/engine.md, "Bad input and faults".
@@ -24,7 +24,8 @@ import torch
 import ttsvar.jobs
 from rewards.base import Reward
 from ttsvar.config import load_config
-from ttsvar.errors import (
+from ttsvar.core.checkpoint import CheckpointError
+from ttsvar.core.errors import (
     ConfigError,
     InputError,
     ManifestError,
@@ -36,10 +37,9 @@ from ttsvar.errors import (
     TtsvarError,
     is_transient,
 )
+from ttsvar.eval.evaluate import evaluate_output_dir
 from ttsvar.jobs import run_job
-from ttsvar.models.checkpoint import CheckpointError
 from ttsvar.output import OutputDir
-from ttsvar.testbed.evaluate import evaluate_output_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -220,19 +220,32 @@ CASES = [
     Case("search-n-zero", ("search.n=0",), ConfigError, r"search.n=0"),
     Case("search-n-text", ("search.n=lots",), ConfigError, r"'search.n'"),
     Case("search-strategy-unknown", ("search.strategy=nope",), ConfigError, r"search.strategy='nope' is unknown"),
-    Case("search-lam-inf", ("search.lam=inf",), ConfigError, r"search.lam"),
-    Case("search-option-of-another-strategy", ("search.strategy=tts-var", "search.beam_width=3"), ConfigError,
-         r"search.beam_width"),
+    Case("search-lam-inf", ("search.strategy=tts-var", "search.options.lam=.inf"), ConfigError,
+         r"search\.options\.lam: inf must be finite"),
+    Case("search-option-of-another-strategy", ("search.strategy=tts-var", "search.options.beam_width=3"),
+         ConfigError, r"search\.options\.beam_width: strategy 'tts-var' has no option\(s\) \['beam_width'\]; its "
+         r"options are \['batch_schedule', 'cluster_scales', 'lam', 'potential', 'resample_scales'\]"),
+    Case("search-option-typo", ("search.strategy=fk", "search.options.ess_treshold=0.3"), ConfigError,
+         r"search\.options\.ess_treshold: strategy 'fk' has no option"),
+    Case("search-options-not-a-mapping", ("search.options=3",), ConfigError, r"search.options"),
+    Case("search-legacy-flat-key-still-checked", ("search.strategy=tts-var", "search.lam=-1"), ConfigError,
+         r"search\.options\.lam: -1 must be finite"),
     Case("search-features-unknown", ("search.strategy=tts-var", "search.features=nope"), ConfigError,
          r"search.features='nope' is unknown"),
     Case("search-features-option-typo", ("search.features_opts.sise=8",), ConfigError,
          r"search.features_opts.sise: feature extractor 'test-pixels' has no option"),
-    Case("search-schedule-vs-model", ("search.strategy=tts-var", "search.batch_schedule=[1,2]"), ConfigError,
-         r"batch_schedule", before_model=False),
+    Case("search-schedule-vs-model", ("search.strategy=tts-var", "search.options.batch_schedule=[1,2]"),
+         ConfigError, r"search\.options\.batch_schedule", before_model=False),
     Case("search-n-beyond-memory", ("search.n=60000", "search.strategy=tts-var"), ConfigError,
          r"search.n=60000 with runtime.prompts_per_unit=4 needs .* GiB free .*lower search.n", before_model=False),
     # model
     Case("model-unknown", ("model.name=nope",), ConfigError, r"model.name='nope' is unknown"),
+    Case("model-option-unknown", ("model.options.pixels=1M",), ConfigError,
+         r"model\.options\.pixels: model 'shapes-tiny' has no option\(s\) \['pixels'\]; its options are none"),
+    Case("model-option-out-of-range", ("model.name=infinity-2b", "model.options.h_div_w=-1"), ConfigError,
+         r"model\.options\.h_div_w=-1: must be a number > 0"),
+    Case("model-option-bad-budget", ("model.name=infinity-2b", "model.options.pixels=3M"), ConfigError,
+         r"model\.options\.pixels='3M'"),
     Case("model-dtype-typo", ("model.dtype=float99",), ConfigError, r"model.dtype='float99' is unknown"),
     Case("model-device-typo", ("model.device=gpu0",), ConfigError, r"model.device='gpu0' is unknown"),
     Case("model-weights-missing", ("model.weights=/nonexistent/shapes.safetensors",), MissingFileError,
@@ -517,6 +530,35 @@ def test_read_only_output_dir_is_refused_before_the_model(tmp_path, no_model):
             run_job(make_job(tmp_path, f"output.dir={ro}"))
     finally:
         ro.chmod(0o700)
+
+
+@pytest.mark.parametrize("section, field, value, known", [
+    ("model", "name", "nope", "shapes-tiny"),
+    ("search", "strategy", "nope", "tts-var"),
+    ("reward", "name", "nope", "shapes-clip"),
+    ("search", "features", "nope", "shapes-clip"),
+])
+def test_registry_names_of_a_job_built_in_code_are_checked_before_any_model(tmp_path, no_model, section, field,
+                                                                           value, known):
+    """`run_job` on a `JobConfig` that `load_config` never validated: one ConfigError naming the field and the
+    known names, before the generator loads."""
+    from ttsvar.config import JobConfig
+
+    job = JobConfig(prompts=str(write_prompts(tmp_path)))
+    job.output.dir = str(tmp_path / "out")
+    setattr(getattr(job, section), field, value)
+    with pytest.raises(ConfigError, match=rf"{section}.{field}={value!r}.*{known}") as info:
+        run_job(job)
+    assert "\n" not in str(info.value)
+
+
+def test_cli_evaluate_with_an_unknown_evaluator(finished, tmp_path, capsys):
+    from ttsvar.cli import main
+
+    assert main(["evaluate", str(finished), "--evaluator", "nope"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ttsvar: error: --evaluator='nope' is unknown; available: shapes"]
+    assert main(["evaluate", str(_copy_finished(finished, tmp_path)), "--evaluator", "shapes"]) == 0
 
 
 # ----------------------------------------------------------------------------- ttsvar evaluate

@@ -211,7 +211,7 @@ def test_one_to_one_check_refuses_missing_repeated_and_foreign_prompts():
 
 def test_a_bad_prompt_is_reported_before_any_unit_runs(ray_local, tmp_path):
     """The first actor checks every prompt against its text models; the job stops with all bad lines."""
-    from ttsvar.errors import PromptError
+    from ttsvar.core.errors import PromptError
 
     p = tmp_path / "p.txt"
     p.write_text("a photo of a red circle\na photo of a dog\n")

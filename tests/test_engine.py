@@ -76,6 +76,44 @@ def test_traces_follow_the_batch_schedule(tts_run):
         assert {row["parent"] for row in cur["rows"]} <= alive
 
 
+def test_coordinator_keeps_the_strategys_trace_columns():
+    """A strategy column the coordinator also writes is kept: once when it says the same (`row_id`,
+    `children`), as `strategy.<name>` when it differs (`reward` as the strategy saw it, `kept`)."""
+    from search.base import Decision, SearchPlan, Strategy
+    from ttsvar.engine import Coordinator, GroupArrays, Report, WorkUnit
+
+    class Echo(Strategy):
+        name = "echo"
+
+        def plan(self, num_scales, n):
+            return SearchPlan((n, 1), frozenset(), frozenset({0}), (0,))
+
+        def init_group(self, prompt_index, seed):
+            return None
+
+        def decide(self, state, obs):
+            parents = np.array([1])
+            trace = {"row_id": obs.row_ids.tolist(), "children": [0, 1], "reward": obs.rewards.tolist(),
+                     "kept": ["no", "yes"], "score": [7, 8]}
+            return Decision(parents, trace, {"kind": "echo"})
+
+        def pick(self, state, obs):
+            return 0
+
+    strategy = Echo()
+    coord = Coordinator(strategy, strategy.plan(2, 2), reward_scale=2.0)
+    coord.begin(WorkUnit(0, [4], ["p"], [1]))
+    coord.decide(Report(0, 0, False, [GroupArrays(4, np.array([0, 1]), np.array([1.0, 3.0], np.float32), None)],
+                        {4: {}}))
+    rows = coord.trace(4)["decisions"][0]["rows"]
+    assert rows == [
+        {"row_id": 0, "parent": None, "reward": 1.0, "children": 0, "kept": False, "strategy.reward": 0.5,
+         "strategy.kept": "no", "score": 7},
+        {"row_id": 1, "parent": None, "reward": 3.0, "children": 1, "kept": True, "strategy.reward": 1.5,
+         "strategy.kept": "yes", "score": 8},
+    ]
+
+
 def test_compute_accounting(tts_run):
     from search.registry import build_strategy
 
@@ -166,10 +204,10 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
 @pytest.mark.parametrize("override, message", [
     ("search.strategy=nope", "nope"),
     ("search.n=0", "search.n"),
-    ("search.lam=inf", "search.lam"),
-    ("search.batch_schedule=[1,2,2,2,2,2]", "batch_schedule"),
-    ("search.batch_schedule=[8,8,6]", "batch_schedule"),
-    ("search.cluster_scales=[9]", "cluster_scales"),
+    ("search.options.lam=inf", "search.options.lam"),
+    ("search.options.batch_schedule=[1,2,2,2,2,2]", "search.options.batch_schedule"),
+    ("search.options.batch_schedule=[8,8,6]", "search.options.batch_schedule"),
+    ("search.options.cluster_scales=[9]", "search.options.cluster_scales"),
     ("model.name=nope", "model.name"),
     ("runtime.kind=slurm", "runtime.kind"),
     ("runtime.max_rows_per_forward=0", "runtime.max_rows_per_forward"),
@@ -195,6 +233,52 @@ def test_yaml_and_cli_overrides_compose(tmp_path):
     assert type(j.search).__name__ == "SearchConfig"  # plain dataclasses, not DictConfig
 
 
+def test_component_options_come_from_yaml_and_overrides(tmp_path):
+    y = tmp_path / "job.yaml"
+    y.write_text("model:\n  name: infinity-2b\n  options: {pixels: 0.25M, h_div_w: 0.5}\n"
+                 "search:\n  strategy: fk\n  n: 4\n  options: {lam: 2.0, resample_scales: [3, 5]}\n")
+    j = load_config(y, ["search.options.ess_threshold=0.3", "model.options.vae_weights=/ckpt/vae.pth"])
+    assert j.search.options == {"lam": 2.0, "resample_scales": [3, 5], "ess_threshold": 0.3}
+    assert j.model.options == {"pixels": "0.25M", "h_div_w": 0.5, "vae_weights": "/ckpt/vae.pth"}
+    assert type(j.search.options) is dict and type(j.search.options["resample_scales"]) is list
+
+
+def test_legacy_flat_keys_still_work_with_a_warning_naming_the_new_key(tmp_path):
+    from ttsvar.config import ConfigDeprecationWarning
+    from ttsvar.jobs import job_fingerprint
+
+    y = tmp_path / "old.yaml"
+    y.write_text("model: {name: infinity-2b, pixels: 0.25M, vae_weights: /ckpt/vae.pth}\n"
+                 "search: {strategy: fk, n: 4, lam: 2.0}\n")
+    with pytest.warns(ConfigDeprecationWarning, match=r"search.lam is deprecated: use search.options.lam"):
+        old = load_config(y, ["search.ess_threshold=0.3"])
+    with pytest.warns(ConfigDeprecationWarning, match=r"model.pixels is deprecated: use model.options.pixels"):
+        load_config(y)
+    new = load_config(None, ["model.name=infinity-2b", "model.options.pixels=0.25M",
+                             "model.options.vae_weights=/ckpt/vae.pth", "search.strategy=fk", "search.n=4",
+                             "search.options={lam: 2.0, ess_threshold: 0.3}"])
+    assert old.search.options == new.search.options == {"lam": 2.0, "ess_threshold": 0.3}
+    assert old.model.options == new.model.options
+    # the same job for resume; the flat names of the old layout are kept, so job.json files written before resume
+    fp = job_fingerprint(old)
+    assert fp == job_fingerprint(new)
+    assert (fp["search.lam"], fp["search.ess_threshold"], fp["search.beam_width"]) == (2.0, 0.3, None)
+    assert (fp["model.pixels"], fp["model.h_div_w"], fp["model.text_encoder"]) == ("0.25M", 1.0, None)
+    # an old key left at its old default for a strategy that never read it had no effect, and still has none
+    with pytest.warns(ConfigDeprecationWarning):
+        j = load_config(None, ["search.strategy=best-of-n", "search.lam=10.0", "model.h_div_w=1.0"])
+    assert j.search.options == {} and j.model.options == {}
+
+
+def test_resume_accepts_the_new_style_equivalent_of_an_old_style_job(tmp_path):
+    with pytest.warns(DeprecationWarning):
+        old = job(tmp_path, "search.strategy=importance", "search.n=2", "search.lam=3.0", prompts=PROMPTS[:1])
+    assert run_job(old)["prompts_ok"] == 1
+    new = job(tmp_path, "search.strategy=importance", "search.n=2", "search.options.lam=3", prompts=PROMPTS[:2])
+    s = run_job(new)
+    assert (s["skipped_done"], s["prompts_ok"]) == (1, 1)
+
+
 def test_an_edited_prompt_is_redone(tmp_path):
     j = job(tmp_path, "search.strategy=random", prompts=PROMPTS[:2])
     run_job(j)
@@ -204,3 +288,29 @@ def test_an_edited_prompt_is_redone(tmp_path):
     from ttsvar.output import OutputDir
 
     assert OutputDir(j2.output.dir).done()[1]["prompt"] == "a photo of three circles"
+
+
+# ---------------------------------------------------------------------------- the failure policy (both runtimes)
+
+
+def test_the_coordinator_owns_the_retry_policy():
+    from search.registry import create_strategy
+    from ttsvar.engine import Action, Coordinator, WorkUnit
+
+    strategy = create_strategy("best-of-n")
+    coord = Coordinator(strategy, strategy.plan(4, 2), retries=1, next_unit_id=10, max_losses=2)
+    unit = WorkUnit(3, [0, 1], ["a", "b"], [5, 6])
+    coord.begin(unit)
+    v = coord.fail(unit, RuntimeError("boom"))
+    assert v.action is Action.SPLIT and [u.unit_id for u in v.units] == [10, 11] and coord.next_unit_id == 12
+    assert [(u.prompt_indices, u.seeds) for u in v.units] == [([0], [5]), ([1], [6])]
+    assert not coord.groups  # the unit's search state is forgotten
+    single = v.units[0]
+    assert coord.fail(single, MemoryError()).action is Action.RETRY  # transient, 1st failure, retries=1
+    last = coord.fail(single, MemoryError())
+    assert (last.action, last.attempts) == (Action.ABANDON, 2)
+    assert coord.fail(v.units[1], ValueError("bad prompt")).action is Action.ABANDON  # never transient
+    other = WorkUnit(12, [2], ["c"], [7])
+    assert coord.fail(other, ValueError("x"), transient=True).action is Action.RETRY  # the caller knows better
+    assert coord.lost(single).action is Action.RETRY
+    assert coord.lost(single).action is Action.ABANDON  # max_losses=2

@@ -1,15 +1,20 @@
-"""The step-wise generator interface on a tiny random Infinity: select, concat/split, batch invariance, RNG."""
+"""The step-wise generator interface: on a tiny random Infinity (select, concat/split, batch invariance, RNG,
+compute accounting), and the `Generator` contract on every registered generator (`TestGeneratorContract`)."""
 
 import numpy as np
 import pytest
 import torch
 
-from ttsvar.generator import Rows, SamplingConfig, mix64
+from search.base import SearchPlan
+from ttsvar.core.generator import Generator, GenState, Rows, SamplingConfig, mix64
 from ttsvar.models.infinity.builders import tiny_random
 from ttsvar.models.infinity.generator import InfinityGenerator
 from ttsvar.models.infinity.model import Infinity, InfinityConfig
+from ttsvar.models.infinity.training import teacher_inputs, token_bits
 from ttsvar.models.infinity.vae import BSQVAE, BSQVAEConfig
-from ttsvar.sampling import filter_logits, row_uniforms, sample_categorical
+from ttsvar.models.registry import create_generator, list_generators
+from ttsvar.models.sampling import filter_logits, row_uniforms, sample_categorical
+from ttsvar.models.text import WordEncoderConfig, WordTextEncoder
 
 PROMPTS = {0: "a photo of a red circle", 1: "a photo of two squares", 2: "a blue triangle above a circle"}
 
@@ -123,9 +128,9 @@ def test_teacher_inputs_match_sampling_inputs(gen):
         delta = st.summed_codes - before
         codes = delta if si == gen.num_scales - 1 else gen.vae.downsample_codes(delta, (h, w))
         bits.append((codes.permute(0, 2, 3, 1) > 0).long())
-    x = gen.teacher_inputs(bits)
+    x = teacher_inputs(gen, bits)
     assert x.shape == (1, sum(h * w for h, w in gen.scale_schedule) - 1, gen.model.config.d_vae)
-    assert gen.token_bits(bits).shape == (1, sum(h * w for h, w in gen.scale_schedule), 6)
+    assert token_bits(gen, bits).shape == (1, sum(h * w for h, w in gen.scale_schedule), 6)
     np.testing.assert_array_equal(torch.cat([b.flatten() for b in bits]).numpy() >= 0, True)
 
 
@@ -134,8 +139,6 @@ def test_spatial_patchify_generator_runs():
     torch.manual_seed(0)
     vcfg = BSQVAEConfig.tiny(codebook_dim=4)
     model = Infinity(InfinityConfig.tiny(codebook_dim=4, apply_spatial_patchify=True)).eval()
-    from ttsvar.text import WordEncoderConfig, WordTextEncoder
-
     text = WordTextEncoder(WordEncoderConfig(dim=32, max_len=16)).eval()
     g = InfinityGenerator(model, BSQVAE(vcfg).eval(), text, [(1, 1), (2, 2), (4, 4)], SamplingConfig(cfg=2.0))
     assert g.vae_schedule == [(2, 2), (4, 4), (8, 8)]
@@ -143,8 +146,8 @@ def test_spatial_patchify_generator_runs():
     assert s.summed_codes.shape == (2, 4, 8, 8)
     assert g.finish(s).shape == (2, 3, 32, 32)
     grids = [torch.randint(0, 2, (2, h, w, 4)) for h, w in g.vae_schedule]
-    assert g.token_bits(grids).shape == (2, 1 + 4 + 16, 16)
-    assert g.teacher_inputs(grids).shape == (2, 4 + 16, 16)
+    assert token_bits(g, grids).shape == (2, 1 + 4 + 16, 16)
+    assert teacher_inputs(g, grids).shape == (2, 4 + 16, 16)
 
 
 # ---------------------------------------------------------------------------- randomness and sampling
@@ -177,3 +180,173 @@ def test_sample_categorical_follows_probabilities():
     # inverse CDF: u below the first mass picks 0, above picks the last
     assert sample_categorical(probs.log()[None], torch.tensor([0.05])).item() == 0
     assert sample_categorical(probs.log()[None], torch.tensor([0.99])).item() == 2
+
+
+def test_forward_rows_per_candidate_counts_the_rows_the_transformer_forwards(gen):
+    """The compute accounting (`token_forwards`) is the number of rows the transformer really runs."""
+    seen = []
+    forward = gen.model.forward_scale
+
+    def counting(x, si, *args, **kw):
+        seen.append((si, x.shape[0], x.shape[1]))
+        return forward(x, si, *args, **kw)
+
+    try:
+        gen.model.forward_scale = counting
+        for cfg, rows_per in ((2.0, 2), (1.0, 1)):
+            gen.set_sampling(SamplingConfig(cfg=cfg, tau=1.0, top_k=0, top_p=0.0))
+            seen.clear()
+            run(gen, gen.start(PROMPTS, rows([0, 1, 2], [0, 1, 2])))
+            assert [gen.forward_rows_per_candidate(k) for k in range(gen.num_scales)] == [rows_per] * gen.num_scales
+            assert [(si, b) for si, b, _ in seen] == [(k, 3 * rows_per) for k in range(gen.num_scales)]
+            assert [n for _, _, n in seen] == [gen.tokens_at_scale(k) for k in range(gen.num_scales)]
+    finally:
+        del gen.model.forward_scale
+        gen.set_sampling(SamplingConfig(cfg=2.0, tau=1.0, top_k=0, top_p=0.0))
+
+
+# ---------------------------------------------------------------------------- the contract of every generator
+
+CONTRACT_SAMPLING = SamplingConfig(cfg=2.0, tau=1.0, top_k=0, top_p=0.0)
+CONTRACT_PROMPTS = {3: "a photo of a red circle", 8: "a photo of two blue squares"}  # indices are not positions
+
+
+def _randomized(g: InfinityGenerator, seed: int = 1) -> InfinityGenerator:
+    """Random weights instead of zeros, so rows depend on their text, history and sampling."""
+    gen_ = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(g.model.parameters()) + list(g.text_encoder.parameters()):
+            p.copy_(torch.randn(p.shape, generator=gen_) * 0.05)
+    return g
+
+
+def _released_layout(patchify: bool) -> InfinityGenerator:
+    """A random model of a released checkpoint's layout (the 8B's 2x2 spatial patchify or the 2B's plain
+    tokens) at test size: the released builders need the checkpoints, the class and code path are the same."""
+    torch.manual_seed(0)
+    d = 4 if patchify else 6
+    model = Infinity(InfinityConfig.tiny(codebook_dim=d, apply_spatial_patchify=patchify)).eval()
+    text = WordTextEncoder(WordEncoderConfig(dim=32, max_len=16)).eval()
+    schedule = [(1, 1), (2, 2), (4, 4)] if patchify else [(1, 1), (2, 2), (4, 4), (8, 8)]
+    return _randomized(InfinityGenerator(model, BSQVAE(BSQVAEConfig.tiny(codebook_dim=d)).eval(), text, schedule))
+
+
+# Every registered generator, built small on the CPU (like diffusers' common scheduler tests, each entry only
+# supplies its configuration). A newly registered generator must add itself here.
+CONTRACT_BUILDS = {
+    "infinity-2b": lambda: _released_layout(patchify=False),
+    "infinity-8b": lambda: _released_layout(patchify=True),
+    "infinity-tiny-random": lambda: _randomized(create_generator("infinity-tiny-random", device="cpu")),
+    "shapes-tiny": lambda: create_generator("shapes-tiny", device="cpu"),
+}
+
+
+def test_every_registered_generator_is_in_the_contract_tests():
+    assert sorted(CONTRACT_BUILDS) == list_generators()
+
+
+def _finish(gen: Generator, r: Rows) -> torch.Tensor:
+    state = gen.start(CONTRACT_PROMPTS, r)
+    while state.scale < gen.num_scales:
+        state = gen.step(state)
+    return gen.finish(state)
+
+
+class TestGeneratorContract:
+    """What the engine relies on (`ttsvar.core.generator.Generator`), for every registered generator."""
+
+    @pytest.fixture(scope="class", params=sorted(CONTRACT_BUILDS))
+    def g(self, request) -> Generator:
+        gen = CONTRACT_BUILDS[request.param]()
+        gen.set_sampling(CONTRACT_SAMPLING)
+        return gen
+
+    def test_is_a_generator(self, g):
+        assert isinstance(g, Generator)
+        assert g.num_scales == len(g.scale_schedule) >= 2
+        assert isinstance(g.device, torch.device)
+        for p in CONTRACT_PROMPTS.values():
+            assert g.check_prompt(p) is None
+
+    def test_start_step_finish(self, g):
+        r = Rows([8, 3, 8], [0, 0, 1], [7, 7, 7])
+        state = g.start(CONTRACT_PROMPTS, r)
+        assert isinstance(state, GenState) and len(state) == 3 and state.scale == 0
+        np.testing.assert_array_equal(state.rows.prompt_index, [8, 3, 8])
+        for k in range(g.num_scales):
+            with pytest.raises(ValueError):
+                g.finish(state)
+            state = g.step(state)
+            assert state.scale == k + 1 and len(state) == 3
+        with pytest.raises(ValueError):
+            g.step(state)
+        img = g.finish(state)
+        assert img.dtype == torch.float32 and img.ndim == 4 and img.shape[:2] == (3, 3)
+        assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
+        torch.testing.assert_close(g.finish(state, rows=[2, 0]), img[[2, 0]], rtol=0, atol=1e-5)
+
+    def test_preview(self, g):
+        state = g.start(CONTRACT_PROMPTS, Rows([3, 8], [0, 0], [1, 1]))
+        with pytest.raises(ValueError):
+            g.preview(state)  # nothing sampled yet
+        state = g.step(state)
+        full = g.preview(state)
+        assert full.shape[:2] == (2, 3) and full.min() >= 0 and full.max() <= 1
+        assert g.preview(state, size=16).shape == (2, 3, 16, 16)
+        torch.testing.assert_close(g.preview(state, rows=[1]), full[1:], rtol=0, atol=1e-5)
+
+    def test_row_bookkeeping(self, g):
+        state = g.step(g.start(CONTRACT_PROMPTS, Rows([3, 8, 3], [0, 1, 2], [5, 5, 5])))
+        picked = g.select(state, [2, 2, 0], candidate_id=np.array([2, 9, 0]))
+        assert len(picked) == 3 and picked.scale == 1
+        assert picked.rows.prompt_index.tolist() == [3, 3, 3] and picked.rows.candidate_id.tolist() == [2, 9, 0]
+        parts = g.split(state, [1, 2])
+        assert [len(p) for p in parts] == [1, 2]
+        packed = g.concat(parts)
+        assert len(packed) == 3 and packed.rows.candidate_id.tolist() == [0, 1, 2]
+        keys = g.row_keys(g.select(state, [1, 1]))
+        assert keys is None or (len(keys) == 2 and keys[0] == keys[1])
+
+    def test_compute_accounting(self, g):
+        from ttsvar.engine import Worker, WorkUnit
+
+        tokens = [g.tokens_at_scale(k) for k in range(g.num_scales)]
+        assert tokens == [h * w for h, w in g.scale_schedule]
+        try:
+            for cfg, per_row in ((1.0, 1), (2.0, 2)):
+                g.set_sampling(SamplingConfig(cfg=cfg, tau=1.0, top_k=0, top_p=0.0))
+                assert [g.forward_rows_per_candidate(k) for k in range(g.num_scales)] == [per_row] * g.num_scales
+                n = 2
+                plan = SearchPlan((n,) * g.num_scales, frozenset(), frozenset(), ())
+                worker = Worker(g, lambda images, prompts: torch.zeros(len(images)), None, plan)
+                report = worker.start(WorkUnit(0, [3, 8], [CONTRACT_PROMPTS[3], CONTRACT_PROMPTS[8]], [1, 2]))
+                assert report.final
+                for p in (3, 8):
+                    assert report.counters[p]["token_forwards"] == n * per_row * sum(tokens)
+                worker.drop(0)
+        finally:
+            g.set_sampling(CONTRACT_SAMPLING)
+        sizes = [g.state_bytes_per_row(k) for k in range(g.num_scales)]
+        assert all(s is None for s in sizes) or all(isinstance(s, int) and s > 0 for s in sizes)
+        assert sizes == sorted(sizes) or None in sizes  # a row only grows as scales are sampled
+
+    def test_set_sampling(self, g):
+        r = Rows([3, 8, 3, 8], [0, 0, 1, 1], [4, 4, 4, 4])
+        base = _finish(g, r)
+        try:
+            g.set_sampling(SamplingConfig(cfg=2.0, tau=0.05, top_k=0, top_p=0.0))
+            cold = _finish(g, r)
+            with pytest.raises(ValueError, match="sampling.cfg"):
+                g.set_sampling(SamplingConfig(cfg=[1.0] * (g.num_scales + 1)))
+            assert torch.equal(_finish(g, r), cold)  # a rejected config leaves the last one in place
+        finally:
+            g.set_sampling(CONTRACT_SAMPLING)
+        assert not torch.equal(base, cold)  # takes effect from the next start
+        assert torch.equal(_finish(g, r), base)
+
+    def test_determinism_under_seeds(self, g):
+        r = Rows([3, 8], [0, 0], [11, 11])
+        a = _finish(g, r)
+        assert torch.equal(a, _finish(g, r))  # the same seeds draw the same images
+        assert not torch.equal(a, _finish(g, Rows([3, 8], [0, 0], [12, 12])))  # another seed, other images
+        assert not torch.equal(a, _finish(g, Rows([3, 8], [5, 5], [11, 11])))  # another candidate id too

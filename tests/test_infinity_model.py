@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ttsvar.models.checkpoint import CheckpointError, load_strict, read_state_dict
+from ttsvar.core.checkpoint import CheckpointError, load_strict, read_state_dict
 from ttsvar.models.infinity.model import Infinity, InfinityConfig, official_state_dict_to_ours, rope_cos_sin
 from ttsvar.models.infinity.schedules import rope_reference, scale_schedule
 

@@ -36,12 +36,12 @@ def test_default_config_gives_the_paper_plan():
     (dict(cluster_scales=[2, 12]), "cluster_scales: scale 12 is out of range"),
     (dict(resample_scales=[6, 6]), "resample_scales: .* lists a scale twice"),
     (dict(cluster_scales=[2, 6]), r"both contain \[6\]"),
-    (dict(lam=float("nan")), "search.lam = nan: must be a finite number"),
+    (dict(lam=float("nan")), "search.options.lam: nan must be finite"),
     (dict(lam=-2.0), "lam: -2.0 must be finite and >= 0"),
     (dict(potential="exp"), "potential: 'exp' is not one of"),
     (dict(n=0), "search.n = 0: must be an integer >= 1"),
     (dict(strategy="bon"), "unknown search strategy 'bon'"),
-    (dict(beam_width=2), r"beam_width = 2 has no effect for strategy 'tts-var' \(used by: \['beam'\]\)"),
+    (dict(beam_width=2), r"search.options.beam_width = 2 has no effect for strategy 'tts-var' \(used by: \['beam'\]\)"),
     (dict(strategy="fk", ess_threshold=1.5), r"ess_threshold: 1.5 must be in \(0, 1\]"),
     (dict(strategy="fk", fk_pick="max"), "fk_pick: 'max' is not one of"),
     (dict(strategy="beam", n=2, beam_width=3), "beam_width: 3 is larger than the batch n = 2"),
@@ -49,18 +49,50 @@ def test_default_config_gives_the_paper_plan():
 ])
 def test_validate_names_the_bad_field(changes, message):
     with pytest.raises(ValueError, match=message):
-        SearchConfig(**changes).validate(13)
+        _cfg(**changes).validate(13)
+
+
+def _cfg(strategy: str = "tts-var", n: int = 1, **options) -> SearchConfig:
+    return SearchConfig(strategy=strategy, n=n, options=options)
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(lam=-2.0), "search.options.lam: -2.0 must be finite and >= 0"),
+    (dict(strategy="fk", ess_threshold=1.5), r"search.options.ess_threshold: 1.5 must be in \(0, 1\]"),
+    (dict(batch_schedule=[8, 8, 6]), "search.options.batch_schedule: has 3 entries"),
+])
+def test_a_strategy_option_error_names_its_search_options_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**changes).validate(13)
+
+
+def test_a_plugin_strategy_adds_options_by_adding_keywords():
+    from search.registry import register_strategy, strategy_options
+    from search.strategies.best_of_n import BestOfN
+
+    @register_strategy("test-bon-with-option")
+    class WithOption(BestOfN):
+        def __init__(self, widget: int = 3) -> None:
+            if widget < 0:
+                raise ValueError(f"widget: {widget} must be >= 0")
+            self.widget = widget
+
+    assert strategy_options("test-bon-with-option") == {"widget": 3}
+    assert build_strategy(_cfg("test-bon-with-option", widget=5)).widget == 5
+    with pytest.raises(ValueError, match="search.options.widget: -1 must be >= 0"):
+        _cfg("test-bon-with-option", widget=-1).validate(13)
+    with pytest.raises(ValueError, match=r"search.options.lam = 1.0 has no effect .* its options are \['widget'\]"):
+        _cfg("test-bon-with-option", lam=1.0).validate(13)
 
 
 def test_build_strategy_passes_only_the_fields_the_strategy_uses():
-    cfg = SearchConfig(strategy="fk", n=4, resample_scales=[3, 5], potential="diff", lam=2.0,
-                       ess_threshold=0.3)
+    cfg = _cfg(strategy="fk", n=4, resample_scales=[3, 5], potential="diff", lam=2.0, ess_threshold=0.3)
     strategy = build_strategy(cfg)
     assert (strategy.potential, strategy.lam, strategy.ess_threshold) == ("diff", 2.0, 0.3)
     plan = cfg.validate(10)
     assert isinstance(plan, SearchPlan) and plan.batch_sizes == (4,) * 10 and plan.decision_scales == (3, 5)
     # batch_schedule[k] = rows kept after scale k; read only at decision scales
-    cfg = SearchConfig(strategy="cluster-only", batch_schedule=[4, 2, 2, 2, 1, 1], cluster_scales=[1, 4])
+    cfg = _cfg(strategy="cluster-only", batch_schedule=[4, 2, 2, 2, 1, 1], cluster_scales=[1, 4])
     assert cfg.validate(6).batch_sizes == (4, 4, 2, 2, 2, 1)
 
 

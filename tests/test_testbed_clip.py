@@ -168,8 +168,8 @@ class _Oracle:
         self.sign = sign
 
     def score_matrix(self, images, prompts):
+        from ttsvar.eval.geneval import check_metadata
         from ttsvar.testbed.evaluator import ShapesEvaluator
-        from ttsvar.testbed.geneval import check_metadata
 
         md = {m["prompt"]: m for m in world.prompts_of()}
         dets = [ShapesEvaluator().detect(img) for img in images]

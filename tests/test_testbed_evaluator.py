@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from ttsvar.eval.evaluator import EvalResult, Evaluator
+from ttsvar.eval.geneval import Detection, MetadataError, summarize
 from ttsvar.testbed import world
-from ttsvar.testbed.evaluator import EvalResult, Evaluator, ShapesEvaluator, segment
-from ttsvar.testbed.geneval import Detection, MetadataError, summarize
+from ttsvar.testbed.evaluator import ShapesEvaluator, segment
 
 EV = ShapesEvaluator()
 
@@ -89,7 +90,7 @@ def test_agrees_with_the_truth_table_on_every_prompt():
     prompts = world.prompts_of("all")
     truth = world.prompt_truth(scenes, prompts)
     dets = [EV.detect(img) for img in world.render_batch(scenes)]
-    from ttsvar.testbed.geneval import check_metadata
+    from ttsvar.eval.geneval import check_metadata
 
     verdict = np.array([[check_metadata(d, m)[0] for m in prompts] for d in dets])
     decided = truth >= 0

@@ -1,12 +1,11 @@
-"""GenEval formats and rules (ttsvar.testbed.geneval), checked against GenEval's own files and logic."""
+"""GenEval formats and rules (ttsvar.eval.geneval), checked against GenEval's own files and logic."""
 
 import json
 
 import numpy as np
 import pytest
 
-from ttsvar.testbed import world
-from ttsvar.testbed.geneval import (
+from ttsvar.eval.geneval import (
     Detection,
     MetadataError,
     check_metadata,
@@ -22,6 +21,7 @@ from ttsvar.testbed.geneval import (
     write_results,
     write_sample_folder,
 )
+from ttsvar.testbed import world
 
 # five lines of GenEval's prompts/evaluation_metadata.jsonl (MIT), one per tag shape of the format
 GENEVAL_LINES = [

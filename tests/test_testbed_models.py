@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from ttsvar.generator import Rows
+from ttsvar.core.generator import Rows
 from ttsvar.models.registry import create_generator, list_generators
 from ttsvar.testbed import world
 from ttsvar.testbed.model import WEIGHTS, load_shapes_tiny
@@ -55,7 +55,7 @@ def test_short_training_run_decreases_the_loss():
     from ttsvar.models.infinity.generator import InfinityGenerator
     from ttsvar.models.infinity.model import Infinity
     from ttsvar.models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE
-    from ttsvar.text import WordTextEncoder
+    from ttsvar.models.text import WordTextEncoder
 
     vae = BSQVAE(vcfg).eval().requires_grad_(False)
     images, prompts, _ = world.make_dataset(64, 0)
@@ -77,7 +77,7 @@ def test_t5_text_encoder_from_a_local_directory(tmp_path):
     transformers = pytest.importorskip("transformers")
     from tokenizers import Tokenizer, models, pre_tokenizers
 
-    from ttsvar.text import T5TextEncoder
+    from ttsvar.models.text import T5TextEncoder
 
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, "a": 3, "red": 4, "circle": 5, "photo": 6, "of": 7}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

@@ -5,8 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
+from ttsvar.eval.geneval import relative_position, validate_metadata
 from ttsvar.testbed import world
-from ttsvar.testbed.geneval import relative_position, validate_metadata
 
 
 def test_palette_and_backgrounds_are_the_specified_colours():

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from ttsvar.models.checkpoint import CheckpointError
+from ttsvar.core.checkpoint import CheckpointError
 from ttsvar.models.infinity.vae import (
     BSQVAE,
     BSQVAEConfig,

@@ -1,6 +1,6 @@
 """The `ttsvar` command line (argparse).
 
-Errors: a `ttsvar.errors.TtsvarError` (and the built-in errors bad input raises: ValueError, KeyError,
+Errors: a `ttsvar.core.errors.TtsvarError` (and the built-in errors bad input raises: ValueError, KeyError,
 FileNotFoundError, ...) is printed as one `ttsvar: error: ...` line, exit code 2 for bad input and 1 for
 a job that could not finish; `--debug` (anywhere on the command line, or TTSVAR_DEBUG=1) adds the traceback.
 """
@@ -80,7 +80,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 def cmd_generate(ns: argparse.Namespace) -> int:
     from .config import load_config
-    from .errors import OutputError
+    from .core.errors import OutputError
     from .jobs import run_job
     from .output import OutputDir, atomic_write_bytes
 
@@ -113,9 +113,11 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
-    from .testbed.evaluate import evaluate_output_dir
+    from .eval.evaluate import evaluate_output_dir
+    from .eval.registry import create_evaluator
 
-    res = evaluate_output_dir(Path(ns.dir))
+    evaluator = create_evaluator(ns.evaluator, field="--evaluator")  # a bad name fails before any file is read
+    res = evaluate_output_dir(Path(ns.dir), evaluator)
     print(json.dumps(res["summary"], indent=1))
     print(f"results: {res['results_path']}")
     return 0
@@ -164,8 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=2, help="TTS-VAR's N (plain sampling always uses N=1)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_demo)
-    s = sub.add_parser("evaluate", help="GenEval-style exact evaluation of a job's output dir (shapes testbed)")
+    s = sub.add_parser("evaluate", help="GenEval-style evaluation of a job's output dir with a registered evaluator")
     s.add_argument("dir")
+    s.add_argument("--evaluator", default="shapes",
+                   help="registered evaluator (default: shapes, the exact evaluator of the shapes testbed)")
     s.set_defaults(fn=cmd_evaluate)
     s = sub.add_parser("config", help="print the resolved job config")
     s.add_argument("args", nargs="*")
@@ -181,7 +185,7 @@ _BAD_INPUT = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, Is
 
 def describe_error(e: BaseException) -> tuple[int, str]:
     """(exit code, one-line message) for an error that reached the command line."""
-    from .errors import TtsvarError
+    from .core.errors import TtsvarError
 
     if isinstance(e, TtsvarError):
         return e.exit_code, str(e)
@@ -209,6 +213,26 @@ def _setup_logging() -> None:
     h.setFormatter(logging.Formatter("ttsvar: %(levelname)s: %(message)s"))
     lg.addHandler(h)
     lg.setLevel(logging.WARNING)
+    _show_config_deprecations()
+
+
+def _show_config_deprecations() -> None:
+    """Python hides DeprecationWarnings outside __main__; a moved config key is one line on stderr."""
+    import warnings
+
+    from .config import ConfigDeprecationWarning
+
+    warnings.simplefilter("default", ConfigDeprecationWarning)
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigDeprecationWarning):
+            print(f"ttsvar: warning: {message}", file=sys.stderr)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    if getattr(original, "__name__", "") != "show":
+        warnings.showwarning = show
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     ns, extra = parser.parse_known_args(argv)
-    # key=value overrides may follow options (`generate "p" --n 4 search.lam=5`): argparse leaves them over
+    # key=value overrides may follow options (`generate "p" --n 4 search.options.lam=5`): argparse leaves them over
     if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         ns.overrides = list(ns.overrides) + extra
     elif extra:

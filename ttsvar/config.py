@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rewards.config import RewardConfig
 from search.registry import SearchConfig
+from ttsvar.core.device import DTYPES as _DTYPE_TABLE
 
-from .errors import ConfigError
-from .generator import SamplingConfig
-from .models.registry import ModelConfig, list_generators, model_defaults
+from .core.errors import ConfigError
+from .core.generator import SamplingConfig
+from .core.options import accepts_option, check_options
+from .models.registry import BUILDER_ARGS, ModelConfig, builder, list_generators, model_defaults
 
 # Upper bounds that keep a typo from eating the machine (the memory a job needs is checked once the model is
 # loaded, `ttsvar.jobs.check_memory`); far above any useful value.
@@ -30,7 +33,7 @@ MAX_SEARCH_N = 65536
 MAX_ACTORS = 4096
 MAX_PREVIEW_SIZE = 4096
 MAX_PROMPTS_PER_UNIT = 65536
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", *_DTYPE_TABLE)
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -49,7 +52,6 @@ class SamplingOptions:
             v = getattr(self, k)
             if v is not None:
                 base[k] = list(v) if isinstance(v, (list, tuple)) else v
-        base.pop("extra", None)
         return SamplingConfig(**base)
 
 
@@ -67,7 +69,7 @@ class RuntimeConfig:
     max_rows_per_forward: int = 64  # memory bound: larger batches run in chunks of this many rows
     prompts_per_unit: int = 4  # prompts packed into one work unit (one forward batch family)
     preview_size: int | None = None  # decode size of intermediate previews; None: the model's default
-    score_batch: int = 64  # images per reward / feature call
+    score_batch: int = 64  # images per reward / feature call; a reward call holds whole prompt groups (rewards.md)
     quiet: bool = False
     # ray only
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join a cluster
@@ -99,16 +101,89 @@ log = logging.getLogger("ttsvar")
 RAY_ONLY = ("address", "actors", "cpus_per_actor", "gpus_per_actor", "units_in_flight", "reward_actors", "dashboard")
 
 
+# Flat keys of the config layout before per-component options, with the default they had. `load_config` moves
+# each into the section's `options` (one DeprecationWarning naming the new key); a moved key left at its old
+# default that the chosen component does not take is dropped (it never had an effect). `job_fingerprint` keeps
+# their flat names, so results written before the move resume.
+LEGACY_OPTIONS: dict[str, dict[str, Any]] = {
+    "search": {"batch_schedule": None, "cluster_scales": None, "resample_scales": None, "potential": "value",
+               "lam": 10.0, "beam_scales": None, "beam_width": None, "ess_threshold": 0.5, "fk_pick": "weights"},
+    "model": {"vae_weights": None, "text_encoder": None, "h_div_w": 1.0, "pixels": "1M"},
+}
+
+
+class ConfigDeprecationWarning(DeprecationWarning):
+    """A config key that still works but has moved (the message names the new key); shown by the CLI."""
+
+
+def _legacy_warning(section: str, key: str) -> None:
+    warnings.warn(f"{section}.{key} is deprecated: use {section}.options.{key}", ConfigDeprecationWarning,
+                  stacklevel=4)
+
+
+def _move_legacy_tree(tree: Any, moved: set[tuple[str, str]]) -> Any:
+    """`{search: {lam: 2}}` -> `{search: {options: {lam: 2}}}` for every legacy key (a plain container)."""
+    if not isinstance(tree, dict):
+        return tree
+    for section, table in LEGACY_OPTIONS.items():
+        sec = tree.get(section)
+        if not isinstance(sec, dict):
+            continue
+        for key in [k for k in sec if k in table]:
+            _legacy_warning(section, key)
+            value = sec.pop(key)
+            opts = sec.get("options")
+            if opts is None:
+                opts = sec["options"] = {}
+            if isinstance(opts, dict):
+                opts.setdefault(key, value)  # the new key wins when both are given
+            moved.add((section, key))
+    return tree
+
+
+def _move_legacy_override(override: str, moved: set[tuple[str, str]]) -> str:
+    """`search.lam=2` -> `search.options.lam=2`."""
+    key, sep, value = override.partition("=")
+    section, dot, rest = key.strip().partition(".")
+    if dot and rest in LEGACY_OPTIONS.get(section, {}):
+        _legacy_warning(section, rest)
+        moved.add((section, rest))
+        return f"{section}.options.{rest}{sep}{value}"
+    return override
+
+
+def _drop_unused_legacy(job: JobConfig, moved: set[tuple[str, str]]) -> None:
+    """A moved key at its old default that the chosen component does not take had no effect before: drop it
+    (`search.lam: 10.0` in a best-of-n job), instead of failing the job that used to run."""
+    from search.registry import list_strategies, strategy_options
+
+    for section, key in moved:
+        opts = getattr(job, section).options
+        if not isinstance(opts, dict) or key not in opts or opts[key] != LEGACY_OPTIONS[section][key]:
+            continue
+        if section == "search":
+            takes = job.search.strategy in list_strategies() and key in strategy_options(job.search.strategy)
+        else:
+            takes = job.model.name in list_generators() and \
+                accepts_option(builder(job.model.name), key) and key not in BUILDER_ARGS
+        if not takes:
+            del opts[key]
+
+
 def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None, **fields) -> JobConfig:
-    """Structured defaults <- YAML file <- `key=value` overrides <- keyword fields; validated."""
+    """Structured defaults <- YAML file <- `key=value` overrides <- keyword fields; validated. Legacy flat keys
+    (`LEGACY_OPTIONS`) are moved into `options` with a `ConfigDeprecationWarning`."""
+    moved: set[tuple[str, str]] = set()
     try:
         conf = OmegaConf.structured(JobConfig)
         if yaml_path is not None:
-            conf = OmegaConf.merge(conf, _load_yaml(Path(yaml_path)))
+            loaded = OmegaConf.to_container(_load_yaml(Path(yaml_path)), resolve=False)
+            conf = OmegaConf.merge(conf, OmegaConf.create(_move_legacy_tree(loaded, moved)))
         if overrides:
             bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]
             if bad:
                 raise ConfigError(f"overrides must look like key=value (e.g. search.n=4), got {bad}")
+            overrides = [_move_legacy_override(o, moved) for o in overrides]
             try:
                 dotlist = OmegaConf.from_dotlist(list(overrides))
             except OmegaConfBaseException:
@@ -117,12 +192,14 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None
                 raise ConfigError(f"cannot parse the overrides {list(overrides)}: {_first_line(e)}") from None
             conf = OmegaConf.merge(conf, dotlist)
         if fields:
-            conf = OmegaConf.merge(conf, OmegaConf.create(fields))
+            plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in fields.items()}
+            conf = OmegaConf.merge(conf, OmegaConf.create(_move_legacy_tree(plain, moved)))
         job: JobConfig = OmegaConf.to_object(conf)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         where = f" field {key!r}" if key else ""
         raise ConfigError(f"invalid config{where}: {_first_line(getattr(e, 'msg', e))}") from None
+    _drop_unused_legacy(job, moved)
     validate(job)
     return job
 
@@ -210,30 +287,33 @@ def _validate_model(job: JobConfig) -> None:
         raise ConfigError(f"model.dtype={m.dtype!r} is unknown; use one of {', '.join(DTYPES)}")
     if not isinstance(m.device, str) or not _DEVICE.match(m.device):
         raise ConfigError(f"model.device={m.device!r} is unknown; use auto, cpu, cuda or cuda:N")
-    if not _number(m.h_div_w) or m.h_div_w <= 0:
-        raise ConfigError(f"model.h_div_w must be a number > 0 (height / width), got {m.h_div_w!r}")
+    check_options(builder(m.name), m.options, "model.options", f"model {m.name!r}", skip=BUILDER_ARGS)
+    check = model_defaults(m.name).check_options
+    if check is not None:
+        try:
+            check(dict(m.options))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"model.options.{_first_line(e)}") from None
 
 
 def _validate_search(job: JobConfig) -> None:
     """The search fields a strategy can check without a model (the batch schedule against the model's scales is
     checked when the model is loaded)."""
     from search.base import is_int
-    from search.registry import build_strategy, list_strategies
+    from search.registry import build_strategy, list_strategies, option_error, strategy_factory, strategy_options
 
     s = job.search
     if s.strategy not in list_strategies():
         raise ConfigError(f"search.strategy={s.strategy!r} is unknown; available: {', '.join(list_strategies())}")
     if not is_int(s.n) or not 1 <= s.n <= MAX_SEARCH_N:
         raise ConfigError(f"search.n={s.n!r}: must be an integer in [1, {MAX_SEARCH_N}] (candidates per prompt)")
-    if not _number(s.lam):
-        raise ConfigError(f"search.lam={s.lam!r}: must be a finite number")
     if not isinstance(s.features, str) or not s.features.strip():
         raise ConfigError(f"search.features={s.features!r}: must be a feature extractor name (or auto)")
+    check_options(strategy_factory(s.strategy), s.options, "search.options", f"strategy {s.strategy!r}")
     try:
         build_strategy(s)
     except (ValueError, TypeError) as e:
-        msg = _first_line(e)
-        raise ConfigError(msg if msg.startswith("search.") else f"search: {msg}") from None
+        raise ConfigError(option_error(_first_line(e), strategy_options(s.strategy))) from None
 
 
 def _validate_reward(job: JobConfig) -> None:
@@ -272,7 +352,7 @@ def ignored_fields(job: JobConfig) -> list[str]:
     if reads is not None:
         base = ModelConfig()
         out += [f"model.{f}={getattr(job.model, f)!r} (model {job.model.name} does not read it)"
-                for f in ("weights", "vae_weights", "text_encoder", "h_div_w", "pixels", "device", "dtype")
+                for f in ("weights", "device", "dtype")
                 if f not in reads and getattr(job.model, f) != getattr(base, f)]
     if job.runtime.kind == "local":
         defaults = RuntimeConfig()

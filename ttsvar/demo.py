@@ -93,7 +93,7 @@ def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, override
     if model != "shapes-tiny":
         return rc
 
-    from .testbed.evaluate import evaluate_output_dir
+    from .eval.evaluate import evaluate_output_dir
 
     print("exact GenEval-style evaluation (overall = mean of the per-tag accuracies):")
     for sub, _, _, label in runs:
@@ -124,18 +124,17 @@ def write_grid(path: Path, plain_dir: Path, search_dir: Path, *, labels: tuple[s
     Called by `run_demo`. One row per prompt finished in both runs (by index): the plain sample, the
     TTS-VAR pick, then up to `max_candidates` of TTS-VAR's other final candidates (manifest `candidates`,
     the pick first, so it is skipped). Each tile is upscaled (nearest) to `tile` pixels and framed green
-    with a check mark when `ShapesEvaluator` judges it correct for the prompt's metadata, red with a cross
+    with a check mark when the `shapes` evaluator judges it correct for the prompt's metadata, red with a cross
     otherwise. A header row names the columns and gives each run's number of correct images.
     """
-    from .testbed.evaluate import metadata_for
-    from .testbed.evaluator import ShapesEvaluator
+    from .eval.registry import create_evaluator
 
-    ev = ShapesEvaluator()
+    ev = create_evaluator("shapes")
     plain, search = OutputDir(plain_dir), OutputDir(search_dir)
     p_recs, s_recs = plain.done(), search.done()
     rows = []  # (metadata, [(image, correct) or None per column])
     for i in sorted(set(p_recs) & set(s_recs)):
-        md = metadata_for(s_recs[i])
+        md = ev.metadata_for(s_recs[i])
         if md is None:
             raise ValueError(f"prompt {i} ({s_recs[i]['prompt']!r}) has no GenEval metadata to judge it by")
         paths = [plain.root / p_recs[i]["image"], search.root / s_recs[i]["image"]]

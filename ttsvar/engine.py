@@ -16,16 +16,19 @@ or where they run.
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import Enum
 
 import numpy as np
 import torch
 
 from search.base import Observation, SearchPlan, Strategy
 
-from .generator import Generator, GenState, Rows, mix64
+from .core.errors import is_transient
+from .core.generator import Generator, GenState, Rows, mix64
 
 # ----------------------------------------------------------------------------- messages (picklable)
 
@@ -84,6 +87,12 @@ def make_units(indices: Sequence[int], prompts: Sequence[str], job_seed: int, pe
     return units
 
 
+def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
+    """One single-prompt unit per prompt of `unit` (ids from `next_id`): a failed unit's prompts re-run alone."""
+    return [WorkUnit(next_id + k, [p], [t], [s])
+            for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
+
+
 def _new_counters() -> dict:
     return {"token_forwards": 0, "preview_decodes": 0, "reward_images": 0, "feature_images": 0,
             "time_generate": 0.0, "time_decode": 0.0, "time_reward": 0.0, "time_features": 0.0}
@@ -104,7 +113,8 @@ class _Unit:
 
 
 class Worker:
-    """Model side of the engine. Called by the local `Engine` or hosted in a Ray actor.
+    """Model side of the engine. Driven in-process by `run_unit` (the local runtime, `ttsvar.jobs`) or hosted
+    in a Ray actor (`cluster.actors`).
 
     Per unit: `start(unit)` -> Report; then `apply(selection)` -> Report until a report is final;
     then `collect(unit_id, picks, keep_all)` -> UnitImages, which also frees the unit.
@@ -120,7 +130,6 @@ class Worker:
         self.score_batch = max(1, int(score_batch))
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
-        self.cfg_factor = 2 if any(c != 1 for c in getattr(generator, "cfg_list", [1])) else 1
 
     # -- protocol ---------------------------------------------------------------------------------
 
@@ -183,7 +192,7 @@ class Worker:
             u.chunks = [self.gen.step(c) for c in u.chunks]
             dt = time.perf_counter() - t0
             u.scale = k + 1
-            tok = self.gen.tokens_at_scale(k) * self.cfg_factor
+            tok = self.gen.tokens_at_scale(k) * self.gen.forward_rows_per_candidate(k)
             for p, n in zip(u.unit.prompt_indices, u.sizes):
                 u.counters[p]["token_forwards"] += n * tok
             self._count(u, "time_generate", seconds=dt)
@@ -259,14 +268,15 @@ class Worker:
         return torch.cat(parts), first_arr, inverse
 
     def _score(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
+        """Rewards of the decoded `rows`, with each row's prompt index as its group id. A call holds whole groups
+        only (a group larger than score_batch gets a call of its own), so a group-relative reward such as a
+        z-score ensemble always sees every distinct candidate of a group: the contract of `rewards.base.Reward`."""
         t0 = time.perf_counter()
         prompts = [t for t, n in zip(u.unit.prompts, u.sizes) for _ in range(n)]
         prompts = [prompts[i] for i in rows]
-        groups = self._group_of_rows(u)[rows]
-        out = []
-        for s in range(0, len(images), self.score_batch):
-            e = s + self.score_batch
-            out.append(np.asarray(score_images(self.reward, images[s:e], prompts[s:e], groups[s:e]), np.float32))
+        groups = np.asarray(u.unit.prompt_indices, dtype=np.int64)[self._group_of_rows(u)[rows]]
+        out = [np.asarray(score_images(self.reward, images[sl], prompts[sl], groups[sl]), np.float32)
+               for sl in group_batches(groups, self.score_batch)]
         self._count(u, "time_reward", seconds=time.perf_counter() - t0)
         self._count(u, "reward_images", rows=rows)
         return np.concatenate(out)
@@ -280,10 +290,34 @@ class Worker:
         return np.concatenate(out)
 
 
+def group_batches(groups: np.ndarray, size: int) -> list[slice]:
+    """Consecutive slices covering `groups` (ids, each group's rows adjacent) that hold at most `size` rows and
+    never cut a group; a group of more than `size` rows is a slice of its own."""
+    n = len(groups)
+    starts = np.flatnonzero(np.diff(groups)) + 1
+    out, s = [], 0
+    for a, b in zip([0, *starts.tolist()], [*starts.tolist(), n]):  # the group in rows [a, b)
+        if b - s > size and a > s:
+            out.append(slice(s, a))
+            s = a
+    if n > s:
+        out.append(slice(s, n))
+    return out
+
+
+def _takes_groups(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "groups" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+
+
 def score_images(reward, images: torch.Tensor, prompts: list[str], groups: np.ndarray | None = None) -> np.ndarray:
-    """Score with a reward object (`score(images, prompts[, groups])`) or a plain callable."""
+    """Score with a reward object (`score(images, prompts[, groups])`) or a plain callable. `groups` goes to every
+    scorer whose signature takes it (each `rewards.Reward` does); a plain `f(images, prompts)` gets none."""
     fn = reward.score if hasattr(reward, "score") else reward
-    if getattr(reward, "uses_groups", False):
+    if groups is not None and _takes_groups(fn):
         scores = fn(images, prompts, groups=groups)
     else:
         scores = fn(images, prompts)
@@ -307,14 +341,35 @@ class _GroupTrace:
     counters: dict = field(default_factory=_new_counters)
 
 
+class Action(Enum):
+    """What a runtime does with a unit that failed (`Coordinator.fail`) or lost its actor (`Coordinator.lost`)."""
+
+    SPLIT = "split"  # run each of its prompts alone, before anything else (a bad prompt costs only itself)
+    RETRY = "retry"  # run the same unit again (same id, same seeds)
+    ABANDON = "abandon"  # record its prompts as failed
+
+
+@dataclass
+class Verdict:
+    action: Action
+    units: list[WorkUnit]  # SPLIT: the new single-prompt units; RETRY, ABANDON: [the unit]
+    attempts: int  # how often this unit has failed (or, for `lost`, lost its actor) so far; 0 for SPLIT
+
+
+MAX_ACTOR_LOSSES = 3  # a unit whose actor died this often is abandoned (it may be what kills the actors)
+
+
 class Coordinator:
-    """Decision side: applies the strategy to reports and keeps per-prompt traces.
+    """Decision side: applies the strategy to reports and keeps per-prompt traces; owns the retry policy.
 
     Called by the engine (or the Ray driver): `begin(unit)` once, `decide(report)` for every non-final
-    report, `pick(report)` for the final one, then `trace(prompt_index)` for the output.
+    report, `pick(report)` for the final one, then `finish_group(prompt_index)` for the output. When a unit
+    fails instead, the runtime calls `fail(unit, error)` (the unit raised) or `lost(unit)` (its Ray actor
+    died) and does what the returned `Verdict` says; both forget the unit's search state.
     """
 
-    def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0):
+    def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0, retries: int = 0,
+                 next_unit_id: int = 0, max_losses: int = MAX_ACTOR_LOSSES):
         if not (np.isfinite(reward_scale) and reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
         # strategies see rewards in units of the reward's declared scale, so lam means the same for every
@@ -322,6 +377,38 @@ class Coordinator:
         self.strategy, self.plan, self.reward_scale = strategy, plan, float(reward_scale)
         self.groups: dict[int, _GroupTrace] = {}
         self.time_decide = 0.0
+        self.retries, self.max_losses = int(retries), int(max_losses)
+        self.next_unit_id = next_unit_id  # ids of split units start here (above every id already handed out)
+        self._failures: dict[int, int] = {}
+        self._losses: dict[int, int] = {}
+
+    # -- failure policy: one for both runtimes ------------------------------------------------------------
+
+    def forget(self, unit: WorkUnit) -> None:
+        """Drop the search state of a unit that will not finish (its prompts may run again from the start)."""
+        for p in unit.prompt_indices:
+            self.groups.pop(p, None)
+
+    def fail(self, unit: WorkUnit, error: BaseException, transient: bool | None = None) -> Verdict:
+        """A unit raised (in the model or in the strategy). A unit of several prompts is split into one unit
+        per prompt; a single prompt is retried while the error can be transient (`is_transient`, unless
+        `transient` says) and it has failed at most `retries` times; else it is abandoned."""
+        self.forget(unit)
+        if len(unit.prompt_indices) > 1:
+            singles = split_unit(unit, self.next_unit_id)
+            self.next_unit_id += len(singles)
+            return Verdict(Action.SPLIT, singles, 0)
+        n = self._failures[unit.unit_id] = self._failures.get(unit.unit_id, 0) + 1
+        transient = is_transient(error) if transient is None else transient
+        return Verdict(Action.RETRY if transient and n <= self.retries else Action.ABANDON, [unit], n)
+
+    def lost(self, unit: WorkUnit) -> Verdict:
+        """The actor running a unit died: re-run it from the start, unless this happened `max_losses` times."""
+        self.forget(unit)
+        n = self._losses[unit.unit_id] = self._losses.get(unit.unit_id, 0) + 1
+        return Verdict(Action.ABANDON if n >= self.max_losses else Action.RETRY, [unit], n)
+
+    # -- decisions ----------------------------------------------------------------------------------------
 
     def begin(self, unit: WorkUnit) -> None:
         n = self.plan.batch_sizes[0]
@@ -372,13 +459,11 @@ class Coordinator:
             if ga.rewards is not None:
                 r = float(ga.rewards[i])
                 row["reward"] = r if np.isfinite(r) else None
-            for key, vals in (trace or {}).items():
-                if key != "reward":
-                    row[key] = vals[i]
             if children is not None:
                 row["children"] = children[i]
                 row["kept"] = children[i] > 0
             rows.append(row)
+        _merge_strategy_columns(rows, trace or {})
         return {"scale": scale, "info": info or {}, "rows": rows}
 
     def pick(self, report: Report) -> dict[int, int]:
@@ -409,6 +494,23 @@ class Coordinator:
         tr = self.trace(prompt_index)
         g = self.groups.pop(prompt_index)
         return tr, g.counters
+
+
+def _merge_strategy_columns(rows: list[dict], trace: dict) -> None:
+    """Add a strategy's per-row trace columns to the coordinator's rows (`row_id`, `parent`, `reward`,
+    `children`, `kept`) without losing either: a strategy column that repeats a coordinator column (same
+    name, same value in every row, e.g. `row_id`) is written once; one that differs (e.g. `reward` as the
+    strategy saw it, divided by the reward's score scale) is kept as `strategy.<name>`."""
+    ours = set(rows[0]) if rows else set()
+    for key, vals in trace.items():
+        if len(vals) != len(rows):
+            raise ValueError(f"strategy trace column {key!r} has {len(vals)} entries for {len(rows)} rows")
+        if key in ours:
+            if all(row[key] == v for row, v in zip(rows, vals)):
+                continue
+            key = f"strategy.{key}"
+        for row, v in zip(rows, vals):
+            row[key] = v
 
 
 def run_unit(worker: Worker, coord: Coordinator, unit: WorkUnit, keep_all: bool = False):

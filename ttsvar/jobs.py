@@ -8,12 +8,11 @@ Before any model loads, a job checks what it can without one (`preflight`: the r
 options; `open_output`: output.dir is writable, its manifest intact, its results from the same configuration).
 Once the models are loaded it checks the memory a work unit needs (`check_memory`) and every prompt against
 the job's text models (`check_prompts`). A unit that raises is re-run prompt by prompt, so a bad prompt
-costs only itself; only errors that can be transient are retried (`ttsvar.errors.is_transient`).
+costs only itself; only errors that can be transient are retried (`ttsvar.core.errors.is_transient`).
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 import traceback
@@ -23,11 +22,26 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from .config import JobConfig, ignored_fields
-from .engine import Coordinator, Report, UnitImages, Worker, WorkUnit, make_units, prompt_seed, run_unit
-from .errors import ConfigError, OutputWriteError, PromptError, is_transient
-from .models.registry import create_generator, model_defaults
+from search.base import SearchPlan, Strategy
+
+from .config import LEGACY_OPTIONS, JobConfig, ignored_fields
+from .core.errors import ConfigError, OutputWriteError, PromptError, is_transient
+from .core.generator import Generator
+from .core.options import check_options
+from .engine import (
+    Action,
+    Coordinator,
+    Report,
+    UnitImages,
+    Worker,
+    WorkUnit,
+    make_units,
+    prompt_seed,
+    run_unit,
+)
+from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
+from .progress import progress_bar
 from .prompts import PromptItem, format_problems, read_prompts
 
 log = logging.getLogger("ttsvar")
@@ -35,11 +49,13 @@ log = logging.getLogger("ttsvar")
 
 @dataclass
 class Components:
-    generator: object
-    reward: object
-    features: object | None
-    strategy: object
-    plan: object
+    """What one process of a job builds: the model side (generator, reward, features) and the decision side."""
+
+    generator: Generator
+    reward: object  # a rewards.Reward or a function f(images, prompts) -> scores
+    features: object | None  # a feature extractor, when the plan clusters
+    strategy: Strategy
+    plan: SearchPlan
     preview_size: int | None
 
 
@@ -75,17 +91,6 @@ def features_name(job: JobConfig) -> str:
     return model_defaults(job.model.name).features if job.search.features == "auto" else job.search.features
 
 
-def _signature_options(factory) -> tuple[set[str], bool]:
-    """(named keyword parameters, takes **kwargs) of a class or function."""
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return set(), True
-    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    return ({p.name for p in params if p.kind in kinds and p.name != "self"},
-            any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
-
-
 def resolve_reward_checked(job: JobConfig):
     """The object `reward.name` names (imported if it is a plugin), or a `ConfigError` naming the field."""
     from rewards.registry import resolve_reward
@@ -110,14 +115,28 @@ def resolve_reward_checked(job: JobConfig):
     return obj
 
 
-def preflight(job: JobConfig) -> None:
-    """What can be checked before a model loads, beyond `ttsvar.config.validate`: the reward resolves and takes
-    `reward.options`, the feature extractor exists and takes `search.features_opts`; warns about set fields the
-    job will not read. Raises `ConfigError` naming the field."""
-    from rewards.base import FunctionReward, Reward
-    from rewards.registry import COMMON_OPTIONS
-    from search.features import _FEATURES, list_features
+def check_names(job: JobConfig) -> None:
+    """The model and strategy names, checked against their registries (also for a `JobConfig` built in code,
+    which `ttsvar.config.validate` has not seen): `ConfigError` naming the field and the known names."""
+    from search.registry import list_strategies
 
+    if job.model.name not in list_generators():
+        raise ConfigError(f"model.name={job.model.name!r} is unknown; available: {', '.join(list_generators())}")
+    if job.search.strategy not in list_strategies():
+        raise ConfigError(f"search.strategy={job.search.strategy!r} is unknown; available: "
+                          f"{', '.join(list_strategies())}")
+
+
+def preflight(job: JobConfig) -> None:
+    """What can be checked before a model loads, beyond `ttsvar.config.validate`: every registry name (model,
+    strategy, reward, features); the reward takes `reward.options` and the feature extractor
+    `search.features_opts`; warns about set fields the job will not read. Raises `ConfigError` naming the
+    field (and, for a name, the known ones)."""
+    from rewards.base import FunctionReward, Reward
+    from rewards.features import _FEATURES, list_features
+    from rewards.registry import COMMON_OPTIONS
+
+    check_names(job)
     for f in ignored_fields(job):
         log.warning("%s is ignored", f)
     obj = resolve_reward_checked(job)  # before the features: a plugin's module may register features too
@@ -132,20 +151,12 @@ def preflight(job: JobConfig) -> None:
     else:
         factory = FunctionReward.__init__
     if factory is not None:
-        accepted, any_kw = _signature_options(factory)
-        accepted -= {"fn"}
-        unknown = sorted(k for k in options if k not in accepted and k not in COMMON_OPTIONS)
-        if unknown and not any_kw:
-            raise ConfigError(f"reward.options.{unknown[0]}: reward {name!r} has no option(s) {unknown}; its "
-                              f"options are {sorted(accepted) or 'none'}")
+        check_options(factory, options, "reward.options", f"reward {name!r}", skip=("fn",), also=COMMON_OPTIONS)
     feats = features_name(job)
     if feats not in list_features():
         raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
-    accepted, any_kw = _signature_options(_FEATURES[feats].__init__)
-    unknown = sorted(set(job.search.features_opts or {}) - accepted)
-    if unknown and not any_kw:
-        raise ConfigError(f"search.features_opts.{unknown[0]}: feature extractor {feats!r} has no option(s) "
-                          f"{unknown}; its options are {sorted(accepted)}")
+    check_options(_FEATURES[feats].__init__, job.search.features_opts or {}, "search.features_opts",
+                  f"feature extractor {feats!r}")
 
 
 def _is_registered(obj) -> bool:
@@ -157,18 +168,23 @@ def _is_registered(obj) -> bool:
 def job_fingerprint(job: JobConfig) -> dict:
     """The fields that change a job's results, flat (`search.n`, ...), with `auto` resolved. Stored in
     `output.dir/job.json`; a resume with a different fingerprint is refused. Not in it: runtime and output
-    fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway)."""
+    fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway).
+
+    Options that used to be flat fields (`LEGACY_OPTIONS`) keep their flat names, with their old default when
+    unset, so a job written before `options` existed (or with the deprecated keys) is the same job; other
+    options are `search.options.<key>` / `model.options.<key>`."""
     fp: dict = {"seed": job.seed, "runtime.preview_size": job.runtime.preview_size}
     m = job.model
-    for k in ("name", "weights", "vae_weights", "text_encoder", "h_div_w", "pixels", "dtype"):
+    for k in ("name", "weights", "dtype"):
         fp[f"model.{k}"] = getattr(m, k)
+    fp.update(_flat_options("model", m.options))
     try:
         sampling = asdict(job.sampling.resolve(m.name))
     except Exception:  # noqa: BLE001 - invalid values are reported by the sampler, with the field name
         sampling = asdict(job.sampling)
     fp.update({f"sampling.{k}": v for k, v in sampling.items()})
-    for f in fields(job.search):
-        fp[f"search.{f.name}"] = getattr(job.search, f.name)
+    fp["search.strategy"], fp["search.n"] = job.search.strategy, job.search.n
+    fp.update(_flat_options("search", job.search.options))
     fp["search.features"] = features_name(job)
     fp["search.features_opts"] = _without_device(job.search.features_opts)
     r = reward_config(job)
@@ -177,6 +193,13 @@ def job_fingerprint(job: JobConfig) -> dict:
             fp[f"reward.{f.name}"] = getattr(r, f.name)
     fp["reward.options"] = _without_device(r.options)
     return fp
+
+
+def _flat_options(section: str, options: dict | None) -> dict:
+    opts = dict(options or {})
+    out = {f"{section}.{k}": opts.pop(k, default) for k, default in LEGACY_OPTIONS[section].items()}
+    out.update({f"{section}.options.{k}": v for k, v in sorted(opts.items())})
+    return out
 
 
 def _without_device(options: dict | None) -> dict:
@@ -202,30 +225,47 @@ def open_output(job: JobConfig) -> OutputDir:
     return out
 
 
-def build_components(job: JobConfig, generator=None) -> Components:
-    """Everything a Worker and a Coordinator need. Called once per process (driver or actor)."""
-    from search.features import create_features
+def search_plan(job: JobConfig, num_scales: int) -> tuple[Strategy, SearchPlan]:
+    """The job's strategy and its plan for a model with `num_scales` scales (`ConfigError` naming the field)."""
     from search.registry import build_strategy
 
-    defaults = model_defaults(job.model.name)
-    gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
     try:
-        job.search.validate(gen.num_scales)
+        job.search.validate(num_scales)
     except ValueError as e:
         raise ConfigError(str(e)) from None
     strategy = build_strategy(job.search)
-    plan = strategy.plan(gen.num_scales, job.search.n)
-    try:  # before the features: a custom reward's module may register features too
-        reward = build_reward_for(job)
-    except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
-        if "argument" not in str(e):
-            raise
-        raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
-    features = None
+    return strategy, strategy.plan(num_scales, job.search.n)
+
+
+def make_coordinator(job: JobConfig, num_scales: int, next_unit_id: int = 0) -> Coordinator:
+    """The decision side of a job, in the process that drives it (local run or Ray driver), with the job's
+    retry policy (`runtime.retries`); `next_unit_id`: the first id not handed out (split units start there)."""
+    strategy, plan = search_plan(job, num_scales)
+    return Coordinator(strategy, plan, reward_scale_for(job, plan), retries=job.runtime.retries,
+                       next_unit_id=next_unit_id)
+
+
+def build_components(job: JobConfig, generator=None, reward=None, features=None) -> Components:
+    """Everything a Worker needs, built once per process that runs units (the local runtime, each Ray
+    generator actor). `generator`: a prebuilt one; `reward` / `features`: stand-ins that score elsewhere (the
+    Ray reward pool), so no reward or feature model loads here."""
+    from rewards.features import create_features
+
+    gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
+    strategy, plan = search_plan(job, gen.num_scales)
+    if reward is None:
+        try:  # before the features: a custom reward's module may register features too
+            reward = build_reward_for(job)
+        except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
+            if "argument" not in str(e):
+                raise
+            raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
+    feats = None
     if plan.feature_scales:
-        features = create_features(features_name(job), **job.search.features_opts)
-    preview = job.runtime.preview_size or defaults.preview_size
-    comp = Components(gen, reward, features, strategy, plan, preview)
+        feats = features if features is not None else \
+            create_features(features_name(job), **job.search.features_opts)
+    preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
+    comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp)
     return comp
 
@@ -251,14 +291,14 @@ def _free_memory(device) -> tuple[int | None, str]:
 def check_memory(job: JobConfig, comp: Components) -> None:
     """Refuse a job whose work unit cannot fit: a unit holds the state of all its candidate rows at once
     (`runtime.prompts_per_unit` prompts x the rows of the batch schedule at each scale); raises `ConfigError`
-    naming search.n and runtime.prompts_per_unit. Generators without `state_bytes_per_row(scale)` are not
+    naming search.n and runtime.prompts_per_unit. Generators whose `state_bytes_per_row` is None are not
     checked."""
-    per_row = getattr(comp.generator, "state_bytes_per_row", None)
-    if not callable(per_row):
+    per_row = [comp.generator.state_bytes_per_row(k) for k in range(len(comp.plan.batch_sizes))]
+    if any(b is None for b in per_row):
         return
     ppu = job.runtime.prompts_per_unit
-    need = max(b * ppu * per_row(k) for k, b in enumerate(comp.plan.batch_sizes))
-    free, where = _free_memory(getattr(comp.generator, "device", None))
+    need = max(b * ppu * r for b, r in zip(comp.plan.batch_sizes, per_row))
+    free, where = _free_memory(comp.generator.device)
     if free is None or need <= 0.8 * free:
         return
     rows = max(comp.plan.batch_sizes) * ppu
@@ -281,13 +321,11 @@ def prompt_problems(comp: Components, prompts: list[str], score_batch: int = 64,
 
     bad: dict[str, str] = {}
     uniq = list(dict.fromkeys(prompts))
-    check = getattr(comp.generator, "check_prompt", None)
-    if callable(check):
-        for p in uniq:
-            try:
-                check(p)
-            except ValueError as e:
-                bad[p] = f"the generator's text encoder: {e}"
+    for p in uniq:
+        try:
+            comp.generator.check_prompt(p)
+        except ValueError as e:
+            bad[p] = f"the generator's text encoder: {e}"
     size = getattr(comp.reward, "input_size", None) or comp.preview_size or 32
     size = size if isinstance(size, int) and 8 <= size <= 1024 else 32
     label = reward_label or getattr(comp.reward, "name", None) or type(comp.reward).__name__
@@ -485,20 +523,36 @@ class ResultWriter:
         return s
 
 
-def _progress(total: int, quiet: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=total, disable=quiet, unit="prompt", desc="ttsvar", dynamic_ncols=True)
-
-
-def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
-    """One single-prompt unit per prompt of `unit` (ids from `next_id`): a failed unit's prompts re-run alone."""
-    return [WorkUnit(next_id + k, [p], [t], [s])
-            for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
-
-
 def error_text(e: BaseException) -> str:
     return "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=3))
+
+
+@dataclass
+class PreparedJob:
+    """A job checked and its output opened, before any model loads: where both runtimes start."""
+
+    items: list[PromptItem]  # every prompt of the job (after `limit`)
+    todo: list[PromptItem]  # those without a result in output.dir
+    units: list[WorkUnit]  # `todo` packed into work units (ids 0..len-1)
+    writer: ResultWriter
+    t0: float  # perf_counter when the job started
+
+    def extra(self, runtime: str) -> dict:
+        """The summary fields every runtime writes."""
+        return {"runtime": runtime, "skipped_done": len(self.items) - len(self.todo),
+                "output_dir": str(self.writer.out.root)}
+
+
+def prepare_job(job: JobConfig) -> PreparedJob:
+    """Validation that needs no model (`preflight`), the prompts, output.dir (writable, same fingerprint) and the
+    units still to run. The caller closes `writer` on any exit (`ResultWriter.close`)."""
+    t0 = time.perf_counter()
+    items = job_items(job)
+    preflight(job)
+    writer = ResultWriter(job, items)
+    todo = writer.pending()
+    units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
+    return PreparedJob(items, todo, units, writer, t0)
 
 
 def run_job(job: JobConfig, generator=None) -> dict:
@@ -507,66 +561,57 @@ def run_job(job: JobConfig, generator=None) -> dict:
         from cluster import run_ray_job
 
         return run_ray_job(job)
-    t0 = time.perf_counter()
-    items = job_items(job)
-    preflight(job)
-    writer = ResultWriter(job, items)
+    prep = prepare_job(job)
     try:
-        return _run_local(job, generator, writer, items, t0)
+        return _run_local(job, generator, prep)
     finally:
-        writer.close()
+        prep.writer.close()
 
 
-def _run_local(job: JobConfig, generator, writer: ResultWriter, items: list[PromptItem], t0: float) -> dict:
-    todo = writer.pending()
-    skipped = len(items) - len(todo)
-    extra = {"skipped_done": skipped, "runtime": "local", "output_dir": str(writer.out.root)}
+def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
+    writer, todo, units, t0 = prep.writer, prep.todo, prep.units, prep.t0
+    extra = prep.extra("local")
     if not todo:
         return writer.summary(time.perf_counter() - t0, {**extra, "time_setup": 0.0, "time_decide": 0.0})
     comp = build_components(job, generator)
     check_prompts(job, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
                                              reward_config(job).name))
     worker = make_worker(job, comp)
-    coord = Coordinator(comp.strategy, comp.plan, reward_scale_for(job, comp.plan))
+    coord = make_coordinator(job, comp.generator.num_scales, next_unit_id=len(units))
     setup = time.perf_counter() - t0
-    units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
-    bar = _progress(len(todo), job.runtime.quiet)
+    bar = progress_bar(len(todo), job.runtime.quiet)
     S = comp.generator.num_scales
     worker.on_step = lambda uid, k: bar.set_postfix_str(f"unit {uid + 1}/{len(units)} scale {k + 1}/{S}")
-    queue, next_id, retried = deque(units), len(units), 0
+    queue, retried = deque(units), 0
     while queue:
         unit = queue.popleft()
-        for attempt in range(job.runtime.retries + 1):
-            writer.check()
-            try:
-                rep, picks, imgs = run_unit(worker, coord, unit, job.output.save_candidates)
-                writer.write_unit(coord, rep, picks, imgs)
-                bar.update(len(unit.prompt_indices))
-                break
-            except OutputWriteError:
-                raise
-            except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job goes on
-                err = error_text(e)
-                worker.drop(unit.unit_id)
-                for p in unit.prompt_indices:
-                    coord.groups.pop(p, None)
-                if len(unit.prompt_indices) > 1:  # find the prompt(s) at fault: each runs alone
-                    log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
-                                unit.prompt_indices, _one_line(e))
-                    singles = split_unit(unit, next_id)
-                    next_id += len(singles)
-                    queue.extendleft(reversed(singles))
-                    break
-                if is_transient(e) and attempt < job.runtime.retries:
-                    retried += 1
-                    log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
-                                attempt + 1, job.runtime.retries + 1, _one_line(e))
-                    continue
-                log.error("prompt %d failed%s: %s", unit.prompt_indices[0],
-                          f" after {attempt + 1} attempts" if attempt else "", _one_line(e))
-                writer.write_failure(unit, err, e)
-                bar.update(1)
-                break
+        writer.check()
+        try:
+            rep, picks, imgs = run_unit(worker, coord, unit, job.output.save_candidates)
+            writer.write_unit(coord, rep, picks, imgs)
+            bar.update(len(unit.prompt_indices))
+            continue
+        except OutputWriteError:
+            raise
+        except Exception as e:  # noqa: BLE001 - recorded in the manifest, the job goes on
+            error = e
+        worker.drop(unit.unit_id)
+        verdict = coord.fail(unit, error)
+        if verdict.action is Action.SPLIT:
+            log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
+                        unit.prompt_indices, _one_line(error))
+            queue.extendleft(reversed(verdict.units))
+        elif verdict.action is Action.RETRY:  # right away: the local runtime runs one unit at a time anyway
+            retried += 1
+            log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
+                        verdict.attempts, job.runtime.retries + 1, _one_line(error))
+            queue.appendleft(unit)
+        else:
+            n = verdict.attempts
+            log.error("prompt %d failed%s: %s", unit.prompt_indices[0], f" after {n} attempts" if n > 1 else "",
+                      _one_line(error))
+            writer.write_failure(unit, error_text(error), error)
+            bar.update(1)
     bar.close()
     writer.flush()
     wall = time.perf_counter() - t0

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .errors import ManifestError, OutputError, ResumeError
+from .core.errors import ManifestError, OutputError, ResumeError
 
 log = logging.getLogger("ttsvar")
 
@@ -32,6 +32,11 @@ MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
 # what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
 WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "geneval_results.jsonl",
            "geneval_summary.json")
+
+# Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
+# recorded with them are still of the same configuration.
+RETIRED_FIELDS: dict[str, Any] = {"sampling.extra": {}}
+
 
 def file_mode() -> int:
     """0o666 minus the process umask: the mode `open()` would create a file with."""
@@ -222,7 +227,8 @@ class OutputDir:
                 log.warning("%s has results but no readable %s (an older ttsvar, or it was deleted): cannot check "
                             "that they come from this configuration; resuming", self.root, JOB_FILE)
             else:
-                diff = [k for k in sorted(set(old) | set(fp)) if old.get(k, "<unset>") != fp.get(k, "<unset>")]
+                diff = [k for k in sorted(set(old) | set(fp)) if old.get(k, "<unset>") != fp.get(k, "<unset>")
+                        and not (k not in fp and k in RETIRED_FIELDS and old[k] == RETIRED_FIELDS[k])]
                 if diff:
                     n = sum(1 for _ in self.done(warn=False))
                     what = "; ".join(f"{k}: {_short(old.get(k, '<unset>'))} -> {_short(fp.get(k, '<unset>'))}"
@@ -288,9 +294,6 @@ class OutputDir:
         rel = self.trace_path(index)
         atomic_write_json(self.root / rel, trace)
         return rel
-
-    def append(self, record: dict) -> None:
-        self.append_many([record])
 
     def append_many(self, records: list[dict]) -> None:
         """Append manifest lines after their files exist, in one write call, fsynced."""

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MissingFileError, PromptError
+from .core.errors import MissingFileError, PromptError
 
 MAX_PROMPT_CHARS = 20_000  # longer than any text encoder reads; a longer line is not a prompt
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls except tab/newline/CR, and DEL

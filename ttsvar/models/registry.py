@@ -3,31 +3,39 @@
 Weights are local files the user names (or files shipped inside the package); nothing downloads.
 A registered model also names the reward and the clustering features that suit it, used when the job
 config says `auto`.
+
+The built-in generators register themselves when their module is imported; this module names those modules
+(`_BUILTIN_MODULES`) and imports them on the first lookup, so it imports no model family and the testbed,
+which sits above the models, registers its own generator.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..core.errors import ConfigError, MissingFileError
+from ..core.generator import Generator, SamplingConfig
 
-from ..errors import MissingFileError
-from ..generator import Generator, SamplingConfig
+# Modules whose @register_generator decorators define the built-in names, imported on first lookup.
+_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.testbed.model")
+_builtins_loaded = False
 
 
 @dataclass
 class ModelConfig:
+    """The `model:` section of a job config. What every model family has is a field; what one family needs
+    (Infinity: `vae_weights`, `text_encoder`, `h_div_w`, `pixels`) is in `options`, the keyword parameters of
+    the registered builder, checked against its signature before anything loads (`builder_options`)."""
+
     name: str = "shapes-tiny"
-    weights: str | None = None  # transformer checkpoint (.pth with weights only, or .safetensors)
-    vae_weights: str | None = None  # BSQ-VAE checkpoint
-    text_encoder: str | None = None  # local Hugging Face directory of the text encoder (flan-t5-xl)
-    h_div_w: float = 1.0  # aspect ratio (height / width), snapped to the model's templates
-    pixels: str = "1M"  # pixel budget: 0.06M, 0.25M, 0.60M, 1M
+    weights: str | None = None  # the main checkpoint (.pth with weights only, or .safetensors)
     device: str = "auto"  # auto: cuda if available, else cpu
     dtype: str = "auto"  # auto: bfloat16 on cuda, float32 on cpu; or float32 / bfloat16 / float16
+    options: dict[str, Any] = field(default_factory=dict)  # the builder's keyword options
 
 
 @dataclass(frozen=True)
@@ -37,16 +45,21 @@ class ModelDefaults:
     preview_size: int | None = None
     sampling: dict = field(default_factory=dict)
     reads: tuple[str, ...] | None = None  # the ModelConfig fields the builder reads (None: all); others warn
+    # checks `model.options` before anything loads; raises ValueError starting with the option's name
+    check_options: Callable[[dict[str, Any]], None] | None = None
 
 
-_BUILDERS: dict[str, Callable[[ModelConfig, SamplingConfig | None], Generator]] = {}
+# f(model_cfg, sampling, **model_cfg.options) -> Generator; its keyword parameters are the model's options
+Builder = Callable[..., Generator]
+_BUILDERS: dict[str, Builder] = {}
 _DEFAULTS: dict[str, ModelDefaults] = {}
 
 
-def register_generator(name: str, defaults: ModelDefaults | None = None):
-    """Decorator for a builder `f(model_cfg, sampling) -> Generator`."""
+def register_generator(name: str, defaults: ModelDefaults | None = None) -> Callable[[Builder], Builder]:
+    """Decorator for a builder `f(model_cfg, sampling, **options) -> Generator`, registered as `name`; the
+    keyword parameters after `sampling` are the model's `model.options`."""
 
-    def deco(fn):
+    def deco(fn: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"generator {name!r} is already registered")
         _BUILDERS[name] = fn
@@ -56,56 +69,64 @@ def register_generator(name: str, defaults: ModelDefaults | None = None):
     return deco
 
 
+def _load_builtins() -> None:
+    global _builtins_loaded
+    if not _builtins_loaded:
+        _builtins_loaded = True  # first: a built-in module may look names up while it registers
+        for mod in _BUILTIN_MODULES:
+            importlib.import_module(mod)
+
+
 def list_generators() -> list[str]:
+    """Sorted names of the registered generators (the built-ins are imported first)."""
+    _load_builtins()
     return sorted(_BUILDERS)
 
 
 def model_defaults(name: str) -> ModelDefaults:
+    """The reward, features, preview size and sampling that suit generator `name` (used for `auto`)."""
     _check_name(name)
     return _DEFAULTS[name]
 
 
+def builder(name: str) -> Builder:
+    """The builder registered as `name` (`ttsvar.config.validate` checks `model.options` against its
+    signature, less `cfg` and `sampling`)."""
+    _check_name(name)
+    return _BUILDERS[name]
+
+
+BUILDER_ARGS = ("cfg", "sampling")  # the builder's parameters that are not options
+
+
 def _check_name(name: str) -> None:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model.name {name!r}; available: {', '.join(list_generators())}")
+    if name not in list_generators():
+        raise ConfigError(f"model.name={name!r} is unknown; available: {', '.join(list_generators())}")
 
 
 def create_generator(cfg: ModelConfig | str, sampling: SamplingConfig | None = None, **overrides: Any) -> Generator:
+    """Build the generator `cfg.name` (or the name given) with `sampling`; `overrides` set `ModelConfig` fields
+    (or, for other keys, `cfg.options`). An unknown name raises `ConfigError` naming `model.name` and the
+    registered names."""
     if isinstance(cfg, str):
         cfg = ModelConfig(name=cfg)
+    cfg = replace(cfg, options=dict(cfg.options or {}))
+    names = {f.name for f in fields(ModelConfig)}
     for k, v in overrides.items():
-        setattr(cfg, k, v)
+        if k in names:
+            setattr(cfg, k, v)
+        else:
+            cfg.options[k] = v
     _check_name(cfg.name)
-    return _BUILDERS[cfg.name](cfg, sampling)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"model.device={device!r} but CUDA is not available here; use model.device=cpu")
-    return dev
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"model.dtype={dtype!r}; use auto, {', '.join(table)}")
-    return table[dtype]
+    return _BUILDERS[cfg.name](cfg, sampling, **cfg.options)
 
 
 def require_file(value: str | None, field_name: str, what: str) -> Path:
+    """The local path `value` of config field `field_name`, which must exist (`what` says what it holds)."""
     if not value:
-        raise ValueError(f"{field_name} is not set: give the local path of {what}")
+        raise ConfigError(f"{field_name} is not set: give the local path of {what}")
     path = Path(value).expanduser()
     if not path.exists():
         raise MissingFileError(f"{field_name}={value!r} does not exist: it should be {what}")
     return path
 
-
-# Importing the families registers their builders (explicit, not a star-import side effect).
-from ..testbed import model as _testbed_model  # noqa: E402,F401
-from .infinity import builders as _infinity_builders  # noqa: E402,F401

@@ -17,9 +17,10 @@ Two things differ from stock CLIP:
   that the prompt is correct, which is what a search reward needs.
 
 Who calls what: `train_clip` (the testbed training, and a seconds-long run in the tests) ->
-`save_shapes_clip`; `load_shapes_clip` -> `ShapesCLIP`, whose `score(images, prompts)` is the
-reward and `extract(images)` the clustering features; `evaluate_clip` (bench/bench_clip.py) measures
-retrieval and how well the score tracks the exact evaluator.
+`save_shapes_clip`; `load_shapes_clip` -> `ShapesCLIP`. That pair is the only loader and the only wrapper of
+this model: the `shapes-clip` reward (`rewards/shapes_clip.py`) and the `shapes-clip` clustering features
+(`rewards/features.py`) are thin adapters that load it here and set their own input `transform`;
+`evaluate_clip` (bench/bench_clip.py) measures retrieval and how well the score tracks the exact evaluator.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +43,10 @@ from safetensors.torch import load_file, save_file
 from scipy import ndimage
 from scipy.stats import rankdata
 
+from ttsvar.core.errors import MissingFileError
+from ttsvar.eval.geneval import check_metadata
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
-from ttsvar.testbed.geneval import check_metadata
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "shapes_clip.safetensors"
@@ -145,15 +147,17 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
-def load_shapes_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> ShapesCLIP:
+def load_shapes_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+                     dtype: torch.dtype = torch.float32) -> ShapesCLIP:
     """Load a saved shapes CLIP (default: the weights shipped in ``ttsvar/testbed/weights``), strictly."""
     path = Path(path if path is not None else DEFAULT_WEIGHTS).with_suffix("")
     wfile, cfile = path.with_suffix(".safetensors"), path.with_suffix(".json")
     for f in (wfile, cfile):
         if not f.is_file():
-            raise FileNotFoundError(
-                f"shapes CLIP file {f} not found; train one with ttsvar.testbed.clip.train_clip and "
-                "save_shapes_clip, or pass the path of an existing <name>.safetensors/<name>.json pair"
+            raise MissingFileError(
+                f"shapes CLIP file {f} not found; the shipped pair is in ttsvar/testbed/weights (rebuild it with "
+                "`python -m ttsvar.testbed.train`), or train one with ttsvar.testbed.clip.train_clip and "
+                "save_shapes_clip and pass the path of its <name>.safetensors/<name>.json pair"
             )
     with open(cfile, encoding="utf-8") as f:
         cfg = json.load(f)
@@ -173,7 +177,7 @@ def load_shapes_clip(path: str | os.PathLike | None = None, device: str | torch.
             f"{unexpected}, wrong shapes (file, config) {shapes}"
         )
     model.load_state_dict(state, strict=True)
-    return ShapesCLIP(model.to(device).eval(), cfg["preprocess_cfg"], record=cfg.get("training", {}))
+    return ShapesCLIP(model.to(device, dtype).eval(), cfg["preprocess_cfg"], record=cfg.get("training", {}))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -198,45 +202,63 @@ def _as_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return images
 
 
+# (images [B,3,H,W] in [0,1], device, dtype) -> the model's normalised input; `rewards.preprocess.ImageTransform`
+# has this signature
+Transform = Callable[[torch.Tensor, torch.device, torch.dtype], torch.Tensor]
+
+
 class ShapesCLIP:
     """A loaded shapes CLIP with the interfaces the engine uses.
 
     ``score(images, prompts)`` is the reward (rewards' interface: one float32 per image, on CPU, higher
     = better; it is the model's log-odds that the prompt is correct). ``extract(images)`` gives
-    L2-normalised image embeddings for clustering (search features' interface).
+    L2-normalised image embeddings for clustering (the feature extractors' interface).
+    ``transform`` (settable) replaces the input pipeline the model was trained with (`preprocess`).
     """
 
     name = "shapes-clip"
     input_size = 32
     needs_prompt = True
 
-    def __init__(self, model: open_clip.CLIP, preprocess_cfg: dict | None = None, record: dict | None = None):
+    def __init__(self, model: open_clip.CLIP, preprocess_cfg: dict | None = None, record: dict | None = None,
+                 transform: Transform | None = None):
         self.model = model.eval()
         self.preprocess_cfg = dict(preprocess_cfg or SHAPES_CLIP_PREPROCESS)
         self.tokenizer = ShapesTokenizer(model.context_length)
         self.record = record or {}
-        p = next(model.parameters())
-        self._mean = torch.tensor(self.preprocess_cfg["mean"], dtype=p.dtype, device=p.device).view(1, 3, 1, 1)
-        self._std = torch.tensor(self.preprocess_cfg["std"], dtype=p.dtype, device=p.device).view(1, 3, 1, 1)
+        self.transform = transform
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def image_size(self) -> int:
+        size = self.model.visual.image_size
+        return int(size[0] if isinstance(size, (tuple, list)) else size)
+
     def preprocess(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
         """Resize to 32x32 and normalise; input [B,3,H,W] in [0,1] (or uint8 numpy [B,H,W,3]).
 
         Shrinking uses area averaging (exact for integer factors: a 2x nearest-upsampled image comes
-        back unchanged), enlarging bilinear interpolation.
+        back unchanged), enlarging bilinear interpolation. A ``transform``, when set, runs instead.
         """
-        x = _as_tensor(images).to(self.device, self._mean.dtype)
+        if self.transform is not None:
+            return self.transform(_as_tensor(images), self.device, self.dtype)
+        x = _as_tensor(images).to(self.device, self.dtype)
         size = self.preprocess_cfg["size"]
         if x.shape[-2:] != (size, size):
             if x.shape[-2] >= size and x.shape[-1] >= size:
                 x = F.interpolate(x, size=(size, size), mode="area")
             else:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
-        return (x - self._mean) / self._std
+        mean = torch.tensor(self.preprocess_cfg["mean"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess_cfg["std"], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -245,8 +267,12 @@ class ShapesCLIP:
 
     @torch.inference_mode()
     def encode_texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """float32 [B, D] unit-norm text embeddings."""
-        return self.model.encode_text(self.tokenizer(prompts).to(self.device), normalize=True).float()
+        """float32 [B, D] unit-norm text embeddings; a prompt repeated in the batch (the search sends each
+        prompt once per candidate) is encoded once."""
+        unique = list(dict.fromkeys(prompts))
+        emb = self.model.encode_text(self.tokenizer(unique).to(self.device), normalize=True).float()
+        pos = {p: i for i, p in enumerate(unique)}
+        return emb[torch.tensor([pos[p] for p in prompts], dtype=torch.long, device=emb.device)]
 
     def extract(self, images: torch.Tensor | np.ndarray) -> np.ndarray:
         """float32 [B, D] image features for clustering."""

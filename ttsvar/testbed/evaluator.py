@@ -1,9 +1,7 @@
-"""GenEval-style evaluators: detect objects in an image, then apply GenEval's rules to the metadata.
+"""The exact evaluator of the shapes world, `ShapesEvaluator`, registered as evaluator `shapes`.
 
-`Evaluator` is the interface: a subclass supplies `detect(image, metadata) -> list[Detection]` and
-inherits `evaluate` (validation + `geneval.check_metadata`) and the batch helpers. `ShapesEvaluator` is
-the exact detector of the shapes world; the GenEval scoring runs plug the real GenEval detector
-(Mask2Former + CLIP colour classifier) into the same interface.
+It implements `ttsvar.eval.evaluator.Evaluator` (a detector; GenEval's rules come from `ttsvar.eval.geneval`).
+The evaluator registry (`ttsvar.eval.registry`) imports this module on its first lookup.
 
 ShapesEvaluator's detector, for one image:
 1. nearest-palette segmentation (`segment`): the background is the world background nearest to the
@@ -21,86 +19,16 @@ ShapesEvaluator's detector, for one image:
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
 
-from ttsvar.testbed.geneval import (
-    POSITION_THRESHOLD,
-    Detection,
-    check_metadata,
-    result_record,
-    validate_metadata,
-)
-from ttsvar.testbed.world import BACKGROUNDS, IMAGE_SIZE, MASKS, MAX_SIZE, MIN_SIZE, PALETTE, SHAPES
-
-
-@dataclass
-class EvalResult:
-    """Verdict on one image: ``reason`` is GenEval's text ("" when correct)."""
-
-    correct: bool
-    reason: str
-    detections: list[Detection] = field(default_factory=list)
-
-
-def _check_image(image: np.ndarray, where: str = "image") -> np.ndarray:
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        desc = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(
-            f"{where} must be a uint8 numpy array [H, W, 3] (RGB, 0-255), got {desc}; "
-            "convert a [3,H,W] float tensor in [0,1] with (x.permute(1,2,0)*255).round().byte().numpy()"
-        )
-    return image
-
-
-class Evaluator(ABC):
-    """Decides whether an image shows what its GenEval metadata asks for.
-
-    Subclasses implement `detect`; the engine, benchmarks and GenEval runs call `evaluate` or
-    `evaluate_batch`. ``classes``/``colors`` name the vocabulary the detector understands (``None`` =
-    anything), and metadata outside it is rejected before detection.
-    """
-
-    classes: tuple[str, ...] | None = None
-    colors: tuple[str, ...] | None = None
-    position_threshold: float = POSITION_THRESHOLD
-
-    @abstractmethod
-    def detect(self, image: np.ndarray, metadata: dict) -> list[Detection]:
-        """Objects in ``image`` (uint8 [H,W,3]); ``metadata`` lets a detector adapt (GenEval raises its
-        confidence threshold for counting prompts). Colours must be set when the metadata asks for them."""
-
-    def evaluate(self, image: np.ndarray, metadata: dict) -> EvalResult:
-        _check_image(image)
-        validate_metadata(metadata, "metadata", classes=self.classes, colors=self.colors)
-        detections = self.detect(image, metadata)
-        correct, reason = check_metadata(detections, metadata, self.position_threshold)
-        return EvalResult(correct, reason, detections)
-
-    def evaluate_batch(self, images: np.ndarray | Sequence[np.ndarray], metadata: Sequence[dict]) -> list[EvalResult]:
-        """One `EvalResult` per image; ``images`` is uint8 [B,H,W,3] or a list of [H,W,3]."""
-        if len(images) != len(metadata):
-            raise ValueError(f"got {len(images)} images but {len(metadata)} metadata objects; pass one per image")
-        return [self.evaluate(img, md) for img, md in zip(images, metadata)]
-
-    def evaluate_records(
-        self,
-        images: np.ndarray | Sequence[np.ndarray],
-        metadata: Sequence[dict],
-        filenames: Sequence[str] | None = None,
-    ) -> list[dict]:
-        """GenEval results lines (`geneval.result_record`) for a batch; feed them to `geneval.summarize`."""
-        results = self.evaluate_batch(images, metadata)
-        filenames = filenames if filenames is not None else [f"{i:05d}.png" for i in range(len(results))]
-        return [
-            result_record(name, md, r.correct, r.reason, r.detections)
-            for name, md, r in zip(filenames, metadata, results)
-        ]
-
+from ttsvar.eval.evaluator import EvalResult, Evaluator
+from ttsvar.eval.evaluator import check_image as _check_image
+from ttsvar.eval.geneval import POSITION_THRESHOLD, Detection, check_metadata, validate_metadata
+from ttsvar.eval.registry import register_evaluator
+from ttsvar.testbed.world import ALL_PROMPTS, BACKGROUNDS, IMAGE_SIZE, MASKS, MAX_SIZE, MIN_SIZE, PALETTE, SHAPES
 
 # ----------------------------------------------------------------------------------------------------
 # shapes-world detector
@@ -160,6 +88,7 @@ def _templates() -> tuple[np.ndarray, np.ndarray]:
 
 
 TEMPLATES, TEMPLATE_SHAPES = _templates()  # [N, 5] features, [N] index into SHAPES
+_BY_PROMPT = {m["prompt"].lower(): m for ms in ALL_PROMPTS.values() for m in ms}
 
 
 def classify_shape(mask: np.ndarray) -> tuple[str, float]:
@@ -198,6 +127,7 @@ def segment(image: np.ndarray) -> np.ndarray:
     return np.where(fg, best, -1)
 
 
+@register_evaluator("shapes")
 class ShapesEvaluator(Evaluator):
     """Exact evaluator of the shapes world (see the module docstring for the detector).
 
@@ -216,6 +146,13 @@ class ShapesEvaluator(Evaluator):
         self.min_area = min_area
         self.min_score = min_score
         self.position_threshold = position_threshold
+
+    def metadata_for(self, record: dict) -> dict | None:
+        """A manifest record's own metadata, else that of the shapes-world prompt with its text (a .txt prompt
+        file of world prompts)."""
+        md = super().metadata_for(record)
+        prompt = record.get("prompt")
+        return md if md is not None or not isinstance(prompt, str) else _BY_PROMPT.get(prompt.strip().lower())
 
     def detect(self, image: np.ndarray, metadata: dict | None = None) -> list[Detection]:
         return self._detect_labels(segment(_check_image(image)))

@@ -1,5 +1,8 @@
 """The embedded `shapes-tiny` generator: a tiny Infinity + BSQ-VAE + word encoder trained on the shapes
-world by `python -m ttsvar.testbed.train`, shipped inside the package (no files to find)."""
+world by `python -m ttsvar.testbed.train`, shipped inside the package (no files to find).
+
+Importing this module registers `shapes-tiny`; the generator registry names it in its `_BUILTIN_MODULES` and
+imports it on the first lookup (the models never import the testbed)."""
 
 from __future__ import annotations
 
@@ -8,14 +11,15 @@ from pathlib import Path
 
 import torch
 
-from ..errors import MissingFileError
-from ..generator import SamplingConfig
-from ..models.checkpoint import CheckpointError, load_strict, read_state_dict
+from ..core.checkpoint import CheckpointError, load_strict, read_state_dict
+from ..core.device import resolve_device
+from ..core.errors import MissingFileError
+from ..core.generator import SamplingConfig
 from ..models.infinity.generator import InfinityGenerator
 from ..models.infinity.model import Infinity, InfinityConfig
 from ..models.infinity.vae import BSQVAE, BSQVAEConfig
-from ..models.registry import ModelConfig, ModelDefaults, register_generator, resolve_device
-from ..text import WordEncoderConfig, WordTextEncoder
+from ..models.registry import ModelConfig, ModelDefaults, register_generator
+from ..models.text import WordEncoderConfig, WordTextEncoder
 
 WEIGHTS = Path(__file__).parent / "weights" / "shapes_tiny.safetensors"
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.checkpoint import load_strict, read_state_dict
+from ..core.checkpoint import load_strict, read_state_dict
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "shapes_reward.safetensors"
 N_COLORS, N_SHAPES = 6, 3  # the shapes world's palette and shapes (world.PALETTE, world.SHAPES), in order

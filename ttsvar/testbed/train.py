@@ -26,8 +26,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..models.infinity.generator import InfinityGenerator
 from ..models.infinity.model import Infinity, InfinityConfig
+from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
-from ..text import WordEncoderConfig, WordTextEncoder
+from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
 from .train_vae import autocast, evaluate_vae, reconstruction_score, train_vae
 
@@ -126,8 +127,8 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
     for step in range(tc.gen_steps):
         idx = torch.randint(0, len(prompts), (tc.gen_batch,), generator=g)
         grids = [b[idx].to(device).long() for b in bits]
-        x = gen.teacher_inputs(grids)  # [B,L-1,d]
-        target = gen.token_bits(grids)  # [B,L,d]
+        x = teacher_inputs(gen, grids)  # [B,L-1,d]
+        target = token_bits(gen, grids)  # [B,L,d]
         with kernel(), autocast(device, amp):
             feats, mask = text(ids_all[idx].to(device))
             drop = torch.rand(tc.gen_batch, generator=g).to(device) < tc.cond_drop
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(tc.seed)
     if args.skip_vae:
-        from ..models.checkpoint import read_state_dict
+        from ..core.checkpoint import read_state_dict
 
         vae = BSQVAE(vcfg)
         sd = read_state_dict(out / "shapes_tiny.safetensors")

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..generator import Rows, SamplingConfig
+from ..core.generator import Rows, SamplingConfig
+from ..eval.geneval import check_metadata
 from ..output import to_uint8
 from . import world
 from .evaluator import ShapesEvaluator
-from .geneval import check_metadata
 from .reward import (
     DEFAULT_WEIGHTS,
     DENSITY_SCALE,

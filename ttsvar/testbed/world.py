@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ttsvar.testbed.geneval import GENEVAL_TAGS, relative_position
+from ttsvar.eval.geneval import GENEVAL_TAGS, relative_position
 
 IMAGE_SIZE = 32
 PALETTE: dict[str, tuple[int, int, int]] = {

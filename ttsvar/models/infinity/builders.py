@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ...generator import SamplingConfig
-from ...text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
-from ..checkpoint import load_strict, read_state_dict
-from ..registry import (
-    ModelConfig,
-    ModelDefaults,
-    register_generator,
-    require_file,
-    resolve_device,
-    resolve_dtype,
-)
+from ...core.checkpoint import load_strict, read_state_dict
+from ...core.device import resolve_device, resolve_dtype
+from ...core.generator import SamplingConfig
+from ..registry import ModelConfig, ModelDefaults, register_generator, require_file
+from ..text import T5TextEncoder, WordEncoderConfig, WordTextEncoder
 from .generator import InfinityGenerator
 from .model import Infinity, InfinityConfig, official_state_dict_to_ours
 from .schedules import scale_schedule
@@ -27,13 +23,22 @@ def load_vae(path, config: BSQVAEConfig, device) -> BSQVAE:
     return load_bsq_vae(path, config, device=device)
 
 
+def check_released_options(options: dict) -> None:
+    """`model.options` of a released Infinity, checked before anything loads (errors start with the option)."""
+    h = options.get("h_div_w", 1.0)
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
+        raise ValueError(f"h_div_w={h!r}: must be a number > 0 (height / width)")
+    scale_schedule(h, options.get("pixels", "1M"))  # raises "pixels=...: not a known budget"
+
+
 def _released(cfg: ModelConfig, sampling: SamplingConfig | None, icfg: InfinityConfig, vcfg: BSQVAEConfig,
-              names: tuple[str, str]) -> InfinityGenerator:
+              names: tuple[str, str], vae_weights: str | None, text_encoder: str | None, h_div_w: float,
+              pixels: str) -> InfinityGenerator:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     wpath = require_file(cfg.weights, "model.weights", f"the Infinity checkpoint ({names[0]})")
-    vpath = require_file(cfg.vae_weights, "model.vae_weights", f"the BSQ-VAE checkpoint ({names[1]})")
-    tpath = require_file(cfg.text_encoder, "model.text_encoder", "a local flan-t5-xl directory")
+    vpath = require_file(vae_weights, "model.options.vae_weights", f"the BSQ-VAE checkpoint ({names[1]})")
+    tpath = require_file(text_encoder, "model.options.text_encoder", "a local flan-t5-xl directory")
     with torch.device("meta"):
         model = Infinity(icfg)
     model = load_strict(model, read_state_dict(wpath), wpath, official_state_dict_to_ours, assign=True)
@@ -41,19 +46,28 @@ def _released(cfg: ModelConfig, sampling: SamplingConfig | None, icfg: InfinityC
     model.cast_blocks(dtype)
     vae = load_vae(vpath, vcfg, device).eval().requires_grad_(False)
     text = T5TextEncoder(tpath, device=device)
-    return InfinityGenerator(model, vae, text, scale_schedule(cfg.h_div_w, cfg.pixels), sampling, device)
+    return InfinityGenerator(model, vae, text, scale_schedule(h_div_w, pixels), sampling, device)
 
 
-@register_generator("infinity-2b", ModelDefaults(reward="imagereward", features="dinov2", preview_size=224))
-def infinity_2b(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+_RELEASED = ModelDefaults(reward="imagereward", features="dinov2", preview_size=224,
+                          check_options=check_released_options)
+
+
+# model.options of a released Infinity: vae_weights (BSQ-VAE checkpoint), text_encoder (local flan-t5-xl
+# directory), h_div_w (aspect ratio, snapped to the templates), pixels (budget: 0.06M, 0.25M, 0.60M, 1M)
+@register_generator("infinity-2b", _RELEASED)
+def infinity_2b(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
+                text_encoder: str | None = None, h_div_w: float = 1.0, pixels: str = "1M") -> InfinityGenerator:
     return _released(cfg, sampling, InfinityConfig.infinity_2b(), BSQVAEConfig.infinity_d32(),
-                     ("infinity_2b_reg.pth", "infinity_vae_d32reg.pth"))
+                     ("infinity_2b_reg.pth", "infinity_vae_d32reg.pth"), vae_weights, text_encoder, h_div_w, pixels)
 
 
-@register_generator("infinity-8b", ModelDefaults(reward="imagereward", features="dinov2", preview_size=224))
-def infinity_8b(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
+@register_generator("infinity-8b", _RELEASED)
+def infinity_8b(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
+                text_encoder: str | None = None, h_div_w: float = 1.0, pixels: str = "1M") -> InfinityGenerator:
     return _released(cfg, sampling, InfinityConfig.infinity_8b(), BSQVAEConfig.infinity_d14_patchify(),
-                     ("infinity_8b_weights", "infinity_vae_d56_f8_14_patchify.pth"))
+                     ("infinity_8b_weights", "infinity_vae_d56_f8_14_patchify.pth"), vae_weights, text_encoder,
+                     h_div_w, pixels)
 
 
 def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = None, vocab=()) -> InfinityGenerator:

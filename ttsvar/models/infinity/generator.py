@@ -10,16 +10,16 @@ released sampler does). On the 8B configuration each transformer token carries 2
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...generator import Generator, GenState, Rows, SamplingConfig
-from ...sampling import row_uniforms, sample_categorical
-from ...text import TextEncoder
+from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig
+from ..sampling import row_uniforms, sample_categorical
+from ..text import TextEncoder
 from .model import Infinity, TextCond
 
 
@@ -54,6 +54,16 @@ def _cat_cond(parts: Sequence[TextCond]) -> TextCond:
                     torch.cat([_pad_T(c.text_mask, T, 1, False) for c in parts]))
 
 
+def scale_input(vae, summed: torch.Tensor, vae_size: tuple[int, int], patchify: bool) -> torch.Tensor:
+    """Accumulated codes [B,d,H,W] -> the input tokens of the scale whose VAE grid is `vae_size`
+    [B,h*w,d_vae]. Sampling (`InfinityGenerator.step`) and teacher forcing (`training.teacher_inputs`) share it,
+    so a model is trained on exactly the inputs it samples from."""
+    x = vae.upsample_codes(summed, vae_size)  # [B,d,h',w']
+    if patchify:
+        x = F.pixel_unshuffle(x, 2)  # [B,4d,h,w]
+    return x.flatten(2).transpose(1, 2)  # [B,h*w,d_vae]
+
+
 class InfinityGenerator(Generator):
     """Drives an `Infinity` transformer and a BSQ-VAE scale by scale.
 
@@ -81,8 +91,15 @@ class InfinityGenerator(Generator):
 
     def set_sampling(self, sampling: SamplingConfig) -> None:
         """Called once per job (like a scheduler's set_timesteps) before `start`."""
-        self.sampling = sampling
-        self.cfg_list, self.tau_list = sampling.per_scale(self.num_scales)
+        cfg, tau = sampling.per_scale(self.num_scales)  # validate first: a bad config leaves the old one in place
+        self.sampling, self.cfg_list, self.tau_list = sampling, cfg, tau
+
+    def _cfg_pairs(self) -> bool:
+        # one answer for all scales: if any scale guides, the unconditional rows need their caches from scale 0
+        return any(c != 1 for c in self.cfg_list)
+
+    def forward_rows_per_candidate(self, k: int) -> int:
+        return 2 if self._cfg_pairs() else 1
 
     def check_prompt(self, prompt: str) -> None:
         check = getattr(self.text_encoder, "check_prompt", None)
@@ -96,20 +113,20 @@ class InfinityGenerator(Generator):
         tokens = sum(h * w for h, w in self.scale_schedule[: scale + 1])
         blocks = self.model.blocks
         item = blocks[0].sa.mat_qkv.weight.element_size() if blocks else 4
-        pairs = 2 if any(c != 1 for c in self.cfg_list) else 1
+        pairs = self.forward_rows_per_candidate(scale)
         H, W = self.vae_schedule[-1]
         return pairs * cfg.depth * 2 * tokens * cfg.embed_dim * item + cfg.codebook_dim * H * W * 4
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @torch.inference_mode()
-    def start(self, prompts: Sequence[str] | Mapping[int, str], rows: Rows) -> InfinityState:
+    def start(self, prompts: Prompts, rows: Rows) -> InfinityState:
         texts = [prompts[int(i)] for i in rows.prompt_index]
         uniq = list(dict.fromkeys(texts))
         feats, mask = self.text_encoder.encode(uniq)
         where = torch.tensor([uniq.index(t) for t in texts], device=feats.device)
         feats, mask = feats[where].to(self.device), mask[where].to(self.device)
-        cfg_pairs = any(c != 1 for c in self.cfg_list)
+        cfg_pairs = self._cfg_pairs()
         if cfg_pairs:
             lens = mask.sum(1)
             un = self.model.uncond_text(lens, feats.shape[1]).to(feats.dtype)
@@ -160,30 +177,7 @@ class InfinityGenerator(Generator):
         return grid
 
     def _next_input(self, summed: torch.Tensor, si: int) -> torch.Tensor:
-        """Accumulated codes [B,d,H,W] -> the input tokens of scale si [B,h*w,d_vae]."""
-        x = self.vae.upsample_codes(summed, self.vae_schedule[si])  # [B,d,h',w']
-        if self.patchify:
-            x = F.pixel_unshuffle(x, 2)  # [B,4d,h,w]
-        return x.flatten(2).transpose(1, 2)  # [B,h*w,d_vae]
-
-    def teacher_inputs(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-scale VAE bit grids [B,h',w',d] (as `BSQVAE.encode_bits` returns them) -> the inputs of
-        scales 1..S-1 [B,L-1,d_vae], built exactly as `step` builds them while sampling (for training)."""
-        final, summed, xs = self.vae_schedule[-1], None, []
-        for si in range(self.num_scales - 1):
-            up = self.vae.upsample_codes(self.vae.bits_to_codes(bits[si]).float(), final)
-            summed = up if summed is None else summed + up
-            xs.append(self._next_input(summed, si + 1))
-        return torch.cat(xs, 1)
-
-    def token_bits(self, bits: Sequence[torch.Tensor]) -> torch.Tensor:
-        """Per-scale VAE bit grids -> the transformer's targets [B,L,bits per token] (inverse of `_vae_grid`)."""
-        out = []
-        for grid in bits:
-            if self.patchify:
-                grid = F.pixel_unshuffle(grid.permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)  # [B,h,w,4d]
-            out.append(grid.reshape(grid.shape[0], -1, grid.shape[-1]))
-        return torch.cat(out, 1)
+        return scale_input(self.vae, summed, self.vae_schedule[si], self.patchify)
 
     @torch.inference_mode()
     def preview(self, state: InfinityState, size: int | None = None, rows=None) -> torch.Tensor:

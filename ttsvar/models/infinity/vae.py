@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ttsvar.models.checkpoint import CheckpointError, load_strict, read_state_dict
+from ttsvar.core.checkpoint import CheckpointError, load_strict, read_state_dict
 
 # ----------------------------------------------------------------------------- layers
 

@@ -11,7 +11,7 @@
       OutputWriteError               a write failed during the job (what was lost, how to redo it)
 
 Errors of other packages that are bad input too are subclasses of `InputError` where that is cheap
-(`ttsvar.models.checkpoint.CheckpointError`, `ttsvar.testbed.geneval.MetadataError`); `cluster.ClusterError`
+(`ttsvar.core.checkpoint.CheckpointError`, `ttsvar.eval.geneval.MetadataError`); `cluster.ClusterError`
 derives from `TtsvarError`. The command line prints one line for each of them (a traceback only with
 `--debug`) and exits with `exit_code`.
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from search.features import create_features, first_pc_projection, list_features
-from ttsvar.models.checkpoint import CheckpointError
+from rewards.features import create_features, first_pc_projection, list_features
+from ttsvar.core.checkpoint import CheckpointError
 
 TINY_VIT = dict(depth=1, embed_dim=32, num_heads=2)
 VIT_NAME = "vit_small_patch14_reg4_dinov2"
@@ -178,3 +178,33 @@ def test_inception_pool_features_match_the_model_and_drop_torchvision_aux_logits
     got = fx.extract(images)
     assert got.shape == (1, 2048) and fx.dim == 2048
     np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_shapes_clip_reward_and_features_adapt_the_testbed_loader_with_unchanged_outputs(tmp_path):
+    """Both `shapes-clip` adapters load through `ttsvar.testbed.clip.load_shapes_clip` and give what the generic
+    open_clip paths they replaced give on the same file: CLIPScore with the model's logit scale (area squash) and
+    the `clip` features."""
+    import json
+
+    from rewards import create_reward
+    from rewards.clip_score import CLIPScore
+    from ttsvar.testbed.clip import ShapesTokenizer, build_shapes_clip, save_shapes_clip
+
+    torch.manual_seed(0)
+    weights, config = save_shapes_clip(build_shapes_clip(), tmp_path / "mini", {})
+    cfg = json.loads(config.read_text())["model_cfg"]
+    images = torch.rand(5, 3, 48, 40)
+    prompts = ["a photo of a red circle", "a photo of two squares", "a photo of a red circle",
+               "a photo of a blue triangle", "a photo of two squares"]
+
+    fx = create_features("shapes-clip", weights=str(weights), device="cpu", batch_size=2)
+    generic = create_features("clip", weights=str(weights), model_cfg=cfg, device="cpu")
+    assert fx.dim == generic.dim == cfg["embed_dim"]
+    np.testing.assert_allclose(fx.extract(images), generic.extract(images), rtol=0, atol=1e-6)
+
+    reward = create_reward("shapes-clip", weights=str(weights))
+    clip_score = CLIPScore(model="shapes-clip", pretrained=str(weights), model_config=cfg,
+                           tokenizer=ShapesTokenizer(), scale="model",
+                           preprocess_cfg={"interpolation": "area", "resize_mode": "squash"})
+    torch.testing.assert_close(reward.score(images, prompts), clip_score.score(images, prompts), rtol=0, atol=1e-5)
+    assert reward.device == torch.device("cpu") and reward.score_scale == 4.42

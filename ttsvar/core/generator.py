@@ -2,7 +2,8 @@
 
 A search drives a generator one scale at a time, like a diffusers pipeline drives a scheduler:
 
-    state = gen.start(prompts, rows)            # rows: prompt index, candidate id, seed per row
+    gen.set_sampling(sampling)                  # once per job: cfg / tau per scale, top-k, top-p
+    state = gen.start(prompts, rows)            # prompts: {prompt index: text}; rows: index, candidate id, seed
     for k in range(gen.num_scales):
         state = gen.step(state)                 # sample scale k for every row (CFG inside)
         if k is a decision scale:
@@ -14,13 +15,17 @@ States of rows at the same scale can be packed together (`concat`) and cut into 
 (`split`). Sampling randomness of a row depends only on (seed, candidate id, scale), so a row's output
 never depends on which rows share its batch. Who calls what: the engine (`ttsvar/engine.py`) or a Ray
 actor (`cluster/`) calls every method; search strategies never see a state, only `Rows` ids and arrays.
+
+Compute accounting: a row at scale k costs `tokens_at_scale(k) * forward_rows_per_candidate(k)` transformer
+token forwards (the engine's `token_forwards` counter); `state_bytes_per_row(k)` sizes work units.
+`tests/test_generator.py` checks this contract on every registered generator.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -100,7 +105,6 @@ class SamplingConfig:
     tau: float | list[float] = 0.5  # temperature
     top_k: int = 900  # 0 = off; on bitwise heads each bit has only 2 choices, so top_k >= 2 is a no-op
     top_p: float = 0.97  # 0 = off
-    extra: dict = field(default_factory=dict)  # model-specific options
 
     def per_scale(self, num_scales: int) -> tuple[list[float], list[float]]:
         cfg = _per_scale(self.cfg, num_scales, "cfg")
@@ -112,6 +116,10 @@ class SamplingConfig:
         if self.top_k < 0:
             raise ValueError(f"sampling.top_k must be >= 0, got {self.top_k}")
         return cfg, tau
+
+
+# What `Generator.start` reads prompts from: prompt index -> text (a list maps its positions).
+Prompts = Mapping[int, str] | Sequence[str]
 
 
 class GenState(ABC):
@@ -135,10 +143,26 @@ class Generator(ABC):
     def num_scales(self) -> int:
         return len(self.scale_schedule)
 
+    @abstractmethod
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Use `sampling` from the next `start` on (like a diffusers scheduler's `set_timesteps`): called once
+        per job. Raises ValueError (naming `sampling.<field>`) for per-scale lists of the wrong length."""
+
     def tokens_at_scale(self, k: int) -> int:
-        """Transformer tokens one row forwards at scale k (for compute accounting)."""
+        """Transformer tokens one forward row computes at scale k: the h * w of the scale's token grid."""
         h, w = self.scale_schedule[k]
         return h * w
+
+    @abstractmethod
+    def forward_rows_per_candidate(self, k: int) -> int:
+        """Rows the transformer forwards per candidate row at scale k under the current sampling: 2 with
+        classifier-free guidance (a conditional and an unconditional row), 1 without. The engine's compute
+        counters multiply it with `tokens_at_scale(k)`."""
+
+    def state_bytes_per_row(self, k: int) -> int | None:
+        """About the bytes one candidate row holds once scale k is sampled (caches, latents), or None when
+        unknown; `ttsvar.jobs.check_memory` sizes work units with it."""
+        return None
 
     def check_prompt(self, prompt: str) -> None:
         """Raise ValueError if the generator cannot read `prompt` (words its text encoder does not know, too
@@ -146,8 +170,10 @@ class Generator(ABC):
         return None
 
     @abstractmethod
-    def start(self, prompts: Sequence[str], rows: Rows) -> GenState:
-        """New paths: row i is conditioned on prompts[rows.prompt_index[i]] (prompts indexed by prompt_index)."""
+    def start(self, prompts: Prompts, rows: Rows) -> GenState:
+        """New paths at scale 0: row i is conditioned on prompts[rows.prompt_index[i]]. The engine passes
+        {prompt index: text} holding only the prompts of one work unit (indices are lines of the job's prompt
+        file, not positions); a list is the same mapping with positions as indices."""
 
     @abstractmethod
     def step(self, state: GenState) -> GenState:

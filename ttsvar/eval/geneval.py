@@ -16,8 +16,8 @@ This module holds what every GenEval-style evaluation shares, whatever finds the
   (`summarize`: per-tag accuracy, overall = mean over tags);
 * GenEval's image folder layout (`write_sample_folder`, `iter_sample_folder`).
 
-Callers: `ttsvar.testbed.evaluator` (the exact shapes-world evaluator) and, later, the real GenEval
-detector runs, which plug a different `detect` into the same rules.
+Callers: `ttsvar.eval.evaluator.Evaluator` (every evaluator applies these rules to its detections: the
+testbed's exact `shapes` evaluator and, later, the real GenEval detector) and `ttsvar.eval.evaluate`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
+from ..core.errors import InputError
 
 GENEVAL_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_COLORS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")

@@ -1,9 +1,13 @@
 """Semantic features of decoded previews, for TTS-VAR's clustering-based diversity search.
 
+    from rewards import create_features
     fx = create_features("dinov2", weights="/models/dinov2_vitl14_reg4.safetensors", mode="pca")
     feats = fx.extract(images)   # images: torch [B, 3, H, W] in [0, 1] -> np.float32 [B, fx.dim]
 
-The engine calls `extract` on the previews of one decision scale; strategies only see the numpy result.
+They live beside the rewards (not in `search`) because both are image models behind a registry, loaded from
+local files with the same checkpoint code; `search` stays numpy-only. The engine calls `extract` on the
+previews of one decision scale; strategies only see the numpy result.
+
 Weights come from a local file named by the user (safetensors, or a tensors-only torch pickle); nothing
 is downloaded. Architectures come from timm / open_clip; a wrong or incomplete file raises an error naming
 the file and the keys.
@@ -30,11 +34,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ttsvar.errors import MissingFileError
-from ttsvar.models.checkpoint import load_strict, read_state_dict
+from rewards.base import parse_dtype
+from ttsvar.core.checkpoint import load_strict, read_state_dict
+from ttsvar.core.errors import MissingFileError
 
 _FEATURES: dict[str, type[FeatureExtractor]] = {}
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def register_features(name: str) -> Callable[[type], type]:
@@ -90,14 +94,12 @@ class FeatureExtractor(ABC):
     dim: int  # feature size F
 
     def __init__(self, device: str | torch.device | None, dtype: str, batch_size: int) -> None:
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype: {dtype!r} is not one of {list(_DTYPES)}")
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size: {batch_size!r} must be a positive integer")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
+        self.dtype = parse_dtype(dtype)
         self.batch_size = batch_size
 
     @abstractmethod
@@ -213,8 +215,8 @@ class DINOv2Features(FeatureExtractor):
 class CLIPFeatures(FeatureExtractor):
     """open_clip image embeddings (L2-normalised unless `normalize=False`).
 
-    The architecture is `model_cfg` (an open_clip model config dict: embed_dim, vision_cfg, text_cfg; used by
-    the testbed's tiny CLIP) or else the open_clip config named `model_name`. Previews are resized (bicubic,
+    The architecture is `model_cfg` (an open_clip model config dict: embed_dim, vision_cfg, text_cfg; for tiny
+    or custom towers) or else the open_clip config named `model_name`. Previews are resized (bicubic,
     shorter side) and centre-cropped to the tower's image size, then normalised with the config's
     `preprocess_cfg` mean/std (OpenAI's by default). Only the image tower is kept after loading.
     """
@@ -241,17 +243,29 @@ class CLIPFeatures(FeatureExtractor):
         cls = open_clip.CustomTextCLIP if cfg.pop("custom_text", False) else open_clip.CLIP
         visual = _load_on_meta(lambda: cls(**cfg), path, adapt=_adapt_open_clip, keep=lambda m: m.visual)
         self.visual = self._to(visual)
-        size = visual.image_size
-        self.image_size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-        self.mean = preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        self.std = preprocess.get("std", open_clip.OPENAI_DATASET_STD)
+        self.transform = CLIPInput(visual.image_size, preprocess.get("mean", open_clip.OPENAI_DATASET_MEAN),
+                                   preprocess.get("std", open_clip.OPENAI_DATASET_STD))
         self.normalize = normalize
         self.dim = visual.output_dim
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = _resize_shorter_center_crop(images, self.image_size)
-        emb = self.visual(_normalize(x, self.mean, self.std).to(self.dtype)).float()
+        emb = self.visual(self.transform(images, self.device, self.dtype)).float()
         return F.normalize(emb, dim=-1) if self.normalize else emb
+
+
+class CLIPInput:
+    """What `CLIPFeatures` feeds an open_clip image tower: the shorter side resized (bicubic, antialiased), a
+    centre crop to the tower's size, mean/std normalisation. Callable as ``(images, device, dtype)``, the
+    signature of `rewards.preprocess.ImageTransform` and of `ttsvar.testbed.clip.ShapesCLIP`'s transform."""
+
+    def __init__(self, image_size: int | tuple[int, int] | list[int], mean: Any, std: Any) -> None:
+        self.image_size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
+        self.mean, self.std = mean, std
+
+    def __call__(self, images: torch.Tensor, device: torch.device | None = None,
+                 dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        x = _resize_shorter_center_crop(images.to(device, torch.float32), self.image_size)
+        return _normalize(x, self.mean, self.std).to(dtype)
 
 
 @register_features("inception")
@@ -313,17 +327,32 @@ def _adapt_inception(state_dict: dict, model: nn.Module) -> dict:
 
 
 @register_features("shapes-clip")
-class ShapesCLIPFeatures(CLIPFeatures):
-    """Image embeddings of the testbed's tiny CLIP (shipped with ttsvar): `shapes-tiny`'s clustering features."""
+class ShapesCLIPFeatures(FeatureExtractor):
+    """Image embeddings of the testbed's tiny CLIP (shipped with ttsvar): `shapes-tiny`'s clustering features.
 
-    def __init__(self, weights: str | Path | None = None, **kw: Any) -> None:
-        import json
+    A thin adapter: `ttsvar.testbed.clip.load_shapes_clip` loads and runs the model (the `shapes-clip` reward
+    adapts the same loader); this class only chooses the input transform. `weights`: the `.safetensors` of a
+    saved shapes CLIP, with its `.json` beside it (default: the shipped pair).
+    """
 
-        from ttsvar.testbed.clip import DEFAULT_WEIGHTS
+    def __init__(
+        self,
+        weights: str | Path | None = None,
+        device: str | torch.device | None = None,
+        dtype: str = "float32",
+        batch_size: int = 32,
+    ) -> None:
+        super().__init__(device, dtype, batch_size)
+        import open_clip
 
-        path = Path(weights) if weights else DEFAULT_WEIGHTS
-        meta = path.with_suffix(".json")
-        if not meta.is_file():
-            raise FileNotFoundError(f"shapes-clip config not found: {meta}; "
-                                    "rebuild it with `python -m ttsvar.testbed.train`")
-        super().__init__(weights=path, model_cfg=json.loads(meta.read_text())["model_cfg"], **kw)
+        from ttsvar.testbed.clip import load_shapes_clip
+
+        self.clip = load_shapes_clip(weights, self.device, self.dtype)
+        # CLIPFeatures' input: bicubic resize and OpenAI CLIP's statistics, not the shapes-world ones the model was
+        # trained with; kept because the clustering results in docs/ were measured with it
+        visual = self.clip.model.visual
+        self.clip.transform = CLIPInput(visual.image_size, open_clip.OPENAI_DATASET_MEAN, open_clip.OPENAI_DATASET_STD)
+        self.dim = int(visual.output_dim)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.clip.encode_images(images)

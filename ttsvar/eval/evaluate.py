@@ -1,8 +1,8 @@
-"""Exact GenEval-style scoring of a job's output directory on the shapes testbed.
+"""GenEval-style scoring of a job's output directory with any registered evaluator.
 
-Reads `manifest.jsonl`, takes each prompt's GenEval metadata (from the .jsonl prompt file, or looked up
-by prompt text among the shapes world's prompts), judges the best image with `ShapesEvaluator`, and
-writes `geneval_results.jsonl` (GenEval's results format) and `geneval_summary.json`.
+Reads `manifest.jsonl`, takes each prompt's GenEval metadata (`Evaluator.metadata_for`: from the .jsonl
+prompt file, or looked up by the evaluator), judges the best image, and writes `geneval_results.jsonl`
+(GenEval's results format) and `geneval_summary.json`. `ttsvar evaluate DIR --evaluator NAME` calls it.
 """
 
 from __future__ import annotations
@@ -12,22 +12,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import ManifestError, OutputError
+from ..core.errors import ManifestError, OutputError
 from ..output import OutputDir, atomic_write_json
-from . import world
-from .evaluator import Evaluator, ShapesEvaluator
+from .evaluator import Evaluator
 from .geneval import summarize, write_results
-
-
-def metadata_for(record: dict) -> dict | None:
-    md = record.get("metadata")
-    if md and "include" in md:
-        return md
-    prompt = record.get("prompt")
-    return _BY_PROMPT.get(prompt.strip().lower()) if isinstance(prompt, str) else None
-
-
-_BY_PROMPT = {m["prompt"].lower(): m for ms in world.ALL_PROMPTS.values() for m in ms}
+from .registry import create_evaluator
 
 
 def _read_image(out: OutputDir, rec: dict) -> np.ndarray:
@@ -41,20 +30,21 @@ def _read_image(out: OutputDir, rec: dict) -> np.ndarray:
                             "on this output.dir to redo the prompt") from None
 
 
-def evaluate_output_dir(root: str | Path, evaluator: Evaluator | None = None) -> dict:
-    """Judge the best image of every finished prompt of a job's output.dir. Raises `ttsvar.errors.InputError`
-    subclasses, naming the file or line, for a path that is not an output.dir, a damaged manifest line or an
-    unreadable image."""
+def evaluate_output_dir(root: str | Path, evaluator: Evaluator | str = "shapes") -> dict:
+    """Judge the best image of every finished prompt of a job's output.dir with `evaluator` (an instance or a
+    registered name). Returns {"summary": GenEval's summary, "results_path": ...}. Raises `ttsvar.core.errors`
+    input errors: `ConfigError` for an unknown evaluator name (before reading anything), and, naming the file or
+    line, for a path that is not an output.dir, a damaged manifest line or an unreadable image."""
+    ev = create_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
     out = OutputDir(root, create=False)
     if not out.manifest.is_file():
         raise OutputError(f"{out.root} has no {out.manifest.name}: give the output.dir of a `ttsvar run` job")
     records = sorted(out.records(strict=True), key=lambda r: r["index"])
     if not records:
         raise ManifestError(f"{out.manifest} has no finished prompts to evaluate")
-    ev = evaluator or ShapesEvaluator()
     results, skipped = [], []
     for rec in records:
-        md = metadata_for(rec)
+        md = ev.metadata_for(rec)
         if md is None:
             skipped.append(rec["index"])
             continue
@@ -62,7 +52,7 @@ def evaluate_output_dir(root: str | Path, evaluator: Evaluator | None = None) ->
         results.extend(ev.evaluate_records(img[None], [md], [rec["image"]]))
     if not results:
         raise ManifestError(f"none of the {len(records)} prompts in {out.manifest} has GenEval metadata; run the job "
-                         "from a GenEval-format .jsonl prompt file")
+                            "from a GenEval-format .jsonl prompt file")
     path = out.root / "geneval_results.jsonl"
     write_results(path, results)
     summary = summarize(results)

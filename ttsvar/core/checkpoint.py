@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import InputError
+from .errors import InputError
 
 
 class CheckpointError(InputError):

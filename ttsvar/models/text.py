@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .errors import MissingFileError
+from ..core.errors import MissingFileError
 
 
 class TextEncoder(ABC):
