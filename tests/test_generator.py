@@ -15,6 +15,7 @@ from ttsvar.models.infinity.vae import BSQVAE, BSQVAEConfig
 from ttsvar.models.registry import create_generator, list_generators
 from ttsvar.models.sampling import filter_logits, row_uniforms, sample_categorical
 from ttsvar.models.text import WordEncoderConfig, WordTextEncoder
+from ttsvar.models.var.builders import tiny_random as var_tiny_random
 
 PROMPTS = {0: "a photo of a red circle", 1: "a photo of two squares", 2: "a blue triangle above a circle"}
 
@@ -209,6 +210,7 @@ def test_forward_rows_per_candidate_counts_the_rows_the_transformer_forwards(gen
 
 CONTRACT_SAMPLING = SamplingConfig(cfg=2.0, tau=1.0, top_k=0, top_p=0.0)
 CONTRACT_PROMPTS = {3: "a photo of a red circle", 8: "a photo of two blue squares"}  # indices are not positions
+CLASS_PROMPTS = {3: "3", 8: "8"}  # class-conditional generators read class indices
 
 
 def _randomized(g: InfinityGenerator, seed: int = 1) -> InfinityGenerator:
@@ -238,15 +240,21 @@ CONTRACT_BUILDS = {
     "infinity-8b": lambda: _released_layout(patchify=True),
     "infinity-tiny-random": lambda: _randomized(create_generator("infinity-tiny-random", device="cpu")),
     "shapes-tiny": lambda: create_generator("shapes-tiny", device="cpu"),
+    # the released VAR builders need the checkpoints; the tiny model has their layout (per-block AdaLN for
+    # d16-d30, shared AdaLN for d36) and the same classes and code path
+    **{f"var-d{d}": (lambda: var_tiny_random(shared_aln=False)) for d in (16, 20, 24, 30)},
+    "var-d36": lambda: var_tiny_random(shared_aln=True),
+    "var-tiny-random": lambda: create_generator("var-tiny-random", device="cpu"),
 }
+CONTRACT_PROMPTS_OF = {name: CLASS_PROMPTS for name in CONTRACT_BUILDS if name.startswith("var-")}
 
 
 def test_every_registered_generator_is_in_the_contract_tests():
     assert sorted(CONTRACT_BUILDS) == list_generators()
 
 
-def _finish(gen: Generator, r: Rows) -> torch.Tensor:
-    state = gen.start(CONTRACT_PROMPTS, r)
+def _finish(gen: Generator, r: Rows, prompts) -> torch.Tensor:
+    state = gen.start(prompts, r)
     while state.scale < gen.num_scales:
         state = gen.step(state)
     return gen.finish(state)
@@ -261,16 +269,20 @@ class TestGeneratorContract:
         gen.set_sampling(CONTRACT_SAMPLING)
         return gen
 
-    def test_is_a_generator(self, g):
+    @pytest.fixture
+    def prompts(self, request) -> dict[int, str]:
+        return CONTRACT_PROMPTS_OF.get(request.node.callspec.params["g"], CONTRACT_PROMPTS)
+
+    def test_is_a_generator(self, g, prompts):
         assert isinstance(g, Generator)
         assert g.num_scales == len(g.scale_schedule) >= 2
         assert isinstance(g.device, torch.device)
-        for p in CONTRACT_PROMPTS.values():
+        for p in prompts.values():
             assert g.check_prompt(p) is None
 
-    def test_start_step_finish(self, g):
+    def test_start_step_finish(self, g, prompts):
         r = Rows([8, 3, 8], [0, 0, 1], [7, 7, 7])
-        state = g.start(CONTRACT_PROMPTS, r)
+        state = g.start(prompts, r)
         assert isinstance(state, GenState) and len(state) == 3 and state.scale == 0
         np.testing.assert_array_equal(state.rows.prompt_index, [8, 3, 8])
         for k in range(g.num_scales):
@@ -285,8 +297,8 @@ class TestGeneratorContract:
         assert torch.isfinite(img).all() and img.min() >= 0 and img.max() <= 1
         torch.testing.assert_close(g.finish(state, rows=[2, 0]), img[[2, 0]], rtol=0, atol=1e-5)
 
-    def test_preview(self, g):
-        state = g.start(CONTRACT_PROMPTS, Rows([3, 8], [0, 0], [1, 1]))
+    def test_preview(self, g, prompts):
+        state = g.start(prompts, Rows([3, 8], [0, 0], [1, 1]))
         with pytest.raises(ValueError):
             g.preview(state)  # nothing sampled yet
         state = g.step(state)
@@ -295,8 +307,8 @@ class TestGeneratorContract:
         assert g.preview(state, size=16).shape == (2, 3, 16, 16)
         torch.testing.assert_close(g.preview(state, rows=[1]), full[1:], rtol=0, atol=1e-5)
 
-    def test_row_bookkeeping(self, g):
-        state = g.step(g.start(CONTRACT_PROMPTS, Rows([3, 8, 3], [0, 1, 2], [5, 5, 5])))
+    def test_row_bookkeeping(self, g, prompts):
+        state = g.step(g.start(prompts, Rows([3, 8, 3], [0, 1, 2], [5, 5, 5])))
         picked = g.select(state, [2, 2, 0], candidate_id=np.array([2, 9, 0]))
         assert len(picked) == 3 and picked.scale == 1
         assert picked.rows.prompt_index.tolist() == [3, 3, 3] and picked.rows.candidate_id.tolist() == [2, 9, 0]
@@ -307,7 +319,7 @@ class TestGeneratorContract:
         keys = g.row_keys(g.select(state, [1, 1]))
         assert keys is None or (len(keys) == 2 and keys[0] == keys[1])
 
-    def test_compute_accounting(self, g):
+    def test_compute_accounting(self, g, prompts):
         from ttsvar.engine import Worker, WorkUnit
 
         tokens = [g.tokens_at_scale(k) for k in range(g.num_scales)]
@@ -319,7 +331,7 @@ class TestGeneratorContract:
                 n = 2
                 plan = SearchPlan((n,) * g.num_scales, frozenset(), frozenset(), ())
                 worker = Worker(g, lambda images, prompts: torch.zeros(len(images)), None, plan)
-                report = worker.start(WorkUnit(0, [3, 8], [CONTRACT_PROMPTS[3], CONTRACT_PROMPTS[8]], [1, 2]))
+                report = worker.start(WorkUnit(0, [3, 8], [prompts[3], prompts[8]], [1, 2]))
                 assert report.final
                 for p in (3, 8):
                     assert report.counters[p]["token_forwards"] == n * per_row * sum(tokens)
@@ -330,23 +342,23 @@ class TestGeneratorContract:
         assert all(s is None for s in sizes) or all(isinstance(s, int) and s > 0 for s in sizes)
         assert sizes == sorted(sizes) or None in sizes  # a row only grows as scales are sampled
 
-    def test_set_sampling(self, g):
+    def test_set_sampling(self, g, prompts):
         r = Rows([3, 8, 3, 8], [0, 0, 1, 1], [4, 4, 4, 4])
-        base = _finish(g, r)
+        base = _finish(g, r, prompts)
         try:
             g.set_sampling(SamplingConfig(cfg=2.0, tau=0.05, top_k=0, top_p=0.0))
-            cold = _finish(g, r)
+            cold = _finish(g, r, prompts)
             with pytest.raises(ValueError, match="sampling.cfg"):
                 g.set_sampling(SamplingConfig(cfg=[1.0] * (g.num_scales + 1)))
-            assert torch.equal(_finish(g, r), cold)  # a rejected config leaves the last one in place
+            assert torch.equal(_finish(g, r, prompts), cold)  # a rejected config leaves the last one in place
         finally:
             g.set_sampling(CONTRACT_SAMPLING)
         assert not torch.equal(base, cold)  # takes effect from the next start
-        assert torch.equal(_finish(g, r), base)
+        assert torch.equal(_finish(g, r, prompts), base)
 
-    def test_determinism_under_seeds(self, g):
+    def test_determinism_under_seeds(self, g, prompts):
         r = Rows([3, 8], [0, 0], [11, 11])
-        a = _finish(g, r)
-        assert torch.equal(a, _finish(g, r))  # the same seeds draw the same images
-        assert not torch.equal(a, _finish(g, Rows([3, 8], [0, 0], [12, 12])))  # another seed, other images
-        assert not torch.equal(a, _finish(g, Rows([3, 8], [5, 5], [11, 11])))  # another candidate id too
+        a = _finish(g, r, prompts)
+        assert torch.equal(a, _finish(g, r, prompts))  # the same seeds draw the same images
+        assert not torch.equal(a, _finish(g, Rows([3, 8], [0, 0], [12, 12]), prompts))  # another seed, other images
+        assert not torch.equal(a, _finish(g, Rows([3, 8], [5, 5], [11, 11]), prompts))  # another candidate id too

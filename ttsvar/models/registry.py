@@ -21,7 +21,7 @@ from ..core.errors import ConfigError, MissingFileError
 from ..core.generator import Generator, SamplingConfig
 
 # Modules whose @register_generator decorators define the built-in names, imported on first lookup.
-_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.testbed.model")
+_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.models.var.builders", "ttsvar.testbed.model")
 _builtins_loaded = False
 
 

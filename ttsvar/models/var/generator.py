@@ -1,0 +1,224 @@
+"""Step-wise sampling of VAR behind the `Generator` interface.
+
+Sampling follows the official `autoregressive_infer_cfg`: a class token starts the pyramid, each scale's
+logits are guided by the null-class rows (cond and uncond rows run as one batch, the uncond rows with class
+`num_classes`), top-k/top-p filtered, sampled, looked up in the codebook and accumulated into f_hat at the
+finest size; the next scale's input is f_hat area-downsampled to that scale.
+
+Prompts are class indices written as text ("207"); class names come later.
+
+Guidance: a scalar `sampling.cfg = w` follows the official ramp. The official sampler mixes
+(1 + t) * cond - t * uncond with t = cfg_official * si / (S - 1), i.e. a weight rising from 1 (no guidance)
+at the first scale to 1 + cfg_official at the last; here w is that last weight (the official `cfg=4` is
+`sampling.cfg: 5`, and w = 1 means no guidance at all). A per-scale list gives the weights literally.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ...core.errors import PromptError
+from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
+from ..sampling import filter_logits, row_uniforms, sample_categorical
+from .model import VAR
+from .vqvae import VQVAE
+
+
+@dataclass
+class VARState(GenState):
+    rows: Rows
+    scale: int
+    labels: torch.Tensor  # [R] long: the B rows' classes, then (with CFG) B null classes in the same order
+    caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
+    f_hat: torch.Tensor | None  # [B,Cvae,H,W] float32 accumulated codes at the finest size
+    cfg_pairs: bool
+
+
+def cfg_weights(cfg: float | Sequence[float], num_scales: int) -> list[float]:
+    """Guidance weight of each scale: a scalar w ramps linearly from 1 at scale 0 to w at the last scale (the
+    official schedule); a list is taken as is."""
+    if isinstance(cfg, (int, float)):
+        return [1 + (float(cfg) - 1) * si / (num_scales - 1) for si in range(num_scales)]
+    return [float(c) for c in cfg]
+
+
+class VARGenerator(Generator):
+    """Drives a `VAR` transformer and its multi-scale `VQVAE` scale by scale.
+
+    more_smooth: the official visualisation option; each scale's codes are a Gumbel-softmax mixture of the
+    codebook (temperature falling over the scales) instead of one sampled code per token. Off for benchmarks.
+    """
+
+    def __init__(self, model: VAR, vae: VQVAE, sampling: SamplingConfig | None = None,
+                 device: str | torch.device = "cpu", more_smooth: bool = False):
+        self.model, self.vae, self.more_smooth = model, vae, bool(more_smooth)
+        self.device = torch.device(device)
+        mc, vc = model.config, vae.config
+        if tuple(mc.patch_nums) != tuple(vae.v_patch_nums):
+            raise ValueError(f"VAR patch_nums {mc.patch_nums} != VAE v_patch_nums {vae.v_patch_nums}")
+        if (mc.vocab_size, mc.Cvae) != (vc.vocab_size, vc.Cvae):
+            raise ValueError(f"VAR expects {mc.vocab_size} codes of width {mc.Cvae}; the VAE has {vc.vocab_size} "
+                             f"of width {vc.Cvae}")
+        self.num_classes = mc.num_classes
+        self.scale_schedule = [(pn, pn) for pn in mc.patch_nums]
+        self.set_sampling(sampling or SamplingConfig())
+
+    def set_sampling(self, sampling: SamplingConfig) -> None:
+        """Called once per job (like a scheduler's set_timesteps) before `start`."""
+        _, tau = sampling.per_scale(self.num_scales)  # validate first: a bad config leaves the old one in place
+        self.sampling, self.cfg_list, self.tau_list = sampling, cfg_weights(sampling.cfg, self.num_scales), tau
+
+    def _cfg_pairs(self) -> bool:
+        # one answer for all scales: if any scale guides, the unconditional rows need their caches from scale 0
+        return any(c != 1 for c in self.cfg_list)
+
+    def forward_rows_per_candidate(self, k: int) -> int:
+        return 2 if self._cfg_pairs() else 1
+
+    def class_of(self, prompt: str) -> int:
+        """The class index a prompt names; raises `PromptError` unless it is an integer in [0, num_classes)."""
+        text = str(prompt).strip()
+        if not (text.isascii() and text.isdigit()) or int(text) >= self.num_classes:
+            raise PromptError(f"prompt {prompt!r} is not a class index: VAR is class-conditional, write the class "
+                              f"as an integer in [0, {self.num_classes}) (e.g. 207 for ImageNet's golden retriever)")
+        return int(text)
+
+    def check_prompt(self, prompt: str) -> None:
+        self.class_of(prompt)
+
+    def state_bytes_per_row(self, scale: int) -> int:
+        """About the bytes one candidate row holds once scale `scale` is sampled: its key/value cache (two rows
+        with CFG) and its accumulated f_hat."""
+        cfg = self.model.config
+        tokens = sum(h * w for h, w in self.scale_schedule[: scale + 1])
+        item = self.model.blocks[0].attn.mat_qkv.weight.element_size() if len(self.model.blocks) else 4
+        H = cfg.patch_nums[-1]
+        return self.forward_rows_per_candidate(scale) * cfg.depth * 2 * tokens * cfg.embed_dim * item \
+            + cfg.Cvae * H * H * 4
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def start(self, prompts: Prompts, rows: Rows) -> VARState:
+        labels = torch.tensor([self.class_of(prompts[int(i)]) for i in rows.prompt_index], dtype=torch.long,
+                              device=self.device)
+        cfg_pairs = self._cfg_pairs()
+        if cfg_pairs:
+            labels = torch.cat((labels, torch.full_like(labels, self.num_classes)))
+        return VARState(rows, 0, labels, None, None, cfg_pairs)
+
+    @torch.inference_mode()
+    def step(self, state: VARState) -> VARState:
+        si, B = state.scale, len(state.rows)
+        if si >= self.num_scales:
+            raise ValueError(f"state already has all {self.num_scales} scales; call finish()")
+        model = self.model
+        cond_BD = model.class_cond(state.labels)  # [R,D]
+        if si == 0:
+            x = model.sos(cond_BD)  # [R,1,C]
+        else:
+            x = model.embed_scale_input(self.vae.next_input(state.f_hat, si))  # [B,l,C]
+            if state.cfg_pairs:
+                x = torch.cat((x, x))  # [2B,l,C]
+        logits, caches = model.forward_scale(x, si, cond_BD, state.caches)  # [R,l,V]
+        if state.cfg_pairs:
+            t = self.cfg_list[si] - 1  # the official form (1 + t) c - t u, so the float rounding matches
+            logits = (1 + t) * logits[:B] - t * logits[B:]  # [B,l,V]
+        logits = logits / self.tau_list[si]
+        pn = self.scale_schedule[si][0]
+        seeds = state.rows.step_seeds(si)
+        if not self.more_smooth:
+            u = row_uniforms(seeds, (pn * pn,), self.device)
+            idx = sample_categorical(logits, u, self.sampling.top_k, self.sampling.top_p)  # [B,l]
+            f_hat = self.vae.add_scale(si, state.f_hat, idx)
+        else:
+            f_hat = self.vae.add_scale_codes(si, state.f_hat, self._smooth_codes(logits, si, seeds))
+        return VARState(state.rows, si + 1, state.labels, caches, f_hat, state.cfg_pairs)
+
+    def _smooth_codes(self, logits: torch.Tensor, si: int, seeds: list[int]) -> torch.Tensor:
+        """The official `more_smooth` codes [B,Cvae,pn,pn]: a Gumbel-softmax mixture of the codebook over the
+        filtered logits (sharpened by 1 + ratio, temperature 0.27 (1 - 0.95 ratio) floored at 0.005)."""
+        B, l, V = logits.shape
+        ratio = si / (self.num_scales - 1)
+        logits = filter_logits(logits, self.sampling.top_k, self.sampling.top_p) * (1 + ratio)
+        u = row_uniforms([mix64(s, 1) for s in seeds], (l, V), self.device)  # its own stream per row
+        gumbel = -(-u.clamp_min(1e-10).log()).clamp_min(1e-10).log()  # standard Gumbel noise [B,l,V]
+        w = ((logits + gumbel) / max(0.27 * (1 - ratio * 0.95), 0.005)).softmax(-1)  # [B,l,V]
+        h = w @ self.vae.quantize.embedding.weight.float()  # [B,l,Cvae]
+        pn = self.scale_schedule[si][0]
+        return h.transpose(1, 2).reshape(B, -1, pn, pn)  # [B,Cvae,pn,pn]
+
+    @torch.inference_mode()
+    def preview(self, state: VARState, size: int | None = None, rows=None) -> torch.Tensor:
+        if state.f_hat is None:
+            raise ValueError("preview needs at least one sampled scale; call step() first")
+        f_hat = state.f_hat if rows is None else state.f_hat[torch.as_tensor(rows, dtype=torch.long)]
+        img = self.vae.fhat_to_img(f_hat).float()
+        img = ((img + 1) / 2).clamp_(0, 1)
+        if size is not None and tuple(img.shape[-2:]) != (size, size):
+            img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            img = img.clamp_(0, 1)
+        return img
+
+    def finish(self, state: VARState, rows=None) -> torch.Tensor:
+        if state.scale != self.num_scales:
+            raise ValueError(f"finish() needs all {self.num_scales} scales sampled, state has {state.scale}")
+        return self.preview(state, rows=rows)
+
+    def row_keys(self, state: VARState) -> list[bytes] | None:
+        if state.f_hat is None:
+            return None
+        flat = state.f_hat.flatten(1).float().cpu().numpy()
+        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+
+    # -- row bookkeeping: the cond and uncond halves of labels and caches move together ---------------
+
+    def select(self, state: VARState, index, candidate_id: np.ndarray | None = None) -> VARState:
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        B = len(state.rows)
+        if index.size and (index.min() < 0 or index.max() >= B):
+            raise IndexError(f"select index out of range for a state of {B} rows: {index.tolist()}")
+        idx = torch.as_tensor(index, device=self.device)
+        full = torch.cat((idx, idx + B)) if state.cfg_pairs else idx
+        caches = None if state.caches is None else [(k[full], v[full]) for k, v in state.caches]
+        f_hat = None if state.f_hat is None else state.f_hat[idx]
+        return VARState(state.rows.select(index, candidate_id), state.scale, state.labels[full], caches, f_hat,
+                        state.cfg_pairs)
+
+    def concat(self, states: Sequence[VARState]) -> VARState:
+        if not states:
+            raise ValueError("concat needs at least one state")
+        if len({s.scale for s in states}) != 1 or len({s.cfg_pairs for s in states}) != 1:
+            raise ValueError(f"concat needs states at the same scale, got scales {[s.scale for s in states]}")
+        if len(states) == 1:
+            return states[0]
+        pairs = states[0].cfg_pairs
+
+        def cond_then_uncond(xs):  # all cond rows first, then all uncond rows, in the same order
+            if not pairs:
+                return torch.cat(xs)
+            halves = [x.chunk(2) for x in xs]
+            return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+        caches = None
+        if states[0].caches is not None:
+            caches = [(cond_then_uncond([s.caches[i][0] for s in states]),
+                       cond_then_uncond([s.caches[i][1] for s in states])) for i in range(len(states[0].caches))]
+        f_hat = None if states[0].f_hat is None else torch.cat([s.f_hat for s in states])
+        return VARState(Rows.concat([s.rows for s in states]), states[0].scale,
+                        cond_then_uncond([s.labels for s in states]), caches, f_hat, pairs)
+
+    def split(self, state: VARState, sizes: Sequence[int]) -> list[VARState]:
+        if sum(sizes) != len(state.rows) or any(s < 0 for s in sizes):
+            raise ValueError(f"split sizes {list(sizes)} must be >= 0 and sum to {len(state.rows)} rows")
+        out, start = [], 0
+        for n in sizes:
+            out.append(self.select(state, np.arange(start, start + n)))
+            start += n
+        return out
