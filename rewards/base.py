@@ -201,6 +201,9 @@ class Reward(nn.Module):
     name: str = "reward"
     input_size: int | None = None  # preferred square input side in pixels; None: any size
     needs_prompt: bool = True
+    # what a prompt is to the reward: "text", or "class" (a class index written as text, "207": class rewards
+    # of class-conditional jobs, see ttsvar.core.classes)
+    conditioning: str = "text"
     higher_is_better: ClassVar[bool] = True
     nan_policy: NanPolicy = "raise"
     batch_size: int | None = None  # max images per forward pass; None: whole batch at once

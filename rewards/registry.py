@@ -38,6 +38,7 @@ _BUILTIN_MODULES = (
     "rewards.ensemble",
     "rewards.shapes_clip",
     "rewards.shapes_reward",
+    "rewards.classifier",
 )
 
 _REGISTRY: dict[str, Callable[..., Reward]] = {}

@@ -41,6 +41,8 @@ TINY_WORDS = [
     "##s",
     "big",
 ]
+# timm's test ResNet (offline, ~0.3M parameters) with 10 classes at 32 px: the tiny `classifier`
+TINY_CLASSIFIER = {"model": "test_resnet", "num_classes": 10, "preprocess_cfg": {"input_size": 32, "crop_pct": 1.0}}
 SEEDS = {
     "imagereward": 0,
     "clip-score": 1,
@@ -48,7 +50,18 @@ SEEDS = {
     "aesthetic-clip": 3,
     "aesthetic-mlp": 4,
     "pickscore": 5,
+    "classifier": 6,
 }
+
+
+def tiny_classifier(*, full: bool = False, seed: int = SEEDS["classifier"]):
+    """A random timm classifier: `vit_base_patch16_224` (1000 classes) or `TINY_CLASSIFIER`'s model."""
+    import timm
+
+    if full:
+        return randomize_(timm.create_model("vit_base_patch16_224", pretrained=False), seed, std=0.02).eval()
+    net = timm.create_model(TINY_CLASSIFIER["model"], pretrained=False, num_classes=TINY_CLASSIFIER["num_classes"])
+    return randomize_(net, seed, std=0.2).eval()
 
 
 def randomize_(module: nn.Module, seed: int, std: float = 0.2) -> nn.Module:
@@ -247,4 +260,9 @@ def reward_files(name: str, d: Path, *, full: bool = False, dtype: torch.dtype =
         cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), width=32, heads=2, det_width=8, fusion_layers=1)
         save_shapes_reward(ShapesRewardModel(cfg), d / "shapes_reward.safetensors", {"score_scale": 1.5})
         return {"weights": str(d / "shapes_reward.safetensors")}
+    if name == "classifier":
+        net = tiny_classifier(full=full)
+        save_file(_cast(net.state_dict(), dtype), str(d / "classifier.safetensors"))
+        opts = {"weights": str(d / "classifier.safetensors")}
+        return opts if full else {**opts, **TINY_CLASSIFIER}
     raise KeyError(f"no test files for reward {name!r}")

@@ -12,6 +12,13 @@ scales completed: a paper decision after scale k (0-based, of 13) moves to after
 decision), then pushed forward by one where it would coincide with the previous decision. Each mapped decision
 keeps the batch the paper keeps after it (6, 4, 2, 1 for clusters 2, 5 and resamples 6, 9).
 Results: S=13 -> clusters (2, 5), resamples (6, 9); S=10 -> (1, 4), (5, 7); S=6 -> (1, 2), (3, 4).
+
+A model that knows its token-grid sides can map by resolution instead (`map_paper_by_side`, what the VAR models
+use through their per-model defaults): each paper decision falls after the scale whose side, as a fraction of
+the last side, is nearest (in log) to the paper's (Infinity 1M at 1:1 decides after sides 4, 12, 16, 32 of 64),
+with the same clipping and push-forward. So the previews and features a decision sees are as coarse as in the
+paper. VAR 256 px (sides 1,2,3,4,5,6,8,10,13,16) -> clusters (1, 2), resamples (3, 6); VAR 512 px
+(1,2,3,4,6,9,13,18,24,32) -> (1, 4), (5, 7).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ PAPER_NUM_SCALES = 13
 INFINITY_1M_SCHEDULE = (8, 8, 6, 6, 6, 4, 2, 2, 2, 1, 1, 1, 1)  # rows kept after each scale, x n
 PAPER_CLUSTER_SCALES = (2, 5)
 PAPER_RESAMPLE_SCALES = (6, 9)
+INFINITY_1M_SIDES = (1, 2, 4, 6, 8, 12, 16, 20, 24, 32, 40, 48, 64)  # token-grid sides of the paper's 13 scales
 
 
 def map_paper_scales(scales: Sequence[int], num_scales: int) -> tuple[int, ...]:
@@ -43,6 +51,40 @@ def map_paper_scales(scales: Sequence[int], num_scales: int) -> tuple[int, ...]:
             )
         out.append(j)
     return tuple(out)
+
+
+def _fit(js: Sequence[int], num_scales: int) -> tuple[int, ...]:
+    out: list[int] = []
+    for j in js:
+        j = max(j, 1, out[-1] + 1 if out else 1)
+        if j > num_scales - 2:
+            raise ValueError(
+                f"the default TTS-VAR decisions do not fit into {num_scales} scales (they need distinct "
+                f"scales in [1, {num_scales - 2}]); set batch_schedule, cluster_scales and resample_scales "
+                "explicitly"
+            )
+        out.append(j)
+    return tuple(out)
+
+
+def map_paper_by_side(sides: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """TTS-VAR's default (`batch_schedule`, `cluster_scales`, `resample_scales`) for a model whose scales have
+    token-grid sides `sides` (coarse to fine), mapped by resolution (see the module docstring)."""
+    sides = [int(x) for x in sides]
+    S = len(sides)
+    paper = PAPER_CLUSTER_SCALES + PAPER_RESAMPLE_SCALES
+    js = []
+    for k in paper:
+        f = INFINITY_1M_SIDES[k] / INFINITY_1M_SIDES[-1]
+        js.append(min(range(S), key=lambda j: (abs(math.log(sides[j] / sides[-1] / f)), j)))
+    mapped = _fit(sorted(js), S)
+    kept_after = dict(zip(mapped, (INFINITY_1M_SCHEDULE[k] for k in paper)))
+    schedule, current = [], INFINITY_1M_SCHEDULE[0]
+    for k in range(S):
+        current = kept_after.get(k, current)
+        schedule.append(current)
+    nc = len(PAPER_CLUSTER_SCALES)
+    return {"batch_schedule": tuple(schedule), "cluster_scales": mapped[:nc], "resample_scales": mapped[nc:]}
 
 
 def default_decisions(num_scales: int) -> tuple[tuple[int, ...], tuple[int, ...]]:

@@ -194,6 +194,15 @@ def _images_is_file(tmp):
     return [f"output.dir={tmp / 'o2'}"]
 
 
+def _tiny_classifier(tmp) -> list[str]:
+    from rewards.testing import reward_files
+
+    opts = reward_files("classifier", tmp)
+    return ["reward.name=classifier", f"reward.options.weights={opts['weights']}",
+            f"reward.options.model={opts['model']}", f"reward.options.num_classes={opts['num_classes']}",
+            "reward.options.preprocess_cfg.input_size=32"]
+
+
 CASES = [
     # reward: names, plugins, options (the before-stop hook's three commands are the first three)
     Case("unknown-reward", ("reward.name=no_such_reward",), ConfigError, r"reward.name='no_such_reward'.*Available"),
@@ -301,6 +310,27 @@ CASES = [
          r"3 bad prompt lines(.|\n)*prompts.txt:2: .*dog(.|\n)*prompts.txt:4: reward (.|\n)*prompts.txt:5: reward",
          before_model=False, prompts=["a photo of a circle", "a photo of a dog", "a red square",
                                       "a photo of two red squares", "a photo of a blue triangle"]),
+    # class-conditional models (var-tiny-random: 10 classes) and their prompts: checked before any model loads
+    Case("class-model-text-prompt", ("model.name=var-tiny-random",), PromptError,
+         r"prompts.txt:2: 'a photo of a cat' is text but var-tiny-random is class-conditional; give "
+         r"\{\"class\": <index in 0..9>\} or a class name", prompts=["goldfish", "a photo of a cat", "3"]),
+    Case("class-index-beyond-the-model", ("model.name=var-tiny-random",), PromptError,
+         r"p.jsonl:2: class 12 is out of range: the model has 10 classes \(0..9\)",
+         setup=_prompt_file("p.jsonl", b'{"class": 1}\n{"class": 12}\n')),
+    Case("class-name-ambiguous", ("model.name=var-d16",), PromptError,
+         r"prompts.txt:1: 'crane' names 2 classes: 134 \(crane\), 517 \(crane\); give the index",
+         prompts=["crane"]),
+    Case("class-field-bad-type", ("model.name=var-tiny-random",), PromptError,
+         r"p.jsonl:1: 'class' must be a class index \(an integer\) or a class name, got 1.5",
+         setup=_prompt_file("p.jsonl", b'{"class": 1.5}\n')),
+    Case("class-for-a-text-model", (), PromptError,
+         r'p.jsonl:2: \{"class": 3\} is a class but shapes-tiny is text-conditional; give a \'prompt\' field',
+         setup=_prompt_file("p.jsonl", b'{"prompt": "a photo of a red circle"}\n{"class": 3}\n')),
+    Case("classifier-without-weights", ("model.name=var-tiny-random", "reward.name=classifier"), ConfigError,
+         r"reward 'classifier' needs reward.options.weights", before_model=False, prompts=["1"]),
+    Case("classifier-reward-on-text-prompts", (), PromptError,
+         r"prompts.txt:1: reward classifier: .*'a photo of a red circle'.* is not a class index in \[0, 10\)",
+         before_model=False, setup=_tiny_classifier),
     # output.dir: checked before any model loads
     Case("output-dir-is-a-file", (), OutputError, r"is a file, not a folder", setup=_out_is_file),
     Case("output-images-is-a-file", (), OutputError, r"images is a file", setup=_images_is_file),

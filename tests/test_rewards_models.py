@@ -33,6 +33,15 @@ list_rewards()  # imports the built-in modules
 BUILTINS = sorted(k for k, v in _REGISTRY.items() if v.__module__.startswith("rewards."))
 
 
+# class rewards (`conditioning == "class"`) read class prompts: the class index as text
+CLASS_OF = {p: str(i) for i, p in enumerate(PROMPTS + ["a photo of three green triangles"])}
+
+
+def _p(reward, prompts):
+    """The test's prompts as `reward` reads them (class rewards: a class index per text prompt)."""
+    return prompts if getattr(reward, "conditioning", "text") == "text" else [CLASS_OF[p] for p in prompts]
+
+
 def _images(b: int, h: int = 32, w: int = 32, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (b, 3, h, w), generator=g).float() / 255
@@ -44,7 +53,7 @@ def build(name: str, d: Path, **kw):
 
 def test_builtins_are_all_covered():
     assert set(BUILTINS) == {"imagereward", "clip-score", "hpsv2.1", "pickscore", "aesthetic", "ensemble",
-                             "shapes-clip", "shapes-reward"}
+                             "shapes-clip", "shapes-reward", "classifier"}
 
 
 @pytest.fixture(scope="module", params=BUILTINS)
@@ -73,7 +82,7 @@ class TestEveryReward:
 
     def test_shape_dtype_device(self, built):
         _, reward = built
-        s = reward.score(_images(3, 40, 56), PROMPTS)  # non-square: exercises resize + crop/pad
+        s = reward.score(_images(3, 40, 56), _p(reward, PROMPTS))  # non-square: exercises resize + crop/pad
         assert s.shape == (3,) and s.dtype == torch.float32 and s.device.type == "cpu"
         assert torch.isfinite(s).all()
         assert s.unique().numel() == 3  # random weights still separate random images
@@ -81,12 +90,12 @@ class TestEveryReward:
     def test_deterministic(self, built):
         _, reward = built
         x = _images(3, seed=1)
-        assert torch.equal(reward.score(x, PROMPTS), reward.score(x.clone(), list(PROMPTS)))
+        assert torch.equal(reward.score(x, _p(reward, PROMPTS)), reward.score(x.clone(), _p(reward, list(PROMPTS))))
 
     def test_batch_order_invariance(self, built):
         _, reward = built
         x = _images(5, seed=2)
-        prompts = [PROMPTS[i % 3] for i in range(5)]
+        prompts = _p(reward, [PROMPTS[i % 3] for i in range(5)])
         perm = torch.tensor([3, 0, 4, 2, 1])
         s = reward.score(x, prompts)
         s_perm = reward.score(x[perm], [prompts[i] for i in perm])
@@ -95,7 +104,7 @@ class TestEveryReward:
     def test_batch_size_invariance(self, built):
         _, reward = built
         x = _images(4, seed=3)
-        prompts = [PROMPTS[i % 3] for i in range(4)]
+        prompts = _p(reward, [PROMPTS[i % 3] for i in range(4)])
         full = reward.score(x, prompts)
         single = torch.cat([reward.score(x[i : i + 1], prompts[i : i + 1]) for i in range(4)])
         torch.testing.assert_close(single, full, rtol=1e-5, atol=1e-5)
@@ -109,7 +118,7 @@ class TestEveryReward:
     def test_uses_prompt_iff_declared(self, built):
         _, reward = built
         x = _images(1, seed=4).expand(2, -1, -1, -1)
-        s = reward.score(x, ["a red circle", "a photo of three green triangles"])
+        s = reward.score(x, _p(reward, ["a red circle", "a photo of three green triangles"]))
         if reward.needs_prompt:
             assert s[0] != s[1]
         else:
@@ -119,10 +128,10 @@ class TestEveryReward:
     def test_input_dtype_and_size(self, built):
         _, reward = built
         x = _images(2, seed=5)
-        ref = reward.score(x, PROMPTS[:2])
-        torch.testing.assert_close(reward.score(x.double(), PROMPTS[:2]), ref)
+        ref = reward.score(x, _p(reward, PROMPTS[:2]))
+        torch.testing.assert_close(reward.score(x.double(), _p(reward, PROMPTS[:2])), ref)
         big = F.interpolate(x, size=(64, 64), mode="nearest")  # any size is accepted
-        assert reward.score(big, PROMPTS[:2]).shape == (2,)
+        assert reward.score(big, _p(reward, PROMPTS[:2])).shape == (2,)
 
     def test_bad_inputs(self, built):
         _, reward = built
@@ -130,9 +139,9 @@ class TestEveryReward:
         with pytest.raises(RewardInputError, match="empty batch"):
             reward.score(_images(1)[:0], [])
         with pytest.raises(RewardInputError, match=r"\[0,1\]"):
-            reward.score(_images(2) * 2, PROMPTS[:2])
+            reward.score(_images(2) * 2, _p(reward, PROMPTS[:2]))
         with pytest.raises(RewardInputError, match="2 prompts for 3 images"):
-            reward.score(_images(3), PROMPTS[:2])
+            reward.score(_images(3), _p(reward, PROMPTS[:2]))
 
 
 @pytest.mark.parametrize("name", ["imagereward", "hpsv2.1", "pickscore", "aesthetic"])

@@ -18,7 +18,7 @@ import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
@@ -42,7 +42,7 @@ from .engine import (
 from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
 from .progress import progress_bar
-from .prompts import PromptItem, format_problems, read_prompts
+from .prompts import PromptItem, format_problems, read_prompts, resolve_prompts
 
 log = logging.getLogger("ttsvar")
 
@@ -184,7 +184,7 @@ def job_fingerprint(job: JobConfig) -> dict:
         sampling = asdict(job.sampling)
     fp.update({f"sampling.{k}": v for k, v in sampling.items()})
     fp["search.strategy"], fp["search.n"] = job.search.strategy, job.search.n
-    fp.update(_flat_options("search", job.search.options))
+    fp.update(_flat_options("search", search_config(job).options))  # with the model's default options
     fp["search.features"] = features_name(job)
     fp["search.features_opts"] = _without_device(job.search.features_opts)
     r = reward_config(job)
@@ -225,15 +225,25 @@ def open_output(job: JobConfig) -> OutputDir:
     return out
 
 
+def search_config(job: JobConfig):
+    """`job.search` with the model's default options for the strategy (`ModelDefaults.search`) under the job's
+    own `search.options`."""
+    defaults = model_defaults(job.model.name).search.get(job.search.strategy)
+    if not defaults:
+        return job.search
+    return replace(job.search, options={**defaults, **dict(job.search.options or {})})
+
+
 def search_plan(job: JobConfig, num_scales: int) -> tuple[Strategy, SearchPlan]:
     """The job's strategy and its plan for a model with `num_scales` scales (`ConfigError` naming the field)."""
     from search.registry import build_strategy
 
+    search = search_config(job)
     try:
-        job.search.validate(num_scales)
+        search.validate(num_scales)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    strategy = build_strategy(job.search)
+    strategy = build_strategy(search)
     return strategy, strategy.plan(num_scales, job.search.n)
 
 
@@ -381,7 +391,9 @@ def job_items(job: JobConfig) -> list[PromptItem]:
     if not job.prompts:
         raise ConfigError("prompts is not set: give a .txt or .jsonl file (prompts=path)")
     items = read_prompts(job.prompts)
-    return items[: job.limit] if job.limit else items
+    items = items[: job.limit] if job.limit else items
+    classes = model_defaults(job.model.name).classes
+    return resolve_prompts(items, job.prompts, job.model.name, classes() if classes else None)
 
 
 class ResultWriter:
@@ -480,6 +492,8 @@ class ResultWriter:
                    "reward_name": self.job.reward.name, "reward": r if r is not None and np.isfinite(r) else None,
                    "image": rel, "trace": trace_rel, "candidates": cands, "row_id": int(ga.row_ids[k]),
                    "compute": counters}
+            if it.class_index is not None:
+                rec["class"], rec["class_name"] = it.class_index, it.class_name
             if it.metadata:
                 rec["metadata"] = it.metadata
             self._count(rec)
@@ -491,6 +505,8 @@ class ResultWriter:
         for p, s in zip(unit.prompt_indices, unit.seeds):
             it = self.items[p]
             rec = {"index": p, "prompt": it.prompt, "seed": s, "status": "failed", "error": error}
+            if it.class_index is not None:
+                rec["class"], rec["class_name"] = it.class_index, it.class_name
             if exc is not None:
                 rec["error_type"] = type(getattr(exc, "cause", None) or exc).__name__  # a Ray error: the remote one
                 rec["transient"] = is_transient(exc)

@@ -1,7 +1,13 @@
-"""Reading a job's prompts: a .txt file (one prompt per line) or a .jsonl file with a `prompt` field.
+"""Reading a job's prompts: a .txt file (one prompt per line) or a .jsonl file with a `prompt` field (text
+models) or a `class` field (class models: `{"class": 3}` or `{"class": "goldfish"}`).
 
 GenEval's `evaluation_metadata.jsonl` is a .jsonl file of this kind; each line's whole object is kept as
 the prompt's metadata. A prompt's `index` is its line number in the file, from 0.
+
+For a class-conditional model (`ttsvar.core.classes`) every prompt names a class: a `class` field, or a .txt
+line / `prompt` field holding a class index or name. `resolve_prompts` turns each into the class index written
+as text (`"1"`), what the generator and class rewards read, and records the class and its name on the item;
+a text prompt for a class model, or a `class` field for a text model, is a `PromptError` naming the line.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .core.classes import ClassList
 from .core.errors import MissingFileError, PromptError
 
 MAX_PROMPT_CHARS = 20_000  # longer than any text encoder reads; a longer line is not a prompt
@@ -22,6 +29,9 @@ class PromptItem:
     index: int
     prompt: str
     metadata: dict = field(default_factory=dict)
+    class_spec: int | str | None = None  # a .jsonl line's `class` field, as written
+    class_index: int | None = None  # set by `resolve_prompts` for a class model (then prompt == str(class_index))
+    class_name: str | None = None
 
 
 def prompt_problem(prompt: str) -> str | None:
@@ -64,10 +74,19 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
             except json.JSONDecodeError as e:
                 errors.append(f"{path}:{i + 1}: not valid JSON ({e.msg})")
                 continue
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
-                errors.append(f"{path}:{i + 1}: each line must be an object with a non-empty string 'prompt' field")
+            if isinstance(obj, dict) and "class" in obj:
+                spec = obj["class"]
+                if isinstance(spec, bool) or not isinstance(spec, (int, str)) or not str(spec).strip():
+                    errors.append(f"{path}:{i + 1}: 'class' must be a class index (an integer) or a class name, "
+                                  f"got {spec!r}")
+                    continue
+                item = PromptItem(i, str(spec).strip(), obj, class_spec=spec)
+            elif not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) or not obj["prompt"].strip():
+                errors.append(f"{path}:{i + 1}: each line must be an object with a non-empty string 'prompt' field "
+                              "(or, for a class-conditional model, a 'class' field)")
                 continue
-            item = PromptItem(i, obj["prompt"].strip(), obj)
+            else:
+                item = PromptItem(i, obj["prompt"].strip(), obj)
         else:
             item = PromptItem(i, line.strip())
         why = prompt_problem(item.prompt)
@@ -79,6 +98,40 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
         raise PromptError(format_problems(errors))
     if not items:
         raise PromptError(f"prompts file {path} holds no prompts")
+    return items
+
+
+def resolve_prompts(items: list[PromptItem], path: str | Path, model: str,
+                    classes: ClassList | None) -> list[PromptItem]:
+    """Check the prompts against the model's conditioning (`classes` None: a text model) and, for a class model,
+    turn each into its class index (see the module docstring). All bad lines at once (`PromptError`)."""
+    errors: list[str] = []
+    if classes is None:
+        for it in items:
+            if it.class_spec is not None:
+                errors.append(f"{path}:{it.index + 1}: {{\"class\": {it.class_spec!r}}} is a class but {model} is "
+                              "text-conditional; give a 'prompt' field with text")
+        if errors:
+            raise PromptError(format_problems(errors))
+        return items
+    n = len(classes)
+    for it in items:
+        spec = it.class_spec if it.class_spec is not None else it.prompt
+        try:
+            k = classes.resolve(spec)
+        except ValueError as e:
+            text = str(spec).strip()
+            if it.class_spec is not None or text.isdigit() or text.lstrip("-").isdigit():
+                errors.append(f"{path}:{it.index + 1}: {e} ({model} has {n} classes)")
+            elif "names" in str(e):  # ambiguous name
+                errors.append(f"{path}:{it.index + 1}: {e}")
+            else:
+                errors.append(f"{path}:{it.index + 1}: {text!r} is text but {model} is class-conditional; give "
+                              f"{{\"class\": <index in 0..{n - 1}>}} or a class name (e.g. {classes.name(n - 1)!r})")
+            continue
+        it.prompt, it.class_index, it.class_name = str(k), k, classes.name(k)
+    if errors:
+        raise PromptError(format_problems(errors))
     return items
 
 

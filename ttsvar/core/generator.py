@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .classes import ClassList
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -138,6 +140,13 @@ class Generator(ABC):
     #: (h, w) token grid of each scale, coarse to fine
     scale_schedule: list[tuple[int, int]]
     device: torch.device
+    #: a class-conditional model's classes (its prompts are class indices, `"207"`); None: a text model
+    classes: ClassList | None = None
+
+    @property
+    def conditioning(self) -> str:
+        """What a prompt is to this model: "text" or "class" (an index into `classes`)."""
+        return "text" if self.classes is None else "class"
 
     @property
     def num_scales(self) -> int:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..core.classes import ClassList
 from ..core.errors import ConfigError, MissingFileError
 from ..core.generator import Generator, SamplingConfig
 
@@ -47,6 +48,11 @@ class ModelDefaults:
     reads: tuple[str, ...] | None = None  # the ModelConfig fields the builder reads (None: all); others warn
     # checks `model.options` before anything loads; raises ValueError starting with the option's name
     check_options: Callable[[dict[str, Any]], None] | None = None
+    # a class-conditional model's classes, known before it loads (the job resolves class prompts with them;
+    # the built generator's `classes` must be the same list); None: a text model
+    classes: Callable[[], ClassList] | None = None
+    # per strategy name, default options for this model (e.g. TTS-VAR's decision scales); search.options win
+    search: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 # f(model_cfg, sampling, **model_cfg.options) -> Generator; its keyword parameters are the model's options

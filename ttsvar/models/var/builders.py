@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from search.schedule import map_paper_by_side
+
 from ...core.checkpoint import load_strict, read_state_dict
+from ...core.classes import imagenet_classes
 from ...core.device import resolve_device, resolve_dtype
 from ...core.generator import SamplingConfig
 from ..registry import ModelConfig, ModelDefaults, register_generator, require_file
@@ -32,42 +35,53 @@ def _released(cfg: ModelConfig, sampling: SamplingConfig | None, depth: int, vae
                      f"{'shared' if vcfg.shared_aln else 'per-block'} AdaLN); check model.name against the file.")
     model = model.to(device).float().eval().requires_grad_(False).cast_blocks(dtype)
     vae = load_vqvae(vpath, VQVAEConfig(v_patch_nums=vcfg.patch_nums), device)
-    return VARGenerator(model, vae, sampling, device, more_smooth)
+    return VARGenerator(model, vae, sampling, device, more_smooth, imagenet_classes())
 
 
-# the official demo's sampling (cfg=4 there is a last-scale weight of 5 here, see generator.py); the reward
-# reads no prompt until a classifier reward exists (class-index prompts mean nothing to CLIP-like rewards)
-_RELEASED = ModelDefaults(reward="aesthetic", features="dinov2", preview_size=224,
-                          sampling=dict(cfg=5.0, tau=1.0, top_k=900, top_p=0.95))
+# the official demo's sampling (cfg=4 there is a last-scale weight of 5 here, see generator.py); the reward:
+# the target class's log-probability under an ImageNet classifier (reward.options.weights: a local file)
+def tts_var_defaults(sides) -> dict:
+    """TTS-VAR and its ablations on a VAR pyramid: the paper's decisions mapped by token-grid resolution
+    (`search.schedule.map_paper_by_side`; docs/var.md says why)."""
+    full = map_paper_by_side(sides)
+    return {"tts-var": full,
+            "cluster-only": {k: full[k] for k in ("batch_schedule", "cluster_scales")},
+            "resample-only": {k: full[k] for k in ("batch_schedule", "resample_scales")}}
+
+
+def _released_defaults(depth: int) -> ModelDefaults:
+    return ModelDefaults(reward="classifier", features="dinov2", preview_size=224,
+                         sampling=dict(cfg=5.0, tau=1.0, top_k=900, top_p=0.95), classes=imagenet_classes,
+                         search=tts_var_defaults(VARConfig.released(depth).patch_nums))
 
 
 # model.options of a released VAR: vae_weights (the VQ-VAE checkpoint), more_smooth (the official Gumbel
 # smoothing for visualisation; off for benchmarks)
-@register_generator("var-d16", _RELEASED)
+@register_generator("var-d16", _released_defaults(16))
 def var_d16(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
             more_smooth: bool = False) -> VARGenerator:
     return _released(cfg, sampling, 16, vae_weights, more_smooth)
 
 
-@register_generator("var-d20", _RELEASED)
+@register_generator("var-d20", _released_defaults(20))
 def var_d20(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
             more_smooth: bool = False) -> VARGenerator:
     return _released(cfg, sampling, 20, vae_weights, more_smooth)
 
 
-@register_generator("var-d24", _RELEASED)
+@register_generator("var-d24", _released_defaults(24))
 def var_d24(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
             more_smooth: bool = False) -> VARGenerator:
     return _released(cfg, sampling, 24, vae_weights, more_smooth)
 
 
-@register_generator("var-d30", _RELEASED)
+@register_generator("var-d30", _released_defaults(30))
 def var_d30(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
             more_smooth: bool = False) -> VARGenerator:
     return _released(cfg, sampling, 30, vae_weights, more_smooth)
 
 
-@register_generator("var-d36", _RELEASED)
+@register_generator("var-d36", _released_defaults(36))
 def var_d36(cfg: ModelConfig, sampling: SamplingConfig | None, vae_weights: str | None = None,
             more_smooth: bool = False) -> VARGenerator:
     return _released(cfg, sampling, 36, vae_weights, more_smooth)
@@ -88,9 +102,22 @@ def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = N
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     model = model.eval().requires_grad_(False).to(device)
     vae = vae.eval().requires_grad_(False).to(device)
-    return VARGenerator(model, vae, sampling, device, more_smooth)
+    return VARGenerator(model, vae, sampling, device, more_smooth, _tiny_classes())
 
 
-@register_generator("var-tiny-random", ModelDefaults(reward="aesthetic", features="dinov2", reads=("device",)))
+def _tiny_classes():
+    """The tiny model's 10 classes: labelled as the first 10 ImageNet classes (tench .. ostrich)."""
+    return imagenet_classes().first(VARConfig.tiny().num_classes)
+
+
+# the paper's four decisions do not fit 4 scales: one clustering after 2x2, one resampling after 3x3
+_TINY_TTS_VAR = {"batch_schedule": (4, 2, 1, 1), "cluster_scales": (1,), "resample_scales": (2,)}
+
+
+@register_generator("var-tiny-random", ModelDefaults(
+    reward="classifier", features="dinov2", reads=("device",), classes=_tiny_classes,
+    search={"tts-var": _TINY_TTS_VAR,
+            "cluster-only": {k: _TINY_TTS_VAR[k] for k in ("batch_schedule", "cluster_scales")},
+            "resample-only": {k: _TINY_TTS_VAR[k] for k in ("batch_schedule", "resample_scales")}}))
 def var_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> VARGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)

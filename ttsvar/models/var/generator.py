@@ -5,7 +5,8 @@ logits are guided by the null-class rows (cond and uncond rows run as one batch,
 `num_classes`), top-k/top-p filtered, sampled, looked up in the codebook and accumulated into f_hat at the
 finest size; the next scale's input is f_hat area-downsampled to that scale.
 
-Prompts are class indices written as text ("207"); class names come later.
+Prompts are class indices written as text ("207"): the job resolves class names and `{"class": ...}` prompt
+lines to indices before generation (`ttsvar.jobs.resolve_prompts`); `classes` names the model's classes.
 
 Guidance: a scalar `sampling.cfg = w` follows the official ramp. The official sampler mixes
 (1 + t) * cond - t * uncond with t = cfg_official * si / (S - 1), i.e. a weight rising from 1 (no guidance)
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
 from ..sampling import filter_logits, row_uniforms, sample_categorical
@@ -56,7 +58,7 @@ class VARGenerator(Generator):
     """
 
     def __init__(self, model: VAR, vae: VQVAE, sampling: SamplingConfig | None = None,
-                 device: str | torch.device = "cpu", more_smooth: bool = False):
+                 device: str | torch.device = "cpu", more_smooth: bool = False, classes: ClassList | None = None):
         self.model, self.vae, self.more_smooth = model, vae, bool(more_smooth)
         self.device = torch.device(device)
         mc, vc = model.config, vae.config
@@ -66,6 +68,11 @@ class VARGenerator(Generator):
             raise ValueError(f"VAR expects {mc.vocab_size} codes of width {mc.Cvae}; the VAE has {vc.vocab_size} "
                              f"of width {vc.Cvae}")
         self.num_classes = mc.num_classes
+        if classes is None:  # ImageNet's classes (a small model: the first num_classes of them)
+            classes = imagenet_classes().first(mc.num_classes)
+        if len(classes) != mc.num_classes:
+            raise ValueError(f"the class list has {len(classes)} classes but the model {mc.num_classes}")
+        self.classes = classes
         self.scale_schedule = [(pn, pn) for pn in mc.patch_nums]
         self.set_sampling(sampling or SamplingConfig())
 
@@ -83,11 +90,12 @@ class VARGenerator(Generator):
 
     def class_of(self, prompt: str) -> int:
         """The class index a prompt names; raises `PromptError` unless it is an integer in [0, num_classes)."""
-        text = str(prompt).strip()
-        if not (text.isascii() and text.isdigit()) or int(text) >= self.num_classes:
+        k = parse_class_prompt(prompt, self.num_classes)
+        if k is None:
             raise PromptError(f"prompt {prompt!r} is not a class index: VAR is class-conditional, write the class "
-                              f"as an integer in [0, {self.num_classes}) (e.g. 207 for ImageNet's golden retriever)")
-        return int(text)
+                              f"as an integer in [0, {self.num_classes}) (e.g. 207 for ImageNet's golden retriever) "
+                              "or a class name")
+        return k
 
     def check_prompt(self, prompt: str) -> None:
         self.class_of(prompt)
