@@ -219,6 +219,13 @@ class Reward(nn.Module):
         asks this without building the model). Rewards whose scale depends on their weights override it."""
         return cls.score_scale
 
+    @classmethod
+    def check_options(cls, **options: Any) -> None:
+        """Check ``options`` before anything loads (a job's preflight, before the generator loads): raise
+        ``ValueError`` (or ttsvar's ``ConfigError``) naming the option, e.g. a required weights file that is not
+        set. The default checks nothing; the constructor checks everything again."""
+        return None
+
     def configure(self, *, nan_policy: NanPolicy | None = None, batch_size: int | None = None) -> Reward:
         """Set the options every reward shares; ``create_reward`` calls this with the common options."""
         if nan_policy is not None:

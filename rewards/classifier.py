@@ -21,6 +21,8 @@ better); their spread over generated images is not declared (set ``reward.score_
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.functional as TF
@@ -35,6 +37,18 @@ from ttsvar.core.errors import ConfigError, MissingFileError
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _PREPROCESS_KEYS = ("input_size", "crop_pct", "interpolation", "mean", "std")
+
+
+def _check_weights(weights, model: str) -> Path:
+    if not weights:
+        raise ConfigError(f"reward 'classifier' needs reward.options.weights: the local weights file of the timm "
+                          f"model {model!r} (reward.options.model) trained on ImageNet, e.g. model.safetensors "
+                          f"from huggingface.co/timm/{model}.<tag>; nothing downloads")
+    path = Path(str(weights)).expanduser()
+    if not path.is_file():
+        raise MissingFileError(f"reward.options.weights={weights!r} does not exist: it should be the weights file of "
+                               f"the timm model {model!r}")
+    return path
 
 
 def timm_preprocess(net, overrides: dict | None = None) -> dict:
@@ -73,6 +87,11 @@ class ClassifierReward(Reward):
     needs_prompt = True
     conditioning = "class"
 
+    @classmethod
+    def check_options(cls, **options) -> None:
+        """The weights file must be named and exist (checked before the generator loads)."""
+        _check_weights(options.get("weights"), options.get("model", "vit_base_patch16_224"))
+
     def __init__(
         self,
         weights: str | None = None,
@@ -87,20 +106,11 @@ class ClassifierReward(Reward):
         super().__init__()
         import timm
 
-        if not weights:
-            raise ConfigError(f"reward 'classifier' needs reward.options.weights: the local weights file of the timm "
-                              f"model {model!r} (reward.options.model) trained on ImageNet, e.g. model.safetensors "
-                              f"from huggingface.co/timm/{model}.<tag>; nothing downloads")
+        path = _check_weights(weights, model)
         try:
             net = timm.create_model(model, pretrained=False, num_classes=int(num_classes), **(model_kwargs or {}))
         except RuntimeError as e:  # timm: "Unknown model (...)"
             raise ConfigError(f"reward.options.model={model!r}: {e}") from None
-        from pathlib import Path
-
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise MissingFileError(f"reward.options.weights={weights!r} does not exist: it should be the weights "
-                                   f"file of the timm model {model!r}")
         sd = read_state_dict(path, nested_key="state_dict")
         load_strict(net, sd, path, hint=f"Expected the weights of timm's {model!r} with {num_classes} classes; "
                                         "check reward.options.model and num_classes against the file.")

@@ -25,7 +25,7 @@ import numpy as np
 from search.base import SearchPlan, Strategy
 
 from .config import LEGACY_OPTIONS, JobConfig, ignored_fields
-from .core.errors import ConfigError, OutputWriteError, PromptError, is_transient
+from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, is_transient
 from .core.generator import Generator
 from .core.options import check_options
 from .engine import (
@@ -152,6 +152,13 @@ def preflight(job: JobConfig) -> None:
         factory = FunctionReward.__init__
     if factory is not None:
         check_options(factory, options, "reward.options", f"reward {name!r}", skip=("fn",), also=COMMON_OPTIONS)
+        if isinstance(obj, type) and issubclass(obj, Reward):
+            try:
+                obj.check_options(**options)
+            except InputError:  # names the option itself
+                raise
+            except ValueError as e:
+                raise ConfigError(f"reward.options: reward {name!r}: {e}") from None
     feats = features_name(job)
     if feats not in list_features():
         raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
@@ -274,6 +281,12 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
     if plan.feature_scales:
         feats = features if features is not None else \
             create_features(features_name(job), **job.search.features_opts)
+    declared = model_defaults(job.model.name).classes
+    if generator is None and (gen.classes is not None) != (declared is not None) or \
+            gen.classes is not None and declared is not None and len(gen.classes) != len(declared()):
+        raise ConfigError(f"model.name={job.model.name!r}: the generator's classes ({gen.conditioning}, "
+                          f"{len(gen.classes or ())}) differ from its registered ModelDefaults.classes, which the job "
+                          "resolved the prompts with; register the model with the same class list")
     preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
     comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp)
