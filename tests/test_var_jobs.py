@@ -179,3 +179,21 @@ def test_class_conditional_job_end_to_end(tmp_path, classifier_files):
         assert all(r["reward"] <= 0 and Path(out / r["image"]).is_file() for r in recs)
     # resume: nothing to redo (the resolved class is the prompt recorded)
     assert run_job(job)["skipped_done"] == 3
+
+
+def test_cli_text_prompt_for_a_class_model_is_one_line_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    p = tmp_path / "p.txt"
+    p.write_text("goldfish\na photo of a cat\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")]), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "ttsvar.cli", "run", "model.name=var-tiny-random", f"prompts={p}",
+                        f"output.dir={tmp_path / 'out'}"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=240)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    errors = [x for x in r.stderr.splitlines() if x.startswith("ttsvar: error: ")]
+    assert len(errors) == 1 and "p.txt:2: 'a photo of a cat' is text but var-tiny-random is class-conditional" \
+        in errors[0], r.stderr
