@@ -9,7 +9,6 @@ released sampler does). On the 8B configuration each transformer token carries 2
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,6 +17,17 @@ import torch
 import torch.nn.functional as F
 
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig
+from ..rows import (
+    check_concat,
+    check_finished,
+    check_index,
+    concat_caches,
+    paired,
+    row_hashes,
+    select_caches,
+    split_by_select,
+    to_unit_images,
+)
 from ..sampling import row_uniforms, sample_categorical
 from ..text import TextEncoder
 from .model import Infinity, TextCond
@@ -134,9 +144,6 @@ class InfinityGenerator(Generator):
         cond = self.model.encode_text(feats, mask)
         return InfinityState(rows, 0, cond, None, None, cfg_pairs)
 
-    def _paired(self, idx: torch.Tensor, B: int, cfg_pairs: bool) -> torch.Tensor:
-        return torch.cat((idx, idx + B)) if cfg_pairs else idx
-
     @torch.inference_mode()
     def step(self, state: InfinityState) -> InfinityState:
         si, B = state.scale, len(state.rows)
@@ -184,52 +191,31 @@ class InfinityGenerator(Generator):
         if state.summed_codes is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         codes = state.summed_codes if rows is None else state.summed_codes[torch.as_tensor(rows, dtype=torch.long)]
-        img = self.vae.decode(codes.to(next(iter(self.vae.parameters())).dtype)).float()
-        img = ((img + 1) / 2).clamp_(0, 1)
-        if size is not None and tuple(img.shape[-2:]) != (size, size):
-            img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            img = img.clamp_(0, 1)
-        return img
+        return to_unit_images(self.vae.decode(codes.to(next(iter(self.vae.parameters())).dtype)), size)
 
     def finish(self, state: InfinityState, rows=None) -> torch.Tensor:
-        if state.scale != self.num_scales:
-            raise ValueError(f"finish() needs all {self.num_scales} scales sampled, state has {state.scale}")
+        check_finished(state.scale, self.num_scales)
         return self.preview(state, rows=rows)
 
     def row_keys(self, state: InfinityState) -> list[bytes] | None:
-        if state.summed_codes is None:
-            return None
-        flat = state.summed_codes.flatten(1).float().cpu().numpy()
-        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+        return None if state.summed_codes is None else row_hashes(state.summed_codes)
 
     # -- row bookkeeping ------------------------------------------------------------------------------
 
     def select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None) -> InfinityState:
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
         B = len(state.rows)
-        if index.size and (index.min() < 0 or index.max() >= B):
-            raise IndexError(f"select index out of range for a state of {B} rows: {index.tolist()}")
+        index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
-        full = self._paired(idx, B, state.cfg_pairs)
-        caches = None if state.caches is None else [(k[full], v[full]) for k, v in state.caches]
+        full = paired(idx, B, state.cfg_pairs)
+        caches = select_caches(state.caches, full)
         summed = None if state.summed_codes is None else state.summed_codes[idx]
         return InfinityState(state.rows.select(index, candidate_id), state.scale, _gather_cond(state.cond, full),
                              caches, summed, state.cfg_pairs)
 
     def concat(self, states: Sequence[InfinityState]) -> InfinityState:
-        if not states:
-            raise ValueError("concat needs at least one state")
-        if len({s.scale for s in states}) != 1 or len({s.cfg_pairs for s in states}) != 1:
-            raise ValueError(f"concat needs states at the same scale, got scales {[s.scale for s in states]}")
+        check_concat(states)
         if len(states) == 1:
             return states[0]
-
-        def cond_then_uncond(xs):
-            if not states[0].cfg_pairs:
-                return torch.cat(xs)
-            halves = [x.chunk(2) for x in xs]
-            return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
-
         conds = [s.cond for s in states]
         if states[0].cfg_pairs:  # reorder so all cond rows precede all uncond rows
             firsts = [_gather_cond(c, torch.arange(len(s.rows), device=self.device)) for c, s in zip(conds, states)]
@@ -238,19 +224,10 @@ class InfinityGenerator(Generator):
             cond = _cat_cond(firsts + seconds)
         else:
             cond = _cat_cond(conds)
-        caches = None
-        if states[0].caches is not None:
-            caches = [(cond_then_uncond([s.caches[i][0] for s in states]),
-                       cond_then_uncond([s.caches[i][1] for s in states])) for i in range(len(states[0].caches))]
+        caches = concat_caches(states, states[0].cfg_pairs)
         summed = None if states[0].summed_codes is None else torch.cat([s.summed_codes for s in states])
         return InfinityState(Rows.concat([s.rows for s in states]), states[0].scale, cond, caches, summed,
                              states[0].cfg_pairs)
 
     def split(self, state: InfinityState, sizes: Sequence[int]) -> list[InfinityState]:
-        if sum(sizes) != len(state.rows) or any(s < 0 for s in sizes):
-            raise ValueError(f"split sizes {list(sizes)} must be >= 0 and sum to {len(state.rows)} rows")
-        out, start = [], 0
-        for n in sizes:
-            out.append(self.select(state, np.arange(start, start + n)))
-            start += n
-        return out
+        return split_by_select(self.select, state, sizes)

@@ -16,17 +16,27 @@ at the first scale to 1 + cfg_official at the last; here w is that last weight (
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
+from ..rows import (
+    check_concat,
+    check_finished,
+    check_index,
+    concat_caches,
+    cond_then_uncond,
+    paired,
+    row_hashes,
+    select_caches,
+    split_by_select,
+    to_unit_images,
+)
 from ..sampling import filter_logits, row_uniforms, sample_categorical
 from .model import VAR
 from .vqvae import VQVAE
@@ -167,66 +177,36 @@ class VARGenerator(Generator):
         if state.f_hat is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         f_hat = state.f_hat if rows is None else state.f_hat[torch.as_tensor(rows, dtype=torch.long)]
-        img = self.vae.fhat_to_img(f_hat).float()
-        img = ((img + 1) / 2).clamp_(0, 1)
-        if size is not None and tuple(img.shape[-2:]) != (size, size):
-            img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            img = img.clamp_(0, 1)
-        return img
+        return to_unit_images(self.vae.fhat_to_img(f_hat), size)
 
     def finish(self, state: VARState, rows=None) -> torch.Tensor:
-        if state.scale != self.num_scales:
-            raise ValueError(f"finish() needs all {self.num_scales} scales sampled, state has {state.scale}")
+        check_finished(state.scale, self.num_scales)
         return self.preview(state, rows=rows)
 
     def row_keys(self, state: VARState) -> list[bytes] | None:
-        if state.f_hat is None:
-            return None
-        flat = state.f_hat.flatten(1).float().cpu().numpy()
-        return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+        return None if state.f_hat is None else row_hashes(state.f_hat)
 
     # -- row bookkeeping: the cond and uncond halves of labels and caches move together ---------------
 
     def select(self, state: VARState, index, candidate_id: np.ndarray | None = None) -> VARState:
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
         B = len(state.rows)
-        if index.size and (index.min() < 0 or index.max() >= B):
-            raise IndexError(f"select index out of range for a state of {B} rows: {index.tolist()}")
+        index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
-        full = torch.cat((idx, idx + B)) if state.cfg_pairs else idx
-        caches = None if state.caches is None else [(k[full], v[full]) for k, v in state.caches]
+        full = paired(idx, B, state.cfg_pairs)
+        caches = select_caches(state.caches, full)
         f_hat = None if state.f_hat is None else state.f_hat[idx]
         return VARState(state.rows.select(index, candidate_id), state.scale, state.labels[full], caches, f_hat,
                         state.cfg_pairs)
 
     def concat(self, states: Sequence[VARState]) -> VARState:
-        if not states:
-            raise ValueError("concat needs at least one state")
-        if len({s.scale for s in states}) != 1 or len({s.cfg_pairs for s in states}) != 1:
-            raise ValueError(f"concat needs states at the same scale, got scales {[s.scale for s in states]}")
+        check_concat(states)
         if len(states) == 1:
             return states[0]
         pairs = states[0].cfg_pairs
-
-        def cond_then_uncond(xs):  # all cond rows first, then all uncond rows, in the same order
-            if not pairs:
-                return torch.cat(xs)
-            halves = [x.chunk(2) for x in xs]
-            return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
-
-        caches = None
-        if states[0].caches is not None:
-            caches = [(cond_then_uncond([s.caches[i][0] for s in states]),
-                       cond_then_uncond([s.caches[i][1] for s in states])) for i in range(len(states[0].caches))]
+        caches = concat_caches(states, pairs)
         f_hat = None if states[0].f_hat is None else torch.cat([s.f_hat for s in states])
         return VARState(Rows.concat([s.rows for s in states]), states[0].scale,
-                        cond_then_uncond([s.labels for s in states]), caches, f_hat, pairs)
+                        cond_then_uncond([s.labels for s in states], pairs), caches, f_hat, pairs)
 
     def split(self, state: VARState, sizes: Sequence[int]) -> list[VARState]:
-        if sum(sizes) != len(state.rows) or any(s < 0 for s in sizes):
-            raise ValueError(f"split sizes {list(sizes)} must be >= 0 and sum to {len(state.rows)} rows")
-        out, start = [], 0
-        for n in sizes:
-            out.append(self.select(state, np.arange(start, start + n)))
-            start += n
-        return out
+        return split_by_select(self.select, state, sizes)

@@ -1,0 +1,89 @@
+"""Row bookkeeping shared by the model families' generators (Infinity, VAR).
+
+Both keep classifier-free guidance as one batch of 2B rows, the B cond rows first and the B uncond rows
+after them, with per-layer KV caches in the same order; `select`, `concat` and `split` must move a row's
+cond and uncond halves together. These helpers hold that layout in one place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Caches = list[tuple[torch.Tensor, torch.Tensor]] | None
+
+
+def check_index(index: Any, num_rows: int) -> np.ndarray:
+    """`index` as int64 [K]; IndexError naming the bad entries when one is outside 0..num_rows-1."""
+    index = np.asarray(index, dtype=np.int64).reshape(-1)
+    if index.size and (index.min() < 0 or index.max() >= num_rows):
+        raise IndexError(f"select index out of range for a state of {num_rows} rows: {index.tolist()}")
+    return index
+
+
+def paired(idx: torch.Tensor, num_rows: int, cfg_pairs: bool) -> torch.Tensor:
+    """Batch rows of candidate rows `idx`: with CFG pairs, the cond rows then their uncond partners."""
+    return torch.cat((idx, idx + num_rows)) if cfg_pairs else idx
+
+
+def select_caches(caches: Caches, full: torch.Tensor) -> Caches:
+    return None if caches is None else [(k[full], v[full]) for k, v in caches]
+
+
+def check_concat(states: Sequence[Any]) -> None:
+    """States to concatenate must exist and share their scale and CFG layout."""
+    if not states:
+        raise ValueError("concat needs at least one state")
+    if len({s.scale for s in states}) != 1 or len({s.cfg_pairs for s in states}) != 1:
+        raise ValueError(f"concat needs states at the same scale, got scales {[s.scale for s in states]}")
+
+
+def cond_then_uncond(xs: Sequence[torch.Tensor], cfg_pairs: bool) -> torch.Tensor:
+    """Concatenate batches [2B_i, ...] of cond-then-uncond rows so all cond rows precede all uncond rows."""
+    if not cfg_pairs:
+        return torch.cat(list(xs))
+    halves = [x.chunk(2) for x in xs]
+    return torch.cat([h[0] for h in halves] + [h[1] for h in halves])
+
+
+def concat_caches(states: Sequence[Any], cfg_pairs: bool) -> Caches:
+    if states[0].caches is None:
+        return None
+    return [(cond_then_uncond([s.caches[i][0] for s in states], cfg_pairs),
+             cond_then_uncond([s.caches[i][1] for s in states], cfg_pairs)) for i in range(len(states[0].caches))]
+
+
+def split_by_select(select: Callable[[Any, np.ndarray], Any], state: Any, sizes: Sequence[int]) -> list[Any]:
+    """Consecutive runs of `sizes` rows, each taken with the generator's `select`."""
+    if sum(sizes) != len(state.rows) or any(s < 0 for s in sizes):
+        raise ValueError(f"split sizes {list(sizes)} must be >= 0 and sum to {len(state.rows)} rows")
+    out, start = [], 0
+    for n in sizes:
+        out.append(select(state, np.arange(start, start + n)))
+        start += n
+    return out
+
+
+def to_unit_images(img: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """Decoded images [B, 3, H, W] in [-1, 1] -> float [0, 1], resized to `size` x `size` when given."""
+    img = ((img.float() + 1) / 2).clamp_(0, 1)
+    if size is not None and tuple(img.shape[-2:]) != (size, size):
+        img = F.interpolate(img, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        img = img.clamp_(0, 1)
+    return img
+
+
+def check_finished(scale: int, num_scales: int) -> None:
+    if scale != num_scales:
+        raise ValueError(f"finish() needs all {num_scales} scales sampled, state has {scale}")
+
+
+def row_hashes(x: torch.Tensor) -> list[bytes]:
+    """A 16-byte digest per row of x [B, ...]: equal rows (duplicated paths) have equal keys."""
+    flat = x.flatten(1).float().cpu().numpy()
+    return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
