@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from rewards.base import FunctionReward, Reward
 from ttsvar.core.options import accepts_option  # noqa: F401 - re-exported: rewards.config, rewards.ensemble
+from ttsvar.core.plugins import import_builtins
 
 ENTRY_POINT_GROUP = "ttsvar.rewards"
 COMMON_OPTIONS = ("nan_policy", "batch_size")
@@ -42,7 +43,6 @@ _BUILTIN_MODULES = (
 )
 
 _REGISTRY: dict[str, Callable[..., Reward]] = {}
-_builtins_loaded = False
 
 T = TypeVar("T")
 
@@ -75,11 +75,7 @@ def register_reward(name: str | None = None, *, overwrite: bool = False) -> Call
 
 
 def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True
-        for mod in _BUILTIN_MODULES:
-            importlib.import_module(mod)
+    import_builtins(_BUILTIN_MODULES)
 
 
 def _entry_points() -> dict[str, importlib.metadata.EntryPoint]:

@@ -11,17 +11,16 @@ modules and the first lookup imports them (the shapes testbed's module among the
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ..core.errors import ConfigError
+from ..core.plugins import import_builtins
 from .evaluator import Evaluator
 
 # Modules whose @register_evaluator decorators define the built-in names, imported on the first lookup.
 _BUILTIN_MODULES = ("ttsvar.testbed.evaluator",)
-_builtins_loaded = False
 
 _EVALUATORS: dict[str, Callable[..., Evaluator]] = {}
 
@@ -45,11 +44,7 @@ def register_evaluator(name: str) -> Callable[[T], T]:
 
 
 def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True  # first: a built-in module may look names up while it registers
-        for mod in _BUILTIN_MODULES:
-            importlib.import_module(mod)
+    import_builtins(_BUILTIN_MODULES)
 
 
 def list_evaluators() -> list[str]:

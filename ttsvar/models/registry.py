@@ -11,7 +11,6 @@ which sits above the models, registers its own generator.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -20,10 +19,10 @@ from typing import Any
 from ..core.classes import ClassList
 from ..core.errors import ConfigError, MissingFileError
 from ..core.generator import Generator, SamplingConfig
+from ..core.plugins import import_builtins
 
 # Modules whose @register_generator decorators define the built-in names, imported on first lookup.
 _BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.models.var.builders", "ttsvar.testbed.model")
-_builtins_loaded = False
 
 
 @dataclass
@@ -76,11 +75,7 @@ def register_generator(name: str, defaults: ModelDefaults | None = None) -> Call
 
 
 def _load_builtins() -> None:
-    global _builtins_loaded
-    if not _builtins_loaded:
-        _builtins_loaded = True  # first: a built-in module may look names up while it registers
-        for mod in _BUILTIN_MODULES:
-            importlib.import_module(mod)
+    import_builtins(_BUILTIN_MODULES)
 
 
 def list_generators() -> list[str]:
