@@ -39,18 +39,7 @@ def map_paper_scales(scales: Sequence[int], num_scales: int) -> tuple[int, ...]:
     """Map sorted 13-scale decision indices onto `num_scales` scales by the rule in the module docstring."""
     if num_scales == PAPER_NUM_SCALES:
         return tuple(scales)
-    out: list[int] = []
-    for k in sorted(scales):
-        j = math.floor((k + 1) * num_scales / PAPER_NUM_SCALES + 0.5) - 1
-        j = max(j, 1, out[-1] + 1 if out else 1)
-        if j > num_scales - 2:
-            raise ValueError(
-                f"the default TTS-VAR decisions do not fit into {num_scales} scales (they need distinct "
-                f"scales in [1, {num_scales - 2}]); set batch_schedule, cluster_scales and resample_scales "
-                "explicitly"
-            )
-        out.append(j)
-    return tuple(out)
+    return _fit([math.floor((k + 1) * num_scales / PAPER_NUM_SCALES + 0.5) - 1 for k in sorted(scales)], num_scales)
 
 
 def _fit(js: Sequence[int], num_scales: int) -> tuple[int, ...]:
