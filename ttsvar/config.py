@@ -60,6 +60,7 @@ class OutputConfig:
     dir: str = "outputs/run"
     save_candidates: bool = False  # also write every final candidate
     traces: bool = True
+    save_previews: bool = False  # small PNGs of every row at each decision scale (for `ttsvar report`)
     overwrite: bool = False  # delete the results already in `dir` and start over (`ttsvar run --fresh`)
 
 

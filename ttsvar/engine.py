@@ -73,6 +73,8 @@ class UnitImages:
     unit_id: int
     images: dict[int, np.ndarray]  # prompt index -> uint8 [k,H,W,3] final candidates (picked first)
     positions: dict[int, list[int]]  # prompt index -> positions of those candidates among the final rows
+    # prompt index -> [(decision scale, uint8 [n,h,w,3] thumbnails of that decision's rows, in row order)]
+    previews: dict[int, list[tuple[int, np.ndarray]]] = field(default_factory=dict)
 
 
 def prompt_seed(job_seed: int, prompt_index: int) -> int:
@@ -93,6 +95,9 @@ def split_unit(unit: WorkUnit, next_id: int) -> list[WorkUnit]:
             for k, (p, t, s) in enumerate(zip(unit.prompt_indices, unit.prompts, unit.seeds))]
 
 
+PREVIEW_THUMB = 64  # longest side, in pixels, of the preview thumbnails a Worker keeps with save_previews
+
+
 def _new_counters() -> dict:
     return {"token_forwards": 0, "preview_decodes": 0, "reward_images": 0, "feature_images": 0,
             "time_generate": 0.0, "time_decode": 0.0, "time_reward": 0.0, "time_features": 0.0}
@@ -110,6 +115,7 @@ class _Unit:
     scale: int = 0
     counters: dict[int, dict] = field(default_factory=dict)
     final_images: torch.Tensor | None = None
+    previews: dict[int, list[tuple[int, np.ndarray]]] = field(default_factory=dict)  # see UnitImages.previews
 
 
 class Worker:
@@ -118,16 +124,21 @@ class Worker:
 
     Per unit: `start(unit)` -> Report; then `apply(selection)` -> Report until a report is final;
     then `collect(unit_id, picks, keep_all)` -> UnitImages, which also frees the unit.
+
+    `save_previews`: decode every decision scale (also one that needs neither rewards nor features) and keep
+    thumbnails (at most `PREVIEW_THUMB` pixels) of each row until `collect` returns them.
     """
 
     def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
-                 max_rows_per_forward: int = 64, preview_size: int | None = None, score_batch: int = 64):
+                 max_rows_per_forward: int = 64, preview_size: int | None = None, score_batch: int = 64,
+                 save_previews: bool = False):
         if plan.num_scales != generator.num_scales:
             raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
         self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
         self.max_rows = max(1, int(max_rows_per_forward))
         self.preview_size = preview_size
         self.score_batch = max(1, int(score_batch))
+        self.save_previews = bool(save_previews)
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
 
@@ -173,7 +184,7 @@ class Worker:
             out[p] = imgs[offset + np.asarray(order)]
             pos[p] = order
             offset += n
-        return UnitImages(unit_id, out, pos)
+        return UnitImages(unit_id, out, pos, u.previews)
 
     def drop(self, unit_id: int) -> None:
         self.units.pop(unit_id, None)
@@ -203,11 +214,14 @@ class Worker:
         final = u.scale == S
         need_r = final or k in self.plan.reward_scales
         need_f = (not final) and k in self.plan.feature_scales
+        need_p = (not final) and self.save_previews
         rewards = features = None
-        if need_r or need_f:
+        if need_r or need_f or need_p:
             images, first, inverse = self._decode_unique(u, final)
             if final:
                 u.final_images = images[torch.as_tensor(inverse)]
+            if need_p:
+                self._keep_previews(u, k, images, inverse)
             if need_r:
                 rewards = self._score(u, images, first)[inverse]
             if need_f:
@@ -220,6 +234,20 @@ class Worker:
             offset += n
         counters, u.counters = u.counters, {p: _new_counters() for p in u.unit.prompt_indices}
         return Report(u.unit.unit_id, k, final, groups, counters)
+
+    def _keep_previews(self, u: _Unit, scale: int, images: torch.Tensor, inverse: np.ndarray) -> None:
+        """Thumbnails of every row after `scale` (equal rows share one decode), kept per prompt for `collect`."""
+        from .output import to_uint8
+
+        h, w = images.shape[-2:]
+        if max(h, w) > PREVIEW_THUMB:  # area filter: a faithful small picture of a large preview
+            size = (max(1, round(h * PREVIEW_THUMB / max(h, w))), max(1, round(w * PREVIEW_THUMB / max(h, w))))
+            images = torch.nn.functional.interpolate(images.float(), size=size, mode="area")
+        thumbs = to_uint8(images)[inverse]
+        offset = 0
+        for p, n in zip(u.unit.prompt_indices, u.sizes):
+            u.previews.setdefault(p, []).append((scale, thumbs[offset:offset + n]))
+            offset += n
 
     def _group_of_rows(self, u: _Unit) -> np.ndarray:
         return np.repeat(np.arange(len(u.sizes)), u.sizes)

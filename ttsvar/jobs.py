@@ -223,7 +223,7 @@ def open_output(job: JobConfig) -> OutputDir:
         if gone:
             log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
     subdirs = ("images",) + (("traces",) if job.output.traces else ()) + \
-        (("candidates",) if job.output.save_candidates else ())
+        (("candidates",) if job.output.save_candidates else ()) + (("previews",) if job.output.save_previews else ())
     out.check_writable(subdirs)
     msg = out.repair_tail()
     if msg:
@@ -397,7 +397,7 @@ def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, s
 def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
-                  preview_size=comp.preview_size, score_batch=rt.score_batch)
+                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=job.output.save_previews)
 
 
 def job_items(job: JobConfig) -> list[PromptItem]:
@@ -494,6 +494,10 @@ class ResultWriter:
                     crel = f"candidates/{p:05d}_{pos}.png"
                     files.append(("image", crel, imgs[j]))
                     cands.append(crel)
+            for entry_scale, thumbs in images.previews.get(p, []):
+                prel = self.out.preview_path(p, entry_scale)
+                files.append(("image", prel, np.concatenate(list(thumbs), axis=1)))  # one strip: rows left to right
+                _link_preview(trace, entry_scale, prel, thumbs.shape[1:3])
             trace_rel = None
             if self.job.output.traces:
                 trace_rel = self.out.trace_path(p)
@@ -550,6 +554,14 @@ class ResultWriter:
             raise OutputWriteError(f"every result is in {self.out.manifest}, but {self.out.root / 'summary.json'} "
                                    f"could not be written ({e}); re-run the same command to write it") from e
         return s
+
+
+def _link_preview(trace: dict, scale: int, rel: str, tile: tuple[int, int]) -> None:
+    """Name a decision's preview strip in its trace entry: `preview` (the path) and `preview_tile` ([h, w] of one
+    row's thumbnail; row i is at x = i * w)."""
+    for entry in trace.get("decisions", []):
+        if entry.get("scale") == scale and entry.get("info", {}).get("kind") != "final":
+            entry["preview"], entry["preview_tile"] = rel, [int(tile[0]), int(tile[1])]
 
 
 def error_text(e: BaseException) -> str:

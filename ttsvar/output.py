@@ -4,6 +4,7 @@ Layout (a contract users' scripts rely on: extend, don't rename):
     manifest.jsonl            one line per finished prompt (status ok or failed)
     images/<index>.png        best image per prompt
     candidates/<index>_<k>.png  all final candidates (optional)
+    previews/<index>_s<scale>.png  thumbnails of every row at each decision scale, one strip (optional)
     traces/<index>.json       per-prompt search trace
     summary.json              job totals, rewritten at the end
     job.json                  the fingerprint of the configuration that wrote the results (resume checks it)
@@ -30,7 +31,7 @@ log = logging.getLogger("ttsvar")
 
 MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
 # what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
-WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "geneval_results.jsonl",
+WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "previews", "geneval_results.jsonl",
            "geneval_summary.json")
 
 # Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
@@ -286,6 +287,9 @@ class OutputDir:
 
     def write_image(self, rel: str, image: np.ndarray) -> None:
         atomic_write_png(self.root / rel, image)
+
+    def preview_path(self, index: int, scale: int) -> str:
+        return f"previews/{index:05d}_s{scale}.png"
 
     def trace_path(self, index: int) -> str:
         return f"traces/{index}.json"
