@@ -45,6 +45,11 @@ def test_demo_compares_plain_sampling_with_tts_var_and_writes_a_grid(tmp_path, c
         assert im.format == "PNG" and im.mode == "RGB"
         assert im.size == grid_size(n_prompts, n_cols, 96)
         im.load()  # decodes the whole file
+    report = out / "report.html"
+    assert f"report: {report}" in printed and report.is_file()
+    html = report.read_text()
+    assert "<th>plain</th><th>tts-var</th>" in html and 'id="quality-chart"' in html
+    assert any((out / "tts-var" / "previews").iterdir())
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
 
 

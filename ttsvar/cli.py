@@ -123,6 +123,16 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    from .report import build_report
+
+    info = build_report(ns.dirs, ns.out, embed=ns.embed)
+    how = "images embedded" if info.embedded else "images linked by relative path: keep it next to the run folders"
+    print(f"report: {info.path}  ({info.size / 2**20:.1f} MiB, {info.prompts} prompt results, {info.images} images, "
+          f"{how}; {info.seconds:.1f} s)")
+    return 0
+
+
 def cmd_config(ns: argparse.Namespace) -> int:
     from .config import load_config, to_yaml
 
@@ -171,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluator", default="shapes",
                    help="registered evaluator (default: shapes, the exact evaluator of the shapes testbed)")
     s.set_defaults(fn=cmd_evaluate)
+    s = sub.add_parser("report", help="one self-contained HTML page of job outputs: summary, per-tag scores, "
+                                      "every prompt's search tree")
+    s.add_argument("dirs", nargs="+", metavar="OUT_DIR", help="job output folders (output.dir); several are compared")
+    s.add_argument("-o", "--out", default=None,
+                   help="where to write the page (a file, or a folder for report.html); default OUT_DIR/report.html "
+                        "of the first folder")
+    s.add_argument("--embed", default="auto", choices=("auto", "all", "none"),
+                   help="images inside the page (all), linked relative to it (none), or embedded up to 16 MiB (auto)")
+    s.set_defaults(fn=cmd_report)
     s = sub.add_parser("config", help="print the resolved job config")
     s.add_argument("args", nargs="*")
     s.set_defaults(fn=cmd_config)

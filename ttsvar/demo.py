@@ -5,9 +5,10 @@ demo's output directory:
 
     prompts.jsonl   the GenEval-format prompts (`per_tag` per GenEval tag, shapes world, train split)
     plain/          job output of plain sampling (search.strategy=random, search.n=1)
-    tts-var/        job output of TTS-VAR (search.n=n, output.save_candidates=true)
+    tts-var/        job output of TTS-VAR (search.n=n, output.save_candidates=true, output.save_previews=true)
     grid.png        one row per prompt: plain sample, TTS-VAR pick, TTS-VAR's other final candidates,
                     each framed green (correct) or red (wrong) by the exact shapes evaluator
+    report.html     `ttsvar report` of both runs: the summary side by side, every prompt's search tree
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from .output import OutputDir, atomic_write_bytes
 
 PLAIN, SEARCH = "plain", "tts-var"
 # fields the demo sets for each run; a user override of one of them would be silently replaced
-_DEMO_KEYS = ("prompts", "model.name", "search.strategy", "search.n", "output.dir", "output.save_candidates")
-_STALE = ("manifest.jsonl", "summary.json", "images", "traces", "candidates", "geneval_results.jsonl",
+_DEMO_KEYS = ("prompts", "model.name", "search.strategy", "search.n", "output.dir", "output.save_candidates",
+              "output.save_previews")
+_STALE = ("manifest.jsonl", "summary.json", "images", "traces", "candidates", "previews", "geneval_results.jsonl",
           "geneval_summary.json")
 
 # grid geometry (pixels); a cell is a tile framed by BORDER and surrounded by PAD
@@ -85,12 +87,14 @@ def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, override
         _start_afresh(d)
         job = load_config(None, list(overrides), prompts=str(prompts), model={"name": model},
                           search={"strategy": strategy, "n": k},
-                          output={"dir": str(d), "save_candidates": strategy == "tts-var"})
+                          output={"dir": str(d), "save_candidates": strategy == "tts-var",
+                                  "save_previews": strategy == "tts-var"})
         s = summaries[sub] = run_job(job)
         print(f"{label}: {s['prompts_ok']} images in {s['wall_time_s']:.1f} s, "
               f"{s['compute'].get('token_forwards', 0):,} token forwards -> {d}")
     rc = 0 if all(s.get("prompts_failed", 0) == 0 for s in summaries.values()) else 1
     if model != "shapes-tiny":
+        _write_report(out, [r[0] for r in runs])
         return rc
 
     from .eval.evaluate import evaluate_output_dir
@@ -107,7 +111,15 @@ def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, override
                       max_candidates=max_candidates, tile=tile)
     print(f"grid: {grid}  (rows: prompts; columns: plain sample, TTS-VAR pick, TTS-VAR's other final candidates; "
           "green frame = correct, red = wrong)")
+    _write_report(out, [r[0] for r in runs])
     return rc
+
+
+def _write_report(out: Path, subs: list[str]) -> None:
+    from .report import build_report
+
+    info = build_report([out / s for s in subs], out / "report.html", title="ttsvar demo")
+    print(f"report: {info.path}  (open it in a browser: the runs side by side and every prompt's search tree)")
 
 
 def _start_afresh(d: Path) -> None:

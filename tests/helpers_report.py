@@ -1,0 +1,158 @@
+"""Job output directories for the report's tests and bench, without a model, and the headless browser.
+
+`fabricate_run` drives the real `Coordinator` and strategy with synthetic rewards and features (numpy), so the
+traces have exactly the structure a job of that strategy writes; the images are tiny PNGs. `chromium()` finds
+the browser the report tests drive through its command line (`dump_dom`, `screenshot`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+
+from search import create_strategy
+from ttsvar.engine import Coordinator, GroupArrays, Report, make_units
+from ttsvar.output import OutputDir, atomic_write_json, atomic_write_png
+
+TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
+
+
+def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: int = 4, num_scales: int = 13,
+                  seed: int = 0, image_size: int = 32, previews: bool = False, candidates: bool = False,
+                  evaluated: bool = False) -> Path:
+    """Write a job output directory of `prompts` prompts searched by `strategy` (the real Coordinator and
+    strategy on random rewards and features): manifest.jsonl, job.json, summary.json, images/, traces/, and
+    optionally previews/ strips, candidates/ and the evaluation files. Returns `root`."""
+    rng = np.random.default_rng(seed)
+    strat = create_strategy(strategy)
+    plan = strat.plan(num_scales, n)
+    coord = Coordinator(strat, plan)
+    out = OutputDir(root)
+    texts = [f"a photo of {k % 5 + 1} synthetic thing(s) number {k}" for k in range(prompts)]
+    img = rng.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)
+    thumb = img[::2, ::2] if image_size > 16 else img
+    recs, results = [], []
+    for unit in make_units(list(range(prompts)), texts, seed, per_unit=64):
+        coord.begin(unit)
+        ids = {p: np.arange(plan.batch_sizes[0], dtype=np.int64) for p in unit.prompt_indices}
+        strips: dict[int, list[tuple[int, int]]] = {p: [] for p in unit.prompt_indices}
+        for k in plan.decision_scales:
+            groups = []
+            for p in unit.prompt_indices:
+                m = len(ids[p])
+                groups.append(GroupArrays(p, ids[p],
+                                          rng.normal(size=m).astype(np.float32) if k in plan.reward_scales else None,
+                                          rng.normal(size=(m, 8)).astype(np.float32) if k in plan.feature_scales
+                                          else None))
+                strips[p].append((k, m))
+            sel = coord.decide(Report(unit.unit_id, k, False, groups, {}))
+            ids = {p: sel.row_ids[p] for p in unit.prompt_indices}
+        final = Report(unit.unit_id, num_scales - 1, True,
+                       [GroupArrays(p, ids[p], rng.normal(size=len(ids[p])).astype(np.float32), None)
+                        for p in unit.prompt_indices], {})
+        picks = coord.pick(final)
+        for ga in final.groups:
+            p = ga.prompt_index
+            trace, _ = coord.finish_group(p)
+            rel = out.image_path(p)
+            atomic_write_png(root / rel, img)
+            if previews:
+                for k, m in strips[p]:
+                    prel = out.preview_path(p, k)
+                    atomic_write_png(root / prel, np.concatenate([thumb] * m, axis=1))
+                    entry = next(d for d in trace["decisions"] if d["scale"] == k)
+                    entry["preview"], entry["preview_tile"] = prel, list(thumb.shape[:2])
+            cands = []
+            if candidates:
+                order = [picks[p]] + [i for i in range(len(ga.row_ids)) if i != picks[p]]
+                for pos in order:
+                    crel = f"candidates/{p:05d}_{pos}.png"
+                    atomic_write_png(root / crel, img)
+                    cands.append(crel)
+            atomic_write_json(root / out.trace_path(p), trace)
+            tag = TAGS[p % len(TAGS)]
+            recs.append({"index": p, "prompt": texts[p], "seed": unit.seeds[0], "status": "ok", "model": "synthetic",
+                         "strategy": strategy, "n": n, "reward_name": "synthetic",
+                         "reward": float(ga.rewards[picks[p]]), "image": rel, "trace": out.trace_path(p),
+                         "candidates": cands, "row_id": int(ga.row_ids[picks[p]]),
+                         "compute": {"token_forwards": 1000 * n}, "metadata": {"tag": tag, "prompt": texts[p]}})
+            results.append({"filename": rel, "tag": tag, "prompt": texts[p], "correct": bool(p % 3)})
+    out.append_many(recs)
+    atomic_write_json(root / "job.json", {"fingerprint": {"seed": seed, "model.name": "synthetic",
+                                                          "search.strategy": strategy, "search.n": n}})
+    atomic_write_json(root / "summary.json", {"prompts_ok": prompts, "prompts_failed": 0, "wall_time_s": 1.0,
+                                              "mean_reward": float(np.mean([r["reward"] for r in recs])),
+                                              "compute": {"token_forwards": 1000 * n * prompts}})
+    if evaluated:
+        per_tag: dict[str, dict] = {}
+        for r in results:
+            t = per_tag.setdefault(r["tag"], {"correct": 0, "total": 0})
+            t["correct"] += r["correct"]
+            t["total"] += 1
+        for t in per_tag.values():
+            t["accuracy"] = t["correct"] / t["total"]
+        (root / "geneval_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
+        atomic_write_json(root / "geneval_summary.json",
+                          {"per_tag": per_tag, "overall": float(np.mean([t["accuracy"] for t in per_tag.values()]))})
+    return root
+
+
+# ----------------------------------------------------------------------------- the browser
+
+
+def chromium() -> str | None:
+    """The headless browser the report tests use: $TTSVAR_CHROMIUM, else Debian's `chromium` on PATH."""
+    for name in (os.environ.get("TTSVAR_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+NO_BROWSER = "no headless browser: install Debian's chromium (`apt-get install chromium`, as .ci/run does) " \
+             "or set TTSVAR_CHROMIUM to run the report's browser tests"
+
+
+def _browser(args: list[str], timeout: int = 120) -> subprocess.CompletedProcess:
+    exe = chromium()
+    assert exe, NO_BROWSER
+    with tempfile.TemporaryDirectory(prefix="ttsvar-chromium-") as profile:
+        return subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                               "--hide-scrollbars", "--no-first-run", f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def dump_dom(page: Path, fragment: str = "") -> str:
+    """The page's DOM after its scripts ran (chromium --dump-dom)."""
+    url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    res = _browser(["--dump-dom", url])
+    assert "<html" in res.stdout, f"chromium printed no DOM (exit {res.returncode}): {res.stderr[-2000:]}"
+    return res.stdout
+
+
+def screenshot(page: Path, png: Path, size: tuple[int, int] = (1400, 1000), fragment: str = "") -> None:
+    url = page.resolve().as_uri() + (f"#{fragment}" if fragment else "")
+    res = _browser([f"--screenshot={png}", f"--window-size={size[0]},{size[1]}", url])
+    assert png.is_file(), f"chromium wrote no screenshot (exit {res.returncode}): {res.stderr[-2000:]}"
+
+
+class Elements(HTMLParser):
+    """Every start tag of a document as (tag, attributes, classes), in document order."""
+
+    def __init__(self, html: str):
+        super().__init__()
+        self.items: list[tuple[str, dict[str, str], set[str]]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag, attrs):
+        a = {k: v or "" for k, v in attrs}
+        self.items.append((tag, a, set(a.get("class", "").split())))
+
+    def having(self, cls: str, tag: str | None = None) -> list[dict[str, str]]:
+        return [a for t, a, c in self.items if cls in c and (tag is None or t == tag)]

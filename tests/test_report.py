@@ -1,0 +1,223 @@
+"""`ttsvar report`: one HTML page of job outputs, checked in a real headless browser (Debian's chromium, driven
+through its command line: the DOM after the page's script ran, and a screenshot).
+
+The search trees are checked against the trace files: one node per trace row, one edge per row with a parent
+(into the node of that parent in the previous column), the pick highlighted, the ESS of every resampling shown.
+A real tts-var job (shapes-tiny, with previews and candidates, evaluated) covers the path from `ttsvar run`;
+synthetic runs of every strategy (the real Coordinator on random rewards) cover the strategies and a run large
+enough to page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import helpers_components  # noqa: F401 - registers test-pixels
+import pytest
+from helpers_report import NO_BROWSER, Elements, chromium, dump_dom, fabricate_run, screenshot
+from PIL import Image
+
+from search import list_strategies
+from ttsvar.cli import main
+from ttsvar.core.errors import ConfigError, OutputError
+from ttsvar.report import build_report
+from ttsvar.testbed.model import weights_available
+
+FAST = ["reward.name=helpers_components:redness", "search.features=test-pixels", "runtime.quiet=true"]
+# CI (.ci/run installs chromium) sets TTSVAR_REQUIRE_BROWSER: there a missing browser fails the tests instead
+needs_browser = pytest.mark.skipif(chromium() is None and not os.environ.get("TTSVAR_REQUIRE_BROWSER"),
+                                   reason=NO_BROWSER)
+
+
+def _traces(run: Path) -> dict[int, dict]:
+    recs = [json.loads(x) for x in (run / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    return {r["index"]: json.loads((run / r["trace"]).read_text()) for r in recs if r.get("trace")}
+
+
+def check_tree(dom: Elements, trace: dict, run: int = 0) -> None:
+    """The tree of run `run` in the DOM is the trace: nodes, edges, pick, ESS."""
+    nodes = [a for a in dom.having("node", "div") if a["data-run"] == str(run)]
+    edges = [a for a in dom.having("edge", "path") if a["data-run"] == str(run)]
+    decisions = trace["decisions"]
+    # one node per trace row, column by column, in row order
+    assert [(int(a["data-col"]), int(a["data-row"])) for a in nodes] == \
+        [(c, r["row_id"]) for c, d in enumerate(decisions) for r in d["rows"]]
+    for a, r in zip(nodes, [r for d in decisions for r in d["rows"]]):
+        assert a["data-parent"] == ("" if r["parent"] is None else str(r["parent"]))
+        assert ("pruned" in a["class"].split()) == (r.get("kept") is False)
+    # one edge per row that has a parent, from that parent's node in the previous column
+    ids = {(int(a["data-col"]), int(a["data-row"])) for a in nodes}
+    want = sorted(f"{c - 1}:{r['parent']}->{c}:{r['row_id']}" for c, d in enumerate(decisions) for r in d["rows"]
+                  if c > 0 and r["parent"] is not None)
+    assert sorted(f"{a['data-from']}->{a['data-to']}" for a in edges) == want
+    for a in edges:
+        c, r = map(int, a["data-from"].split(":"))
+        assert (c, r) in ids
+    # the pick: exactly one highlighted node, in the last column, the trace's picked row
+    picked = [a for a in nodes if "picked" in a["class"].split()]
+    assert [(int(a["data-col"]), int(a["data-row"])) for a in picked] == [(len(decisions) - 1,
+                                                                            decisions[-1]["picked_row"])]
+    lineage = [a for a in nodes if "lineage" in a["class"].split()]
+    assert len(lineage) == len(decisions)  # one node per column: the pick's ancestors
+    ess = [float(a["data-value"]) for a in dom.having("ess", "span") if a["data-run"] == str(run)]
+    want_ess = [d["info"]["ess"] for d in decisions if "ess" in d["info"]]
+    assert ess == pytest.approx(want_ess, rel=1e-3)
+
+
+def check_screenshot(png: Path, size: tuple[int, int]) -> None:
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == size
+        colours = im.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert colours is None or len(colours) > 50, "the screenshot is (nearly) blank"
+
+
+# ----------------------------------------------------------------------------- a real job
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory) -> Path:
+    if not weights_available():
+        pytest.skip("the embedded shapes-tiny weights are not installed")
+    from ttsvar.testbed import world
+
+    d = tmp_path_factory.mktemp("report")
+    prompts = d / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in world.eval_prompts(1, seed=0, split="train")))
+    out = d / "tts-var"
+    assert main(["run", f"prompts={prompts}", "limit=2", "search.strategy=tts-var", "search.n=2", f"output.dir={out}",
+                 "output.save_previews=true", "output.save_candidates=true", *FAST]) == 0
+    assert main(["evaluate", str(out)]) == 0
+    return out
+
+
+def test_save_previews_writes_one_strip_per_decision_linked_from_the_trace(real_run):
+    for index, trace in _traces(real_run).items():
+        decisions = [d for d in trace["decisions"] if d["info"].get("kind") != "final"]
+        assert decisions and not [d for d in decisions if "preview" not in d]
+        for d in decisions:
+            h, w = d["preview_tile"]
+            assert d["preview"] == f"previews/{index:05d}_s{d['scale']}.png"
+            with Image.open(real_run / d["preview"]) as im:
+                assert im.size == (w * len(d["rows"]), h) and max(h, w) <= 64
+
+
+def test_save_previews_is_validated_like_every_field():
+    from ttsvar.config import load_config
+
+    assert load_config(None, ["output.save_previews=true"]).output.save_previews is True
+    with pytest.raises(ConfigError, match="output.save_previews"):
+        load_config(None, ["output.save_previews=maybe"])
+
+
+@needs_browser
+def test_report_of_a_real_job_shows_each_trace_as_a_tree(real_run, tmp_path, capsys):
+    assert main(["report", str(real_run)]) == 0
+    page = real_run / "report.html"
+    assert f"report: {page}" in capsys.readouterr().out
+    html = page.read_text()
+    assert not re.findall(r"https?://(?!www\.w3\.org/2000/svg)", html)  # nothing from the network (an SVG namespace)
+    for index, trace in _traces(real_run).items():
+        dom = Elements(dump_dom(page, f"prompt={index}"))
+        check_tree(dom, trace)
+        assert len(dom.having("final-image", "img")) == 1
+        assert any("thumb" in c for _, _, c in dom.items)  # the preview thumbnails
+        assert "GenEval overall" in html and "single_object" in html  # evaluated: per-tag scores
+    # without a #prompt= the page opens on the first prompt, unscrolled (headless chromium paints a scrolled page
+    # blank): the summary, the prompt table and the first prompt's tree
+    png = tmp_path / "page.png"
+    screenshot(page, png, (1400, 2000))
+    check_screenshot(png, (1400, 2000))
+
+
+# ----------------------------------------------------------------------------- every strategy, synthetic
+
+
+@needs_browser
+def test_every_strategy_gets_its_tree(tmp_path):
+    strategies = list_strategies()
+    runs = [fabricate_run(tmp_path / s, s, n=2, prompts=2, num_scales=8, previews=s == "tts-var", evaluated=True)
+            for s in strategies]
+    info = build_report(runs, tmp_path / "all.html")
+    assert info.embedded and info.prompts == 2 * len(strategies)
+    dom = Elements(dump_dom(info.path, "prompt=1"))
+    for k, run in enumerate(runs):
+        check_tree(dom, _traces(run)[1], run=k)
+    # the summary: one column per run, one chart point per run
+    head = [a for t, a, _ in Elements(info.path.read_text()).items if t == "th"]
+    assert len(head) >= len(strategies)
+    assert len(dom.having("point", "g")) == len(strategies)
+
+
+@needs_browser
+def test_a_large_run_is_paged_and_opens_any_prompt(tmp_path):
+    run = fabricate_run(tmp_path / "big", "best-of-n", n=4, prompts=120, num_scales=6)
+    info = build_report([run], embed="none")
+    assert not info.embedded and "data:image" not in info.path.read_text()
+    dom = Elements(dump_dom(info.path, "prompt=119"))
+    rows = dom.having("prompt-row", "tr")
+    assert len(rows) == 20 and rows[-1]["data-index"] == "119"  # page 3 of 3 (50 per page) holds 100..119
+    assert [a for a in dom.having("selected", "tr")] == [rows[-1]]
+    check_tree(dom, _traces(run)[119])  # best-of-n: one column, no edges
+    img = dom.having("final-image", "img")[0]["src"]
+    assert img == "images/00119.png" and (run / img).is_file()
+
+
+def test_linked_images_are_relative_to_the_report(tmp_path):
+    run = fabricate_run(tmp_path / "run", "beam", prompts=1, num_scales=6, candidates=True)
+    info = build_report([run], tmp_path / "elsewhere" / "r.html", embed="none")
+    data = _page_data(info.path)
+    assert data["images"] and all((info.path.parent / p).is_file() for p in data["images"])
+    assert all(p.startswith("../run/") for p in data["images"])
+    assert build_report([run], tmp_path / "elsewhere").path == tmp_path / "elsewhere" / "report.html"
+
+
+def _page_data(page: Path) -> dict:
+    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', page.read_text(), re.S)
+    return json.loads(m.group(1))
+
+
+def test_prompt_text_cannot_inject_markup(tmp_path):
+    run = fabricate_run(tmp_path / "run", "best-of-n", prompts=1, num_scales=4)
+    man = run / "manifest.jsonl"
+    man.write_text(man.read_text().replace("a photo of", "</script><script>alert(1)</script><!-- a photo of"))
+    (run / "job.json").write_text(json.dumps({"fingerprint": {"model.name": "<b>x</b>"}}))
+    html = build_report([run]).path.read_text()
+    assert "</script><script>alert(1)" not in html and "<b>x</b>" not in html  # the JSON cannot end its script
+    assert html.count("</script>") == 2  # the data and the script
+    assert _page_data(run / "report.html")["runs"][0]["prompts"][0]["p"].startswith("</script><script>alert(1)")
+    if chromium() is not None:  # and the page's script reads it back, as text
+        dom = dump_dom(run / "report.html")
+        assert len(Elements(dom).having("prompt-row", "tr")) == 1
+        assert "&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;!-- a photo of" in dom
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("what", ["missing", "file", "not-a-run", "empty-manifest"])
+def test_a_folder_that_is_not_a_run_is_one_line(tmp_path, capsys, what):
+    path = tmp_path / what
+    if what == "file":
+        path.write_text("x")
+    elif what == "not-a-run":
+        path.mkdir()
+    elif what == "empty-manifest":
+        path.mkdir()
+        (path / "manifest.jsonl").write_text("")
+    assert main(["report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("ttsvar: error: ") and str(path) in err
+    assert "manifest.jsonl" in err and "Traceback" not in err
+    with pytest.raises(OutputError if what != "empty-manifest" else ValueError):
+        build_report([path])
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "ttsvar.cli", "report", str(tmp_path), "--debug"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "Traceback" in res.stderr and "has no manifest.jsonl" in res.stderr
