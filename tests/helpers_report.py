@@ -7,6 +7,7 @@ the browser the report tests drive through its command line (`dump_dom`, `screen
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -16,10 +17,11 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from search import create_strategy
 from ttsvar.engine import Coordinator, GroupArrays, Report, make_units
-from ttsvar.output import OutputDir, atomic_write_json, atomic_write_png
+from ttsvar.output import OutputDir
 
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -38,6 +40,7 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
     texts = [f"a photo of {k % 5 + 1} synthetic thing(s) number {k}" for k in range(prompts)]
     img = rng.integers(0, 256, size=(image_size, image_size, 3), dtype=np.uint8)
     thumb = img[::2, ::2] if image_size > 16 else img
+    png = _PngCache()
     recs, results = [], []
     for unit in make_units(list(range(prompts)), texts, seed, per_unit=64):
         coord.begin(unit)
@@ -62,11 +65,11 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
             p = ga.prompt_index
             trace, _ = coord.finish_group(p)
             rel = out.image_path(p)
-            atomic_write_png(root / rel, img)
+            png.write(root / rel, img)
             if previews:
                 for k, m in strips[p]:
                     prel = out.preview_path(p, k)
-                    atomic_write_png(root / prel, np.concatenate([thumb] * m, axis=1))
+                    png.write(root / prel, np.concatenate([thumb] * m, axis=1))
                     entry = next(d for d in trace["decisions"] if d["scale"] == k)
                     entry["preview"], entry["preview_tile"] = prel, list(thumb.shape[:2])
             cands = []
@@ -74,9 +77,9 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
                 order = [picks[p]] + [i for i in range(len(ga.row_ids)) if i != picks[p]]
                 for pos in order:
                     crel = f"candidates/{p:05d}_{pos}.png"
-                    atomic_write_png(root / crel, img)
+                    png.write(root / crel, img)
                     cands.append(crel)
-            atomic_write_json(root / out.trace_path(p), trace)
+            _write_json(root / out.trace_path(p), trace)
             tag = TAGS[p % len(TAGS)]
             recs.append({"index": p, "prompt": texts[p], "seed": unit.seeds[0], "status": "ok", "model": "synthetic",
                          "strategy": strategy, "n": n, "reward_name": "synthetic",
@@ -85,9 +88,9 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
                          "compute": {"token_forwards": 1000 * n}, "metadata": {"tag": tag, "prompt": texts[p]}})
             results.append({"filename": rel, "tag": tag, "prompt": texts[p], "correct": bool(p % 3)})
     out.append_many(recs)
-    atomic_write_json(root / "job.json", {"fingerprint": {"seed": seed, "model.name": "synthetic",
+    _write_json(root / "job.json", {"fingerprint": {"seed": seed, "model.name": "synthetic",
                                                           "search.strategy": strategy, "search.n": n}})
-    atomic_write_json(root / "summary.json", {"prompts_ok": prompts, "prompts_failed": 0, "wall_time_s": 1.0,
+    _write_json(root / "summary.json", {"prompts_ok": prompts, "prompts_failed": 0, "wall_time_s": 1.0,
                                               "mean_reward": float(np.mean([r["reward"] for r in recs])),
                                               "compute": {"token_forwards": 1000 * n * prompts}})
     if evaluated:
@@ -99,9 +102,31 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
         for t in per_tag.values():
             t["accuracy"] = t["correct"] / t["total"]
         (root / "geneval_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
-        atomic_write_json(root / "geneval_summary.json",
+        _write_json(root / "geneval_summary.json",
                           {"per_tag": per_tag, "overall": float(np.mean([t["accuracy"] for t in per_tag.values()]))})
     return root
+
+
+class _PngCache:
+    """Plain (not atomic, not fsynced: thousands of files for the bench) PNG writes, each distinct array encoded
+    once."""
+
+    def __init__(self):
+        self.encoded: dict[tuple, bytes] = {}
+
+    def write(self, path: Path, arr: np.ndarray) -> None:
+        key = (arr.shape, hash(arr.tobytes()))
+        if key not in self.encoded:
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="PNG")
+            self.encoded[key] = buf.getvalue()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.encoded[key])
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
 
 
 # ----------------------------------------------------------------------------- the browser

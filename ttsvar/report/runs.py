@@ -200,7 +200,13 @@ class Images:
     def uris(self) -> list[str]:
         if self.embed:
             return [_data_uri(p) for p in self.paths]
-        return [quote(Path(os.path.relpath(p.resolve(), self.report_dir.resolve())).as_posix()) for p in self.paths]
+        here, real = self.report_dir.resolve(), {}
+        out = []
+        for p in self.paths:  # resolve each folder once, not each of thousands of files
+            if p.parent not in real:
+                real[p.parent] = p.parent.resolve()
+            out.append(quote(Path(os.path.relpath(real[p.parent] / p.name, here)).as_posix()))
+        return out
 
 
 def _data_uri(path: Path) -> str:
