@@ -233,3 +233,19 @@ def test_one_bad_prompt_fails_alone(ray_local, prompts_file, tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in recs if r["status"] == "failed") == triangles
     assert sorted(r["index"] for r in recs) == list(range(len(PROMPTS)))
+
+
+def test_ray_writes_the_same_previews_as_local(ray_local, prompts_file, tmp_path):
+    """`output.save_previews`: the thumbnails cross from the actor with the final images (UnitImages)."""
+    outs = {}
+    for kind in ("local", "ray"):
+        outs[kind] = tmp_path / kind
+        s = run_job(make_job(prompts_file, outs[kind], f"runtime.kind={kind}", "output.save_previews=true",
+                             "limit=2", "runtime.prompts_per_unit=2"))
+        assert s["prompts_ok"] == 2
+    names = sorted(p.name for p in (outs["local"] / "previews").iterdir())
+    assert names and names == sorted(p.name for p in (outs["ray"] / "previews").iterdir())
+    for n in names:
+        assert (outs["local"] / "previews" / n).read_bytes() == (outs["ray"] / "previews" / n).read_bytes()
+    for i in range(2):
+        assert read_outputs(outs["ray"])[i]["trace_json"] == read_outputs(outs["local"])[i]["trace_json"]

@@ -25,6 +25,7 @@ from PIL import Image
 from search import list_strategies
 from ttsvar.cli import main
 from ttsvar.core.errors import ConfigError, OutputError
+from ttsvar.output import OutputDir
 from ttsvar.report import build_report
 from ttsvar.testbed.model import weights_available
 
@@ -64,7 +65,7 @@ def check_tree(dom: Elements, trace: dict, run: int = 0) -> None:
                                                                             decisions[-1]["picked_row"])]
     lineage = [a for a in nodes if "lineage" in a["class"].split()]
     assert len(lineage) == len(decisions)  # one node per column: the pick's ancestors
-    ess = [float(a["data-value"]) for a in dom.having("ess", "span") if a["data-run"] == str(run)]
+    ess = [float(a["data-value"]) for a in dom.having("ess", "div") if a["data-run"] == str(run)]
     want_ess = [d["info"]["ess"] for d in decisions if "ess" in d["info"]]
     assert ess == pytest.approx(want_ess, rel=1e-3)
 
@@ -107,11 +108,19 @@ def test_save_previews_writes_one_strip_per_decision_linked_from_the_trace(real_
 
 
 def test_save_previews_is_validated_like_every_field():
-    from ttsvar.config import load_config
+    from ttsvar.config import ignored_fields, load_config, saves_previews
 
     assert load_config(None, ["output.save_previews=true"]).output.save_previews is True
     with pytest.raises(ConfigError, match="output.save_previews"):
         load_config(None, ["output.save_previews=maybe"])
+    job = load_config(None, ["output.save_previews=true", "output.traces=false"])  # previews are named by traces
+    assert any(f.startswith("output.save_previews=true") for f in ignored_fields(job)) and not saves_previews(job)
+
+
+def test_fresh_deletes_a_report_made_in_the_output_dir(tmp_path):
+    run = fabricate_run(tmp_path / "run", "best-of-n", prompts=1, num_scales=4)
+    build_report([run])
+    assert "report.html" in OutputDir(run).clear() and not (run / "report.html").exists()
 
 
 @needs_browser

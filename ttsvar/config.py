@@ -60,7 +60,7 @@ class OutputConfig:
     dir: str = "outputs/run"
     save_candidates: bool = False  # also write every final candidate
     traces: bool = True
-    save_previews: bool = False  # small PNGs of every row at each decision scale (for `ttsvar report`)
+    save_previews: bool = False  # small PNGs of every row at each decision scale (for `ttsvar report`; needs traces)
     overwrite: bool = False  # delete the results already in `dir` and start over (`ttsvar run --fresh`)
 
 
@@ -346,7 +346,8 @@ def _validate_reward(job: JobConfig) -> None:
 
 
 def ignored_fields(job: JobConfig) -> list[str]:
-    """Set fields the job will not read (model fields its model ignores, Ray-only runtime fields on a local run);
+    """Set fields the job will not read (model fields its model ignores, Ray-only runtime fields on a local run,
+    previews without traces);
     `ttsvar.jobs.preflight` warns about each."""
     out = []
     reads = model_defaults(job.model.name).reads
@@ -355,11 +356,18 @@ def ignored_fields(job: JobConfig) -> list[str]:
         out += [f"model.{f}={getattr(job.model, f)!r} (model {job.model.name} does not read it)"
                 for f in ("weights", "device", "dtype")
                 if f not in reads and getattr(job.model, f) != getattr(base, f)]
+    if job.output.save_previews and not job.output.traces:
+        out.append("output.save_previews=true (output.traces=false: previews are named by the traces)")
     if job.runtime.kind == "local":
         defaults = RuntimeConfig()
         out += [f"runtime.{k}={getattr(job.runtime, k)!r} (a Ray option; runtime.kind=local)" for k in RAY_ONLY
                 if getattr(job.runtime, k) != getattr(defaults, k)]
     return out
+
+
+def saves_previews(job: JobConfig) -> bool:
+    """Whether the job writes `previews/`: `output.save_previews`, with traces to name them."""
+    return bool(job.output.save_previews and job.output.traces)
 
 
 def to_yaml(job: JobConfig) -> str:

@@ -24,7 +24,7 @@ import numpy as np
 
 from search.base import SearchPlan, Strategy
 
-from .config import LEGACY_OPTIONS, JobConfig, ignored_fields
+from .config import LEGACY_OPTIONS, JobConfig, ignored_fields, saves_previews
 from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, is_transient
 from .core.generator import Generator
 from .core.options import check_options
@@ -223,7 +223,7 @@ def open_output(job: JobConfig) -> OutputDir:
         if gone:
             log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
     subdirs = ("images",) + (("traces",) if job.output.traces else ()) + \
-        (("candidates",) if job.output.save_candidates else ()) + (("previews",) if job.output.save_previews else ())
+        (("candidates",) if job.output.save_candidates else ()) + (("previews",) if saves_previews(job) else ())
     out.check_writable(subdirs)
     msg = out.repair_tail()
     if msg:
@@ -397,7 +397,7 @@ def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, s
 def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
-                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=job.output.save_previews)
+                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=saves_previews(job))
 
 
 def job_items(job: JobConfig) -> list[PromptItem]:

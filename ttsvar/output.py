@@ -8,6 +8,7 @@ Layout (a contract users' scripts rely on: extend, don't rename):
     traces/<index>.json       per-prompt search trace
     summary.json              job totals, rewritten at the end
     job.json                  the fingerprint of the configuration that wrote the results (resume checks it)
+    report.html               `ttsvar report` of this folder (when made here)
 
 Every file is created with the permissions the umask gives (like the manifest), not tempfile's 0600.
 """
@@ -31,8 +32,9 @@ log = logging.getLogger("ttsvar")
 
 MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
 # what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
+# (and `ttsvar report`, by default)
 WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "previews", "geneval_results.jsonl",
-           "geneval_summary.json")
+           "geneval_summary.json", "report.html")
 
 # Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
 # recorded with them are still of the same configuration.

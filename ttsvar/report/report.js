@@ -9,7 +9,7 @@
   var RUNS = DATA.runs;
   var PAGE = 50;
   // tree geometry (px): node box, gaps, column header height, thumbnail height
-  var W = 132, GX = 64, GY = 8, HEAD = 44, THUMB = 40;
+  var W = 132, GX = 64, GY = 8, HEAD = 50, THUMB = 40;
   var SVGNS = "http://www.w3.org/2000/svg";
 
   var byIndex = new Map();  // prompt index -> [entry of each run, or null]
@@ -106,8 +106,8 @@
     if (kind === "final") line.textContent += " · " + rows.length + " candidates";
     box.appendChild(line);
     if (info.ess !== undefined && info.ess !== null) {
-      var ess = el("span", "ess", "ESS " + num(info.ess) + " / " + rows.length +
-        (info.resampled === false ? " (not resampled)" : ""));
+      var ess = el("div", "ess", "ESS " + num(info.ess) + " / " + rows.length +
+        (info.resampled === false ? ", kept all" : info.resampled === true ? ", resampled" : ""));
       ess.dataset.run = k;
       ess.dataset.value = info.ess;
       box.appendChild(ess);
