@@ -7,8 +7,11 @@ import pytest
 
 from ttsvar.eval.geneval import (
     Detection,
+    FilterOptions,
     MetadataError,
+    box_iou,
     check_metadata,
+    filter_detections,
     format_summary,
     iter_sample_folder,
     load_metadata,
@@ -134,6 +137,69 @@ def test_relative_position_matches_hand_computed_values():
     assert relative_position((0, 0, 4, 4), (3, 2.5, 7, 6.5)) == {"left of"}
     # a larger threshold widens the margin: (-3+1.6)/3.905 = -0.36: nothing
     assert relative_position((0, 0, 4, 4), (3, 2.5, 7, 6.5), threshold=0.2) == set()
+
+
+def test_relative_position_is_computed_in_float32_as_genevals_is():
+    """GenEval's boxes are mmdet's float32 arrays, so its arithmetic is float32. Here A sits right at the
+    "right of" cut-off: float32 gives dx <= 0.5 (only "below"), float64 gives dx > 0.5."""
+    a, b = (20.0, 29.933258056640625, 30.0, 39.933258056640625), (0.0, 0.0, 10.0, 10.0)  # exact in float32
+    assert relative_position(a, b) == {"below"}
+
+    def dx(dtype):
+        boxes = np.array([a, b], dtype=dtype).reshape(2, 2, 2)
+        center_a, center_b = boxes.mean(axis=-2)
+        dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
+        offset = center_a - center_b
+        revised = np.maximum(np.abs(offset) - 0.1 * (dim_a + dim_b), 0) * np.sign(offset)
+        return (revised / np.linalg.norm(offset))[0]
+
+    assert dx(np.float32) <= 0.5 < dx(np.float64)  # the case is on the boundary: float64 would flip it
+    assert abs(float(dx(np.float64)) - 0.5) < 1e-6
+
+
+def test_box_iou_is_genevals_inclusive_pixel_iou():
+    assert box_iou((0, 0, 9, 9), (0, 0, 9, 9)) == 1.0
+    assert box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)  # 5x10 of 10x10 + 10x10 - 5x10
+    assert box_iou((0, 0, 9, 9), (20, 20, 29, 29)) == 0.0
+
+
+def test_filter_keeps_scores_above_the_threshold_and_09_for_counting():
+    dets = [det("dog", (0, 0, 9, 9), 0.3), det("dog", (20, 0, 29, 9), 0.31), det("dog", (40, 0, 49, 9), 0.9),
+            det("dog", (60, 0, 69, 9), 0.95)]
+    plain = {"tag": "single_object", "prompt": "p", "include": [{"class": "dog", "count": 1}]}
+    counting = {**plain, "tag": "counting"}
+    assert [d.score for d in filter_detections(dets, plain)] == [0.95, 0.9, 0.31]  # strictly above 0.3, best first
+    assert [d.score for d in filter_detections(dets, counting)] == [0.95]  # strictly above 0.9
+    assert [d.score for d in filter_detections(dets, plain, FilterOptions(threshold=0.5))] == [0.95, 0.9]
+
+
+def test_filter_keeps_at_most_16_per_class_before_nms():
+    dets = [det("cat", (i * 20, 0, i * 20 + 9, 9), 0.5 + i / 100) for i in range(20)] + \
+        [det("dog", (0, 50, 9, 59), 0.4)]
+    md = {"tag": "two_object", "prompt": "p", "include": [{"class": "cat", "count": 1}]}
+    out = filter_detections(dets, md)
+    cats = [d for d in out if d.cls == "cat"]
+    assert len(cats) == 16 and [d.score for d in cats] == sorted((0.5 + i / 100 for i in range(4, 20)), reverse=True)
+    assert [d.cls for d in out].count("dog") == 1
+    # exclude counts what survives the filter: 17 cats in the image, but "fewer than 17 cats" holds
+    md17 = {**md, "exclude": [{"class": "cat", "count": 17}]}
+    assert check_metadata(out, md17)[0] and not check_metadata(dets, md17)[0]
+
+
+def test_filter_nms_is_off_by_default_and_greedy_within_a_class():
+    dets = [det("cat", (0, 0, 9, 9), 0.9), det("cat", (1, 0, 10, 9), 0.8), det("cat", (30, 0, 39, 9), 0.7),
+            det("dog", (0, 0, 9, 9), 0.6)]
+    md = {"tag": "single_object", "prompt": "p", "include": [{"class": "cat", "count": 1}]}
+    assert len(filter_detections(dets, md)) == 4
+    kept = filter_detections(dets, md, FilterOptions(max_overlap=0.5))  # IoU 90/110 with the best cat
+    assert [(d.cls, d.score) for d in kept] == [("cat", 0.9), ("cat", 0.7), ("dog", 0.6)]
+
+
+def test_filter_ranks_ties_as_genevals_reversed_argsort():
+    dets = [det("cat", (i * 20, 0, i * 20 + 9, 9), 0.5) for i in range(3)]
+    md = {"tag": "single_object", "prompt": "p", "include": [{"class": "cat", "count": 1}]}
+    expected = np.argsort(np.full(3, 0.5, np.float32))[::-1].tolist()
+    assert [dets.index(d) for d in filter_detections(dets, md)] == expected
 
 
 def test_include_counts_are_at_least_and_exclude_makes_counting_exact():

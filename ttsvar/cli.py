@@ -123,6 +123,52 @@ def cmd_evaluate(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_geneval_generate(ns: argparse.Namespace) -> int:
+    from .geneval_jobs import load_geneval_job, run_geneval
+
+    path, overrides = _split_job_args(ns.args)
+    job, opts = load_geneval_job(path, overrides + _fresh(ns))
+    summary = run_geneval(job, opts)
+    out = Path(job.output.dir)
+    print(f"samples:  {out}/<prompt:05d>/samples/<n:05d>.png ({summary['samples_written']} of "
+          f"{summary['geneval_prompts'] * opts.n_samples})\nmanifest: {out / 'manifest.jsonl'}\n"
+          f"score:    ttsvar geneval score {out}")
+    _print_summary(summary)
+    return 0 if summary.get("prompts_failed", 0) == 0 else 1
+
+
+def _detector_options(ns: argparse.Namespace) -> dict:
+    """The evaluator options of `geneval score`: GenEval's `--options key=value` and the weight files."""
+    opts: dict = {}
+    for item in ns.options:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--options takes key=value pairs (e.g. threshold=0.3), got {item!r}")
+        try:
+            opts[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            opts[key.strip()] = value
+    if ns.model_path is not None:
+        opts["model_path"] = ns.model_path
+    if ns.clip_weights is not None:
+        opts["clip_weights"] = ns.clip_weights
+    if ns.device is not None:
+        opts["device"] = ns.device
+    return opts
+
+
+def cmd_geneval_score(ns: argparse.Namespace) -> int:
+    from .eval.evaluate import evaluate_sample_folder
+    from .eval.geneval import format_summary
+    from .eval.registry import create_evaluator
+
+    evaluator = create_evaluator(ns.detector, field="--detector", **_detector_options(ns))
+    res = evaluate_sample_folder(Path(ns.dir), evaluator, ns.out, progress=not ns.quiet)
+    print(format_summary(res["summary"]))
+    print(f"results: {res['results_path']}")
+    return 0
+
+
 def cmd_report(ns: argparse.Namespace) -> int:
     from .report import build_report
 
@@ -181,6 +227,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluator", default="shapes",
                    help="registered evaluator (default: shapes, the exact evaluator of the shapes testbed)")
     s.set_defaults(fn=cmd_evaluate)
+    g = sub.add_parser("geneval", help="GenEval: generate in its layout, score like its evaluator")
+    gsub = g.add_subparsers(dest="geneval_command", required=True)
+    s = gsub.add_parser("generate", help="n_samples images per GenEval prompt, in GenEval's folder layout: "
+                                         "ttsvar geneval generate [JOB.yaml] key=value ... (job keys, n_samples, "
+                                         "grid)")
+    s.add_argument("args", nargs="*", help="optional job YAML, then key=value overrides (also n_samples=4, "
+                                           "grid=true)")
+    s.add_argument("--fresh", action="store_true",
+                   help="delete the results already in output.dir and start over (output.overwrite=true)")
+    s.set_defaults(fn=cmd_geneval_generate)
+    s = gsub.add_parser("score", help="score a folder in GenEval's layout: writes DIR/results.jsonl, prints "
+                                      "the summary")
+    s.add_argument("dir")
+    s.add_argument("--detector", default="mask2former",
+                   help="mask2former (GenEval's detector and CLIP colour classifier; needs --model-path and "
+                        "--clip-weights) or shapes (the shapes testbed's exact evaluator)")
+    s.add_argument("--out", default=None, help="results file (default: DIR/results.jsonl)")
+    s.add_argument("--model-path", default=None,
+                   help="mask2former: GenEval's checkpoint mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth, or "
+                        "the folder holding it (GenEval's --model-path)")
+    s.add_argument("--clip-weights", default=None,
+                   help="mask2former: open_clip ViT-L-14 'openai' weights, a local file")
+    s.add_argument("--device", default=None, help="mask2former: cpu, cuda or cuda:N (default: cuda if present)")
+    s.add_argument("--options", nargs="*", default=[],
+                   help="GenEval's options, key=value: threshold=0.3 counting_threshold=0.9 max_objects=16 "
+                        "max_overlap=1.0 position_threshold=0.1 (mask2former), or the evaluator's own (shapes)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_geneval_score)
     s = sub.add_parser("report", help="one self-contained HTML page of job outputs: summary, per-tag scores, "
                                       "every prompt's search tree")
     s.add_argument("dirs", nargs="+", metavar="OUT_DIR", help="job output folders (output.dir); several are compared")
@@ -263,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     # key=value overrides may follow options (`generate "p" --n 4 search.options.lam=5`): argparse leaves them over
     if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         ns.overrides = list(ns.overrides) + extra
+    elif extra and isinstance(getattr(ns, "args", None), list) and all("=" in x and not x.startswith("-")
+                                                                        for x in extra):
+        ns.args = list(ns.args) + extra  # `run a=1 --fresh b=2`: the overrides after the option
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging()

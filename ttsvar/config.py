@@ -7,6 +7,7 @@ plain dataclasses (`OmegaConf.to_object`), never a DictConfig.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import re
@@ -171,14 +172,23 @@ def _drop_unused_legacy(job: JobConfig, moved: set[tuple[str, str]]) -> None:
             del opts[key]
 
 
-def load_config(yaml_path: str | Path | None = None, overrides: list[str] | None = None, **fields) -> JobConfig:
-    """Structured defaults <- YAML file <- `key=value` overrides <- keyword fields; validated. Legacy flat keys
-    (`LEGACY_OPTIONS`) are moved into `options` with a `ConfigDeprecationWarning`."""
+def read_job_file(path: str | Path) -> dict:
+    """A job YAML file as a plain mapping (not yet checked against `JobConfig`), for callers that take keys of
+    their own out of it before `load_config` (`ttsvar geneval generate`: n_samples). `ConfigError` if it is
+    missing or not a YAML mapping."""
+    return OmegaConf.to_container(_load_yaml(Path(path)), resolve=False)
+
+
+def load_config(yaml_path: str | Path | dict | None = None, overrides: list[str] | None = None,
+                **fields) -> JobConfig:
+    """Structured defaults <- YAML file (or the mapping `read_job_file` returned) <- `key=value` overrides <-
+    keyword fields; validated. Legacy flat keys (`LEGACY_OPTIONS`) are moved into `options` with a
+    `ConfigDeprecationWarning`."""
     moved: set[tuple[str, str]] = set()
     try:
         conf = OmegaConf.structured(JobConfig)
         if yaml_path is not None:
-            loaded = OmegaConf.to_container(_load_yaml(Path(yaml_path)), resolve=False)
+            loaded = copy.deepcopy(yaml_path) if isinstance(yaml_path, dict) else read_job_file(yaml_path)
             conf = OmegaConf.merge(conf, OmegaConf.create(_move_legacy_tree(loaded, moved)))
         if overrides:
             bad = [o for o in overrides if "=" not in o or not o.split("=", 1)[0].strip()]

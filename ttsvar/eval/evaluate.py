@@ -1,21 +1,27 @@
-"""GenEval-style scoring of a job's output directory with any registered evaluator.
+"""GenEval-style scoring with any registered evaluator, of a job's output directory or of a GenEval image folder.
 
-Reads `manifest.jsonl`, takes each prompt's GenEval metadata (`Evaluator.metadata_for`: from the .jsonl
-prompt file, or looked up by the evaluator), judges the best image, and writes `geneval_results.jsonl`
-(GenEval's results format) and `geneval_summary.json`. `ttsvar evaluate DIR --evaluator NAME` calls it.
+* `evaluate_output_dir` (`ttsvar evaluate DIR --evaluator NAME`): reads `manifest.jsonl`, takes each prompt's
+  GenEval metadata (`Evaluator.metadata_for`: from the .jsonl prompt file, or looked up by the evaluator),
+  judges the best image, and writes `geneval_results.jsonl` (GenEval's results format) and
+  `geneval_summary.json`.
+* `evaluate_sample_folder` (`ttsvar geneval score DIR --detector NAME`): every sample of a folder in GenEval's
+  layout (`<DIR>/<5 digits>/metadata.jsonl` and `samples/<digits>.png`, whoever wrote it), judged like
+  GenEval's `evaluation/evaluate_images.py`; writes `DIR/results.jsonl`, which GenEval's `summary_scores.py`
+  reads.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-from ..core.errors import ManifestError, OutputError
+from ..core.errors import InputError, ManifestError, MissingFileError, OutputError
 from ..output import OutputDir, atomic_write_json
 from .evaluator import Evaluator
-from .geneval import summarize, write_results
+from .geneval import iter_sample_folder, summarize, write_results
 from .registry import create_evaluator
 
 
@@ -59,3 +65,46 @@ def evaluate_output_dir(root: str | Path, evaluator: Evaluator | str = "shapes")
     summary["skipped_without_metadata"] = skipped
     atomic_write_json(out.root / "geneval_summary.json", summary)
     return {"summary": summary, "results_path": str(path)}
+
+
+def read_sample(path: Path) -> np.ndarray:
+    """A sample as GenEval reads it (`ImageOps.exif_transpose(Image.open(path))`, then RGB), uint8 [H, W, 3]."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise InputError(f"{path} cannot be read as an image ({type(e).__name__}: {str(e).strip()[:120]}); "
+                         "delete it or write it again") from None
+
+
+def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shapes",
+                           outfile: str | Path | None = None, progress: bool = False) -> dict:
+    """Judge every sample of a GenEval image folder with `evaluator` (an instance or a registered name) and write
+    the results, one line per image, to `outfile` (default `root/results.jsonl`) in GenEval's format: the fields
+    of `geneval.result_record`, ``filename`` being the sample's path as GenEval writes it (`root` as given, then
+    ``<folder>/samples/<name>``). Returns {"summary": `geneval.summarize`, "results_path": ...}."""
+    from tqdm import tqdm
+
+    ev = create_evaluator(evaluator, field="--detector") if isinstance(evaluator, str) else evaluator
+    root_text = str(root)
+    root = Path(root)
+    if not root.is_dir():
+        raise OutputError(f"{root} is not a folder; give a folder in GenEval's layout (<dir>/00000/metadata.jsonl, "
+                          "<dir>/00000/samples/00000.png, ...)")
+    try:
+        samples = list(iter_sample_folder(root))
+    except FileNotFoundError as e:
+        raise MissingFileError(str(e)) from None
+    if not samples:
+        raise InputError(f"{root} holds no samples in GenEval's layout (<dir>/00000/metadata.jsonl and "
+                         "<dir>/00000/samples/00000.png); run `ttsvar geneval generate` first")
+    results = []
+    bar = tqdm(total=len(samples), disable=not progress, unit="image", desc="geneval score", dynamic_ncols=True)
+    for path, md in samples:
+        name = os.path.join(root_text, path.parent.parent.name, "samples", path.name)
+        results.extend(ev.evaluate_records([read_sample(path)], [md], [name]))
+        bar.update(1)
+    bar.close()
+    out = Path(outfile) if outfile is not None else root / "results.jsonl"
+    write_results(out, results)
+    return {"summary": summarize(results), "results_path": str(out)}

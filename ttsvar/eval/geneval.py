@@ -9,9 +9,10 @@ GenEval (Ghosh et al. 2023, github.com/djghosh13/geneval) judges an image agains
 This module holds what every GenEval-style evaluation shares, whatever finds the objects:
 
 * metadata JSONL I/O with validation (`load_metadata`, `save_metadata`, `validate_metadata`);
-* the rules that turn detections into a verdict (`check_metadata`, `relative_position`), replicating
-  GenEval's `evaluation/evaluate_images.py`: includes are ANDed, excludes ORed, colour and position are
-  checked only on the ``count`` most confident detections of a class;
+* the rules that turn detections into a verdict (`filter_detections`, `check_metadata`, `relative_position`),
+  replicating GenEval's `evaluation/evaluate_images.py`: a detector's raw detections are filtered as GenEval
+  does (confidence threshold, at most 16 per class, optional NMS); includes are ANDed, excludes ORed, colour
+  and position are checked only on the ``count`` most confident detections of a class;
 * the results JSONL (one line per image) and the summary of `evaluation/summary_scores.py`
   (`summarize`: per-tag accuracy, overall = mean over tags);
 * GenEval's image folder layout (`write_sample_folder`, `iter_sample_folder`).
@@ -163,10 +164,15 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold:
     shrunk offset, divided by the length of the raw offset, exceeds 0.5 on that axis. The threshold is
     relative to the boxes' sizes, so the rule is the same in a 32x32 frame as in GenEval's 512x512 one.
     Diagonal placements can satisfy two relations at once; overlapping centres satisfy none.
+
+    The arithmetic is GenEval's, step for step, in float32: its boxes are the float32 arrays mmdet returns, so
+    every intermediate (centres, sizes, the shrunk offset, its norm) is float32. float64 gives another verdict
+    for boxes within about 1e-7 of the 0.5 cut-off.
     """
-    boxes = np.asarray([box_a[:4], box_b[:4]], dtype=np.float64).reshape(2, 2, 2)  # [obj, corner, xy]
-    center_a, center_b = boxes.mean(axis=1)
-    dim_a, dim_b = np.abs(boxes[:, 1] - boxes[:, 0])
+    boxes = np.array([np.asarray(box_a, dtype=np.float32), np.asarray(box_b, dtype=np.float32)])
+    boxes = boxes[:, :4].reshape(2, 2, 2)  # [obj, corner, xy]
+    center_a, center_b = boxes.mean(axis=-2)
+    dim_a, dim_b = np.abs(np.diff(boxes, axis=-2))[..., 0, :]
     offset = center_a - center_b
     revised = np.maximum(np.abs(offset) - threshold * (dim_a + dim_b), 0) * np.sign(offset)
     if np.all(np.abs(revised) < 1e-3):
@@ -182,6 +188,69 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold:
     if dy > 0.5:
         relations.add("below")
     return relations
+
+
+def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
+    """GenEval's `compute_iou`: intersection over union of two ``(x0, y0, x1, y1)`` boxes with inclusive pixel
+    ends (a side is ``x1 - x0 + 1``); 0 when the union is empty."""
+
+    def area(b: Sequence[float]) -> float:
+        return max(b[2] - b[0] + 1, 0) * max(b[3] - b[1] + 1, 0)
+
+    box_a, box_b = np.asarray(box_a, dtype=np.float32), np.asarray(box_b, dtype=np.float32)  # mmdet's boxes
+    inter = area([max(box_a[0], box_b[0]), max(box_a[1], box_b[1]), min(box_a[2], box_b[2]), min(box_a[3], box_b[3])])
+    union = area(box_a) + area(box_b) - inter
+    return float(inter / union) if union else 0.0
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    """GenEval's detection filter (its `--options`): which raw detections count as objects.
+
+    ``threshold``/``counting_threshold``: keep scores strictly above (the second for "counting" prompts);
+    ``max_objects``: the most confident this many per class; ``max_overlap``: greedy NMS within a class,
+    dropping a box whose IoU with a kept one is >= this (1.0, the default, turns NMS off).
+    """
+
+    threshold: float = 0.3
+    counting_threshold: float = 0.9
+    max_objects: int = 16
+    max_overlap: float = 1.0
+
+    def __post_init__(self) -> None:
+        for name in ("threshold", "counting_threshold", "max_overlap"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a number, got {v!r}")
+        if not isinstance(self.max_objects, int) or isinstance(self.max_objects, bool) or self.max_objects < 1:
+            raise ValueError(f"max_objects must be an integer >= 1, got {self.max_objects!r}")
+
+
+def filter_detections(detections: Sequence[Detection], metadata: dict,
+                      options: FilterOptions = FilterOptions()) -> list[Detection]:
+    """GenEval's `evaluate_image` filter: per class (in order of first appearance), the detections above the
+    confidence threshold, best first, at most ``max_objects`` of them, then greedy NMS.
+
+    The ranking is GenEval's exactly: ``np.argsort(scores)[::-1]`` over the class's float32 scores, so tied
+    scores come out in the order GenEval puts them. A detector with GenEval's thresholds (Mask2Former) calls
+    this on its raw detections; `check_metadata` then sees the same objects GenEval's `evaluate` does.
+    """
+    threshold = options.counting_threshold if metadata.get("tag") == "counting" else options.threshold
+    by_class: dict[str, list[Detection]] = {}
+    for d in detections:
+        by_class.setdefault(d.cls, []).append(d)
+    out: list[Detection] = []
+    for dets in by_class.values():
+        scores = np.array([d.score for d in dets], dtype=np.float32)
+        ordering = np.argsort(scores)[::-1]
+        ordering = ordering[scores[ordering] > threshold]
+        todo = ordering[: options.max_objects].tolist()
+        while todo:
+            best = todo.pop(0)
+            out.append(dets[best])
+            if options.max_overlap != 1:
+                todo = [i for i in todo if box_iou(dets[best].box, dets[i].box) < options.max_overlap]
+    return out
 
 
 def _color_counts_text(colors: list[str]) -> str:

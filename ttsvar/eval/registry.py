@@ -20,7 +20,7 @@ from ..core.plugins import import_builtins
 from .evaluator import Evaluator
 
 # Modules whose @register_evaluator decorators define the built-in names, imported on the first lookup.
-_BUILTIN_MODULES = ("ttsvar.testbed.evaluator",)
+_BUILTIN_MODULES = ("ttsvar.testbed.evaluator", "ttsvar.eval.mask2former")
 
 _EVALUATORS: dict[str, Callable[..., Evaluator]] = {}
 

@@ -1,0 +1,138 @@
+"""`ttsvar geneval generate` (GenEval's layout, resume, refusal) and `ttsvar geneval score --detector shapes`
+(GenEval's results.jsonl and summary), on the shapes testbed: the whole GenEval flow on CPU."""
+
+import json
+from pathlib import Path
+
+import helpers_components  # noqa: F401 - registers test-pixels
+import numpy as np
+import pytest
+from PIL import Image
+
+from ttsvar import jobs
+from ttsvar.cli import main
+from ttsvar.eval.geneval import read_results, summarize, write_sample_folder
+from ttsvar.testbed import world
+
+FAST = ["model.name=shapes-tiny", "search.strategy=best-of-n", "search.n=1", "reward.name=helpers_components:redness",
+        "search.features=test-pixels", "runtime.quiet=true", "runtime.prompts_per_unit=2"]
+# GenEval's results.jsonl fields, in the order its evaluate_images.py writes them
+RESULT_FIELDS = ["filename", "tag", "prompt", "correct", "reason", "metadata", "details"]
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    """Three shapes-world prompts in GenEval's metadata format (counting, position, colors)."""
+    md = [m for m in world.eval_prompts(1, seed=0) if m["tag"] in ("counting", "position", "colors")]
+    path = tmp_path_factory.mktemp("md") / "evaluation_metadata.jsonl"
+    path.write_text("".join(json.dumps(m) + "\n" for m in md))
+    return path
+
+
+def _manifest(out: Path) -> list[dict]:
+    return [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def generated(prompts, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("gen") / "out"
+    rc = main(["geneval", "generate", f"prompts={prompts}", f"output.dir={out}", "limit=2", "n_samples=2",
+               "grid=true", *FAST])
+    assert rc == 0
+    return out
+
+
+def test_generate_writes_genevals_layout(prompts, generated, capsys):
+    out = generated
+    md = [json.loads(x) for x in prompts.read_text().splitlines()]
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000", "00001"]  # limit=2
+    for i in (0, 1):
+        folder = out / f"{i:05d}"
+        assert json.loads((folder / "metadata.jsonl").read_text()) == md[i]
+        assert sorted(p.name for p in (folder / "samples").iterdir()) == ["00000.png", "00001.png"]
+        grid = Image.open(folder / "grid.png")
+        assert grid.size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # two 32x32 samples, 2-pixel padding
+    recs = sorted(_manifest(out), key=lambda r: r["index"])
+    # line k of the expanded prompts = sample k % 2 of prompt k // 2, each with its own seed
+    assert [r["prompt"] for r in recs] == [md[0]["prompt"]] * 2 + [md[1]["prompt"]] * 2
+    assert len({r["seed"] for r in recs}) == 4
+    for r in recs:
+        i, j = divmod(r["index"], 2)
+        sample = np.asarray(Image.open(out / f"{i:05d}" / "samples" / f"{j:05d}.png"))
+        assert np.array_equal(sample, np.asarray(Image.open(out / r["image"])))
+        assert (out / r["trace"]).is_file()  # the job's traces beside the layout
+
+
+def test_score_with_the_shapes_detector_writes_genevals_results(generated, capsys):
+    capsys.readouterr()
+    assert main(["geneval", "score", str(generated), "--detector", "shapes", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    results = [json.loads(x) for x in (generated / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 4 and all(list(r) == RESULT_FIELDS for r in results)
+    assert results[0]["filename"] == str(generated / "00000" / "samples" / "00000.png")
+    assert all(isinstance(r["correct"], bool) and isinstance(json.loads(r["details"]), dict) for r in results)
+    summary = summarize(read_results(generated / "results.jsonl"))
+    assert summary["n_images"] == 4 and summary["n_prompts"] == 2
+    per_tag = {r["tag"] for r in results}
+    assert summary["overall"] == pytest.approx(np.mean([summary["per_tag"][t]["accuracy"] for t in per_tag]))
+    assert "Task breakdown" in text and f"Overall score (avg. over tasks): {summary['overall']:.5f}" in text
+
+
+def test_score_reads_a_folder_written_by_another_tool(tmp_path, capsys):
+    """Rendered ground truth in GenEval's layout (no manifest, no job): the exact evaluator says all correct."""
+    rng = np.random.default_rng(0)
+    for i, md in enumerate(world.eval_prompts(1, seed=1)):
+        write_sample_folder(tmp_path, i, md, [world.render(world.sample_scene_for(md, rng)) for _ in range(2)])
+    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--quiet",
+                 "--out", str(tmp_path / "r.jsonl")]) == 0
+    summary = summarize(read_results(tmp_path / "r.jsonl"))
+    assert summary["n_images"] == 12 and summary["overall"] == 1.0
+
+
+def test_score_errors_are_one_line(tmp_path, capsys):
+    assert main(["geneval", "score", str(tmp_path / "nope"), "--detector", "shapes"]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    assert main(["geneval", "score", str(tmp_path), "--detector", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert "--detector='nope' is unknown" in err and "shapes" in err and "Traceback" not in err
+    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--options", "min_score=2"]) == 2
+    assert "min_score" in capsys.readouterr().err
+
+
+def test_generate_refuses_a_changed_configuration(prompts, generated, capsys):
+    base = ["geneval", "generate", f"prompts={prompts}", f"output.dir={generated}", "limit=2", *FAST]
+    assert main([*base, "n_samples=3"]) == 2
+    assert "n_samples: 2 -> 3" in capsys.readouterr().err
+    assert main([*base, "n_samples=2", "search.n=2"]) == 2
+    assert "search.n: 1 -> 2" in capsys.readouterr().err
+    assert main([*base, "n_samples=0"]) == 2
+    assert "n_samples must be in [1," in capsys.readouterr().err
+
+
+def test_an_interrupted_run_resumes(prompts, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    args = ["geneval", "generate", f"prompts={prompts}", f"output.dir={out}", "n_samples=2", *FAST]
+    real = jobs.ResultWriter.write_unit
+    calls = []
+
+    def interrupted(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(jobs.ResultWriter, "write_unit", interrupted)
+    assert main(args) == 130
+    monkeypatch.undo()
+    # the first unit (two samples of prompt 0) finished and is already in the layout
+    assert sorted(p.name for p in (out / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert not (out / "00001").exists()
+    first = (out / "00000" / "samples" / "00000.png").read_bytes()
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n", 3)[3])
+    assert summary["skipped_done"] == 2 and summary["prompts_ok"] == 4 and summary["folders_complete"] == 3
+    assert (out / "00000" / "samples" / "00000.png").read_bytes() == first
+    assert sorted(r["index"] for r in _manifest(out)) == list(range(6))
+    # --fresh deletes the layout too, and starts over
+    assert main([*args, "--fresh", "limit=1"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000"]
