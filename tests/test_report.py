@@ -230,3 +230,19 @@ def test_debug_shows_the_traceback(tmp_path):
     res = subprocess.run([sys.executable, "-m", "ttsvar.cli", "report", str(tmp_path), "--debug"],
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "Traceback" in res.stderr and "has no manifest.jsonl" in res.stderr
+
+
+def test_a_geneval_generate_folder_scored_by_geneval_score_shows_its_scores(tmp_path):
+    """`ttsvar geneval generate` runs prompt f's sample k as job line f * n_samples + k; `ttsvar geneval score`
+    writes results.jsonl by sample path. The report maps each result back to its line."""
+    run = fabricate_run(tmp_path / "D", "tts-var", prompts=4, num_scales=6)
+    (run / "geneval.json").write_text(json.dumps({"n_samples": 2}))
+    verdicts = {(0, 0): True, (0, 1): False, (1, 0): False, (1, 1): True}
+    (run / "results.jsonl").write_text("".join(
+        json.dumps({"filename": f"{run}/{f:05d}/samples/{k:05d}.png", "tag": ["colors", "counting"][f],
+                    "prompt": "p", "correct": ok, "reason": "", "metadata": json.dumps({"prompt": f"p{f}"}),
+                    "details": "{}"}) + "\n" for (f, k), ok in verdicts.items()))
+    page = build_report([run]).path
+    assert "GenEval overall" in page.read_text() and "counting" in page.read_text()
+    got = {p["i"]: p["ok"] for p in _page_data(page)["runs"][0]["prompts"]}
+    assert got == {f * 2 + k: ok for (f, k), ok in verdicts.items()}

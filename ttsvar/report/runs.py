@@ -2,7 +2,8 @@
 
 `load_run(path)` is called by `ttsvar.report.build_report` for every directory on the command line. It reads
 what `ttsvar run` wrote (`manifest.jsonl`, `job.json`, `summary.json`, `traces/`) and what `ttsvar evaluate`
-added (`geneval_summary.json`, `geneval_results.jsonl`); a folder without a manifest is refused with an
+added (`geneval_summary.json`, `geneval_results.jsonl`), or, for a `ttsvar geneval generate` folder, the
+`results.jsonl` of `ttsvar geneval score`; a folder without a manifest is refused with an
 `OutputError` naming it. Damaged side files (an unreadable trace or summary) are warnings: the report shows
 what is there.
 
@@ -96,10 +97,43 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     job = _read_json(root / "job.json")
     config = job.get("fingerprint", {}) if isinstance(job, dict) else {}
     summary = _read_json(root / "summary.json")
-    geneval = _read_json(root / "geneval_summary.json")
+    geneval, correct = _evaluation(root, records)
     return Run(root, label or root.name or str(root), config if isinstance(config, dict) else {},
-               summary if isinstance(summary, dict) else {}, geneval if isinstance(geneval, dict) else None,
-               _verdicts(root / "geneval_results.jsonl"), records, failed, _traces(root, records))
+               summary if isinstance(summary, dict) else {}, geneval, correct, records, failed,
+               _traces(root, records))
+
+
+_SAMPLE = re.compile(r"(\d+)[/\\]samples[/\\](\d+)\.png$")
+
+
+def _evaluation(root: Path, records: list[dict]) -> tuple[dict | None, dict[str, bool]]:
+    """(GenEval summary, image path -> correct) of a run: `ttsvar evaluate`'s geneval_summary.json and
+    geneval_results.jsonl, else the results.jsonl that `ttsvar geneval score` wrote into a `ttsvar geneval generate`
+    folder, whose sample k of prompt folder f is the job's prompt f * n_samples + k (n_samples from geneval.json).
+    (None, {}) for a run not evaluated."""
+    summary = _read_json(root / "geneval_summary.json")
+    if isinstance(summary, dict):
+        return summary, _verdicts(root / "geneval_results.jsonl")
+    state = _read_json(root / "geneval.json")
+    n = state.get("n_samples") if isinstance(state, dict) else None
+    if not isinstance(n, int) or n < 1 or not (root / "results.jsonl").is_file():
+        return None, {}
+    from ..eval.geneval import read_results, summarize
+
+    try:
+        results = read_results(root / "results.jsonl")
+    except (OSError, ValueError) as e:
+        log.warning("%s cannot be read (%s); the report leaves the GenEval scores out", root / "results.jsonl", e)
+        return None, {}
+    if not results:
+        return None, {}
+    image_of = {r["index"]: r.get("image") for r in records}
+    correct = {}
+    for r in results:
+        m = _SAMPLE.search(str(r.get("filename", "")))
+        if m and image_of.get(int(m.group(1)) * n + int(m.group(2))):
+            correct[image_of[int(m.group(1)) * n + int(m.group(2))]] = bool(r["correct"])
+    return summarize(results), correct
 
 
 def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
