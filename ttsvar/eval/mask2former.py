@@ -46,6 +46,7 @@ COCO_CLASSES = (
     "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
+_CLASS_INDEX = {c: i for i, c in enumerate(COCO_CLASSES)}
 MEAN = (123.675, 116.28, 103.53)  # img_norm_cfg of the config, RGB (to_rgb=True)
 STD = (58.395, 57.12, 57.375)
 SCALE = (1333, 800)  # img_scale of the test pipeline (long edge, short edge)
@@ -419,7 +420,9 @@ class Mask2FormerEvaluator(Evaluator):
                 for lab, s, box, m in zip(labels, scores, boxes, masks)]
 
     def detect(self, image: np.ndarray, metadata: dict) -> list[Detection]:
-        raw = self.raw_detections(image)
+        # by class in COCO order (stable: the post-processing's order within a class), as mmdet's bbox2result
+        # hands them to GenEval, so `details` in results.jsonl lists the classes in GenEval's order
+        raw = sorted(self.raw_detections(image), key=lambda dm: _CLASS_INDEX[dm[0].cls])
         masks = {id(d): m for d, m in raw}
         kept = filter_detections([d for d, _ in raw], metadata, self.filter)
         for req in metadata.get("include", []):
