@@ -189,10 +189,13 @@ def test_missing_weights_are_one_line_errors(tmp_path):
 def test_test_pipeline_sizes():
     assert m2f.resized_shape(512, 512) == (800, 800)  # GenEval's images: short edge 800
     assert m2f.resized_shape(1024, 2048) == (667, 1333)  # long edge 1333 binds
-    x, resized = m2f.preprocess(np.full((100, 50, 3), 128, np.uint8))
+    x, resized = m2f.preprocess(np.zeros((100, 50, 3), np.uint8))
     assert resized == (1333, 667) and tuple(x.shape) == (1, 3, 1344, 672)
-    assert torch.allclose(x[0, :, 0, 0], (128 - torch.tensor(m2f.MEAN)) / torch.tensor(m2f.STD))
-    assert x[0, :, -1, -1].abs().sum() == 0  # zero padding after normalisation
+    mean, std = torch.tensor(m2f.MEAN), torch.tensor(m2f.STD)
+    torch.testing.assert_close(x[0, :, 1332, 666], -mean / std)  # the image
+    # mmdet's lsj config pads with 128 before normalising (Pad, then Normalize): the padding is not 0
+    torch.testing.assert_close(x[0, :, 1333, 0], (128 - mean) / std)
+    torch.testing.assert_close(x[0, :, -1, -1], (128 - mean) / std)
 
 
 def test_instance_postprocess_and_mask_boxes():
