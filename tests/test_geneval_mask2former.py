@@ -3,6 +3,8 @@ synthetic state dict with mmdet 2.x's key names (from mmdet's SwinTransformer, M
 Mask2FormerHead), strict loading, mmdet's test pipeline sizes and its instance post-processing. The real weights
 are not here: numerics against mmdet are not checked (docs/geneval.md)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -187,10 +189,13 @@ def test_missing_weights_are_one_line_errors(tmp_path):
 def test_test_pipeline_sizes():
     assert m2f.resized_shape(512, 512) == (800, 800)  # GenEval's images: short edge 800
     assert m2f.resized_shape(1024, 2048) == (667, 1333)  # long edge 1333 binds
-    x, resized = m2f.preprocess(np.full((100, 50, 3), 128, np.uint8))
+    x, resized = m2f.preprocess(np.zeros((100, 50, 3), np.uint8))
     assert resized == (1333, 667) and tuple(x.shape) == (1, 3, 1344, 672)
-    assert torch.allclose(x[0, :, 0, 0], (128 - torch.tensor(m2f.MEAN)) / torch.tensor(m2f.STD))
-    assert x[0, :, -1, -1].abs().sum() == 0  # zero padding after normalisation
+    mean, std = torch.tensor(m2f.MEAN), torch.tensor(m2f.STD)
+    torch.testing.assert_close(x[0, :, 1332, 666], -mean / std)  # the image
+    # mmdet's lsj config pads with 128 before normalising (Pad, then Normalize): the padding is not 0
+    torch.testing.assert_close(x[0, :, 1333, 0], (128 - mean) / std)
+    torch.testing.assert_close(x[0, :, -1, -1], (128 - mean) / std)
 
 
 def test_instance_postprocess_and_mask_boxes():
@@ -224,3 +229,22 @@ def test_the_converted_model_runs_end_to_end(tiny_checkpoint):
                                                    (64, 96), (64, 96), image.shape[:2])
     assert len(labels) == m2f.MAX_PER_IMAGE and masks.shape[1:] == image.shape[:2]
     assert bool(((scores >= 0) & (scores <= 1)).all())
+
+
+def test_detections_are_grouped_in_coco_order_as_mmdets_bbox2result_hands_them_to_geneval():
+    """`details` in results.jsonl lists classes in COCO order, as GenEval's (found by the parity check); within a
+    class the post-processing's order is kept, since GenEval's tie ranking depends on it."""
+    from ttsvar.eval.geneval import Detection, FilterOptions
+
+    ev = object.__new__(m2f.Mask2FormerEvaluator)
+    ev.filter, ev.position_threshold = FilterOptions(), 0.1
+    mask = np.zeros((8, 8), bool)
+    raw = [Detection("dog", (0, 0, 4, 4), 0.8), Detection("person", (1, 1, 5, 5), 0.5),
+           Detection("dog", (2, 2, 6, 6), 0.8), Detection("cat", (3, 3, 7, 7), 0.9)]
+    ev.raw_detections = lambda image: [(d, mask) for d in raw]
+    md = {"tag": "two_object", "prompt": "a photo of a dog and a cat",
+          "include": [{"class": "dog", "count": 1}, {"class": "cat", "count": 1}]}
+    rec = ev.evaluate_records([np.zeros((8, 8, 3), np.uint8)], [md], ["x.png"])[0]
+    details = json.loads(rec["details"])
+    assert rec["correct"] and list(details) == ["person", "cat", "dog"]
+    assert [b[:2] for b in details["dog"]] == [[2.0, 2.0], [0.0, 0.0]]  # tie: numpy 1.23's reversed argsort

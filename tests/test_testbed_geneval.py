@@ -13,6 +13,7 @@ from ttsvar.eval.geneval import (
     check_metadata,
     filter_detections,
     format_summary,
+    geneval_argsort,
     iter_sample_folder,
     load_metadata,
     read_results,
@@ -200,6 +201,36 @@ def test_filter_ranks_ties_as_genevals_reversed_argsort():
     md = {"tag": "single_object", "prompt": "p", "include": [{"class": "cat", "count": 1}]}
     expected = np.argsort(np.full(3, 0.5, np.float32))[::-1].tolist()
     assert [dets.index(d) for d in filter_detections(dets, md)] == expected
+
+
+def test_ties_are_ranked_as_numpy_123_sorts_them_whatever_numpy_is_installed():
+    """GenEval pins numpy 1.23, whose argsort is an introsort: insertion sort (stable) up to 16 elements, median-of-3
+    partitions beyond. numpy 2 on x86 uses SIMD sorts that order ties differently, which changed which of 20 tied
+    boxes GenEval's filter keeps (found by the parity check against evaluate_images.py)."""
+    assert geneval_argsort([0.5, 0.5, 0.5, 0.2, 0.5]) == [3, 0, 1, 2, 4]
+    # np.argsort(np.array([0.9] * 20 + [0.3] * 5, np.float32)) under numpy 1.23.5, recorded once
+    numpy123 = [24, 22, 21, 20, 23, 19, 18, 17, 16, 15, 14, 13, 0, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 11, 12]
+    assert geneval_argsort([0.9] * 20 + [0.3] * 5) == numpy123
+    dets = [det("cat", (i * 20, 0, i * 20 + 9, 9), 0.9 if i < 20 else 0.3) for i in range(25)]
+    md = {"tag": "colors", "prompt": "p", "include": [{"class": "cat", "count": 2, "color": "red"}]}
+    kept = filter_detections(dets, md)
+    assert [dets.index(d) for d in kept][:3] == [12, 11, 1] and len(kept) == 16
+    # without ties it is a plain argsort, at every size (insertion sort, partitions, NaN last)
+    for n in (0, 1, 2, 16, 17, 18, 100, 300):
+        x = np.random.default_rng(n).permutation(n).astype(np.float32) / 7
+        assert geneval_argsort(x) == np.argsort(x).tolist()
+    assert geneval_argsort([0.5, float("nan"), 0.1]) == [2, 0, 1]
+
+
+def test_box_iou_and_nms_round_as_genevals_numpy_123():
+    """Inclusive sides 17 and 14 wide, 10 high: IoU 140 / 200 = 0.7 exactly. GenEval (numpy 1.x promotes
+    float32 + 1 to float64) drops the second box at max_overlap=0.7; a float32 ratio (0.69999999) kept it."""
+    a, b = (0, 0, 16, 9), (3, 0, 19, 9)
+    assert box_iou(a, b) == 0.7
+    dets = [det("cat", a, 0.9), det("cat", b, 0.8)]
+    md = {"tag": "single_object", "prompt": "p", "include": [{"class": "cat", "count": 1}]}
+    assert [d.score for d in filter_detections(dets, md, FilterOptions(max_overlap=0.7))] == [0.9]
+    assert len(filter_detections(dets, md, FilterOptions(max_overlap=0.70001))) == 2
 
 
 def test_include_counts_are_at_least_and_exclude_makes_counting_exact():

@@ -192,15 +192,111 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold:
 
 def box_iou(box_a: Sequence[float], box_b: Sequence[float]) -> float:
     """GenEval's `compute_iou`: intersection over union of two ``(x0, y0, x1, y1)`` boxes with inclusive pixel
-    ends (a side is ``x1 - x0 + 1``); 0 when the union is empty."""
+    ends (a side is ``x1 - x0 + 1``); 0 when the union is empty.
 
-    def area(b: Sequence[float]) -> float:
-        return max(b[2] - b[0] + 1, 0) * max(b[3] - b[1] + 1, 0)
+    The rounding is GenEval's in its pinned environment (numpy 1.23): the boxes are mmdet's float32, a side's
+    difference is taken in float32, and numpy 1.x promotes ``float32 scalar + 1`` to float64, so the areas, the
+    ratio and the comparison with ``max_overlap`` are float64. (Under numpy 2 GenEval's own script would stay in
+    float32; this function does not depend on the installed numpy.)
+    """
 
-    box_a, box_b = np.asarray(box_a, dtype=np.float32), np.asarray(box_b, dtype=np.float32)  # mmdet's boxes
-    inter = area([max(box_a[0], box_b[0]), max(box_a[1], box_b[1]), min(box_a[2], box_b[2]), min(box_a[3], box_b[3])])
-    union = area(box_a) + area(box_b) - inter
-    return float(inter / union) if union else 0.0
+    def side(lo: np.float32, hi: np.float32) -> float:
+        return max(float(np.float32(hi) - np.float32(lo)) + 1, 0)
+
+    a = [np.float32(v) for v in box_a[:4]]
+    b = [np.float32(v) for v in box_b[:4]]
+    inter = side(max(a[0], b[0]), min(a[2], b[2])) * side(max(a[1], b[1]), min(a[3], b[3]))
+    union = side(a[0], a[2]) * side(a[1], a[3]) + side(b[0], b[2]) * side(b[1], b[3]) - inter
+    return inter / union if union else 0.0
+
+
+def _less(a: float, b: float) -> bool:  # numpy's Tag::less for floats: NaNs sort last
+    return a < b or (b != b and a == a)
+
+
+def _aheapsort(v: list, idx: list, lo: int, n: int) -> None:
+    a = [-1] + idx[lo: lo + n]  # a[1..n] is idx[lo..lo+n-1] (1-based heap indexing, as numpy's)
+    for ll in range(n >> 1, 0, -1):
+        tmp, i, j = a[ll], ll, ll << 1
+        while j <= n:
+            if j < n and _less(v[a[j]], v[a[j + 1]]):
+                j += 1
+            if not _less(v[tmp], v[a[j]]):
+                break
+            a[i], i, j = a[j], j, j + j
+        a[i] = tmp
+    while n > 1:
+        tmp, a[n] = a[n], a[1]
+        n -= 1
+        i, j = 1, 2
+        while j <= n:
+            if j < n and _less(v[a[j]], v[a[j + 1]]):
+                j += 1
+            if not _less(v[tmp], v[a[j]]):
+                break
+            a[i], i, j = a[j], j, j + j
+        a[i] = tmp
+    idx[lo: lo + len(a) - 1] = a[1:]
+
+
+def geneval_argsort(scores: Sequence[float]) -> list[int]:
+    """``np.argsort(scores)`` (default kind) for float32 scores as numpy 1.x computes it, GenEval's pinned numpy
+    (1.23): an introsort (median-of-3 quicksort, insertion sort below 17 elements, heapsort past 2 log2 n
+    levels), a port of numpy's ``aquicksort_``. Ties come out in that algorithm's order, which is what decides
+    GenEval's ranking of equal scores. numpy >= 2 dispatches to SIMD sorts on x86 and orders ties differently,
+    so ``np.argsort`` itself cannot be used."""
+    v = [float(np.float32(s)) for s in scores]
+    num = len(v)
+    idx = list(range(num))
+    if num < 2:
+        return idx
+    pl, pr = 0, num - 1
+    stack: list[tuple[int, int, int]] = []
+    cdepth = 2 * (num.bit_length() - 1)
+    while True:
+        if cdepth < 0:
+            _aheapsort(v, idx, pl, pr - pl + 1)
+        else:
+            while pr - pl > 15:
+                pm = pl + ((pr - pl) >> 1)
+                if _less(v[idx[pm]], v[idx[pl]]):
+                    idx[pm], idx[pl] = idx[pl], idx[pm]
+                if _less(v[idx[pr]], v[idx[pm]]):
+                    idx[pr], idx[pm] = idx[pm], idx[pr]
+                if _less(v[idx[pm]], v[idx[pl]]):
+                    idx[pm], idx[pl] = idx[pl], idx[pm]
+                vp = v[idx[pm]]
+                pi, pj = pl, pr - 1
+                idx[pm], idx[pj] = idx[pj], idx[pm]
+                while True:
+                    pi += 1
+                    while _less(v[idx[pi]], vp):
+                        pi += 1
+                    pj -= 1
+                    while _less(vp, v[idx[pj]]):
+                        pj -= 1
+                    if pi >= pj:
+                        break
+                    idx[pi], idx[pj] = idx[pj], idx[pi]
+                idx[pi], idx[pr - 1] = idx[pr - 1], idx[pi]
+                cdepth -= 1
+                if pi - pl < pr - pi:
+                    stack.append((pi + 1, pr, cdepth))
+                    pr = pi - 1
+                else:
+                    stack.append((pl, pi - 1, cdepth))
+                    pl = pi + 1
+            for pi in range(pl + 1, pr + 1):  # insertion sort
+                vi = idx[pi]
+                vp = v[vi]
+                pj = pi
+                while pj > pl and _less(vp, v[idx[pj - 1]]):
+                    idx[pj] = idx[pj - 1]
+                    pj -= 1
+                idx[pj] = vi
+        if not stack:
+            return idx
+        pl, pr, cdepth = stack.pop()
 
 
 @dataclass(frozen=True)
@@ -231,8 +327,9 @@ def filter_detections(detections: Sequence[Detection], metadata: dict,
     """GenEval's `evaluate_image` filter: per class (in order of first appearance), the detections above the
     confidence threshold, best first, at most ``max_objects`` of them, then greedy NMS.
 
-    The ranking is GenEval's exactly: ``np.argsort(scores)[::-1]`` over the class's float32 scores, so tied
-    scores come out in the order GenEval puts them. A detector with GenEval's thresholds (Mask2Former) calls
+    The ranking is GenEval's exactly: ``np.argsort(scores)[::-1]`` over the class's float32 scores as numpy 1.23
+    (GenEval's pinned version) sorts them (`geneval_argsort`), so tied scores come out in the order GenEval puts
+    them whatever numpy is installed. A detector with GenEval's thresholds (Mask2Former) calls
     this on its raw detections; `check_metadata` then sees the same objects GenEval's `evaluate` does.
     """
     threshold = options.counting_threshold if metadata.get("tag") == "counting" else options.threshold
@@ -242,7 +339,7 @@ def filter_detections(detections: Sequence[Detection], metadata: dict,
     out: list[Detection] = []
     for dets in by_class.values():
         scores = np.array([d.score for d in dets], dtype=np.float32)
-        ordering = np.argsort(scores)[::-1]
+        ordering = np.array(geneval_argsort(scores), dtype=np.int64)[::-1]
         ordering = ordering[scores[ordering] > threshold]
         todo = ordering[: options.max_objects].tolist()
         while todo:

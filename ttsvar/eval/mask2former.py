@@ -10,8 +10,8 @@ checkpoint is read with ``weights_only=True`` and loaded strictly: a key left ov
 an error naming the file and the keys.
 
 Around the network, mmdet's test-time steps (`preprocess`, `postprocess`):
-* the test pipeline of the config: resize to fit 1333x800 keeping the aspect ratio (mmcv's rounding), normalise
-  with mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375) in RGB order, pad to a multiple of 32;
+* the test pipeline of the config: resize to fit 1333x800 keeping the aspect ratio (mmcv's rounding), pad with 128
+  to a multiple of 32, then normalise with mean (123.675, 116.28, 103.53) / std (58.395, 57.12, 57.375) in RGB order;
 * `MaskFormerFusionHead.instance_postprocess`: softmax over 81 classes without "no object", top-100 of
   query x class scores, masks upsampled to the padded input, cropped, resized to the image, binarised at 0,
   score x mean sigmoid inside the mask, boxes from the masks (`mask2bbox`, exclusive right/bottom edges).
@@ -46,10 +46,12 @@ COCO_CLASSES = (
     "computer keyboard", "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock",
     "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
 )
+_CLASS_INDEX = {c: i for i, c in enumerate(COCO_CLASSES)}
 MEAN = (123.675, 116.28, 103.53)  # img_norm_cfg of the config, RGB (to_rgb=True)
 STD = (58.395, 57.12, 57.375)
 SCALE = (1333, 800)  # img_scale of the test pipeline (long edge, short edge)
 SIZE_DIVISOR = 32
+PAD_VALUE = 128  # pad_cfg img=(128, 128, 128) of the config's test pipeline (Pad comes before Normalize)
 MAX_PER_IMAGE = 100
 COLOR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
 
@@ -267,7 +269,8 @@ def resized_shape(h: int, w: int, scale: tuple[int, int] = SCALE) -> tuple[int, 
 
 
 def preprocess(image: np.ndarray):
-    """uint8 [H, W, 3] RGB -> (float [1, 3, Hp, Wp] normalised and zero-padded to a multiple of 32, (h, w) resized).
+    """uint8 [H, W, 3] RGB -> (float [1, 3, Hp, Wp], (h, w) resized): padded with grey 128 to a multiple of 32, then
+    normalised, in the config's order (so the padding is (128 - mean) / std, not 0).
     Resizing is bilinear with half-pixel centres, rounded back to uint8 as cv2 returns it (cv2 computes in
     fixed point: values may differ by one grey level)."""
     import torch
@@ -278,9 +281,9 @@ def preprocess(image: np.ndarray):
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False).round().clamp_(0, 255)
-    x = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
     ph, pw = -(-nh // SIZE_DIVISOR) * SIZE_DIVISOR, -(-nw // SIZE_DIVISOR) * SIZE_DIVISOR
-    return F.pad(x, (0, pw - nw, 0, ph - nh)), (nh, nw)
+    x = F.pad(x, (0, pw - nw, 0, ph - nh), value=PAD_VALUE)  # the config pads (with 128) before it normalises
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1), (nh, nw)
 
 
 def mask_to_box(masks):
@@ -419,7 +422,9 @@ class Mask2FormerEvaluator(Evaluator):
                 for lab, s, box, m in zip(labels, scores, boxes, masks)]
 
     def detect(self, image: np.ndarray, metadata: dict) -> list[Detection]:
-        raw = self.raw_detections(image)
+        # by class in COCO order (stable: the post-processing's order within a class), as mmdet's bbox2result
+        # hands them to GenEval, so `details` in results.jsonl lists the classes in GenEval's order
+        raw = sorted(self.raw_detections(image), key=lambda dm: _CLASS_INDEX[dm[0].cls])
         masks = {id(d): m for d, m in raw}
         kept = filter_detections([d for d, _ in raw], metadata, self.filter)
         for req in metadata.get("include", []):
