@@ -14,7 +14,12 @@
 3. Stage 1 trains the detector on the dense targets (`train_detector`). Stage 2 freezes it, reads every
    image's slot features once, and trains slots, text and fusion: binary cross-entropy of the log-odds on
    correctness, plus ImageReward's within-prompt pairwise ranking loss, -log sigmoid(r_i - r_j) over
-   image pairs of one prompt whose graded labels (correct + partial/2) differ.
+   image pairs of one prompt whose graded labels (correct + partial/2) differ. Three in four prompt
+   groups are seen under a random symmetry of the world (`symmetries`: colours and shapes relabelled, the
+   image mirrored, in image and prompt alike, which keeps the verdict), restricted to symmetries that map
+   the pair's prompts onto other training prompts; this is what makes unseen combinations score well.
+   With `dev=True`, `DEV_COMBOS` (combinations inside the training split) are held out of stage 2 and
+   scored on their own images (`dev_metrics`): how the reward generalises, measured without held-out prompts.
 4. Metrics on fresh samples of training prompts (new seeds, never trained on): within-prompt AUROC, pair
    accuracy, Best-of-8 against random and oracle; the declared scale (std of the scores over generated
    samples) that potentials divide by. Printed, and stored in the JSON beside the weights.
@@ -77,7 +82,19 @@ class RewardTrainConfig:
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
     gen_batch: int = 384  # rows per generator forward while sampling
+    augment: float = 0.75  # share of prompt groups seen under a random symmetry of the world (`symmetries`)
+    dev: bool = False  # hold `DEV_COMBOS` out of stage 2 and report the model's metrics on them (`dev_metrics`)
 
+
+# A compositional dev split inside the training prompts, shaped like `world.HELDOUT`. With `dev=True` stage 2
+# never sees these prompts, and their images measure how the model scores combinations it was not trained on:
+# the failure the held-out benchmark shows, measured without looking at a held-out prompt.
+DEV_COMBOS: dict[str, frozenset] = {
+    "color_shape": frozenset({("red", "square"), ("blue", "triangle"), ("black", "circle")}),
+    "two_object": frozenset({("square", "circle")}),
+    "counting": frozenset({(3, "square")}),
+    "position": frozenset({("triangle", "above", "square"), ("circle", "left of", "triangle")}),
+}
 
 # ----------------------------------------------------------------------------------------------- data
 
@@ -241,6 +258,56 @@ def ranking_loss(scores: torch.Tensor, graded: torch.Tensor) -> torch.Tensor:
     return (F.softplus(-diff) * better).sum() / n if n > 0 else scores.sum() * 0.0
 
 
+def symmetries(prompts: list[str], n: int, seed: int) -> dict[str, torch.Tensor]:
+    """`n` random symmetries of the shapes world (index 0 is the identity) and what they do to slot features
+    and prompts. Relabelling colours (a permutation of the palette) or shapes in both the image and the prompt,
+    or mirroring the image and swapping "left"/"right" ("above"/"below") in the prompt, leaves the exact
+    evaluator's verdict unchanged, so a transformed (image, prompt) pair keeps its label. Training on them
+    teaches the fusion to match words to slots by identity instead of memorising which combinations occur.
+
+    Returns ``slots`` int64 [n, N_SLOTS] (new slot j reads old slot ``slots[t, j]``), ``flip`` bool [n, 2]
+    (mirror x, mirror y) and ``prompt`` int64 [n, P]: the index of each transformed prompt among `prompts`,
+    -1 where it is not one of them (a pair whose prompt leaves the list is not trained on, so the symmetries
+    never introduce a prompt outside the training list)."""
+    colors, shapes = list(world.PALETTE), list(world.SHAPES)
+    nc = len(colors) + 1
+    index = {p: i for i, p in enumerate(prompts)}
+    rng = np.random.default_rng(seed)
+    slots = np.zeros((n, len(shapes) * nc), np.int64)
+    flip = np.zeros((n, 2), bool)
+    pmap = np.zeros((n, len(prompts)), np.int64)
+    for t in range(n):
+        pc = np.arange(len(colors)) if t == 0 else rng.permutation(len(colors))
+        ps = np.arange(len(shapes)) if t == 0 else rng.permutation(len(shapes))
+        fx, fy = (False, False) if t == 0 else (bool(rng.integers(2)), bool(rng.integers(2)))
+        for s_old in range(len(shapes)):
+            for c_old in range(nc):
+                c_new = pc[c_old] if c_old < len(colors) else c_old
+                slots[t, ps[s_old] * nc + c_new] = s_old * nc + c_old
+        words = {colors[i]: colors[pc[i]] for i in range(len(colors))}
+        words.update({shapes[i]: shapes[ps[i]] for i in range(len(shapes))})
+        words.update({world.PLURALS[shapes[i]]: world.PLURALS[shapes[ps[i]]] for i in range(len(shapes))})
+        if fx:
+            words.update(left="right", right="left")
+        if fy:
+            words.update(above="below", below="above")
+        flip[t] = fx, fy
+        pmap[t] = [index.get(" ".join(words.get(w, w) for w in p.split()), -1) for p in prompts]
+    return {"slots": torch.from_numpy(slots), "flip": torch.from_numpy(flip), "prompt": torch.from_numpy(pmap)}
+
+
+def apply_symmetry(feats: torch.Tensor, sym: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
+    """Slot features [B, N_SLOTS, F] seen under symmetry `t` [B] of `symmetries`. Mirroring maps a slot's
+    centre c to 1 - c (its mass-weighted mean of 1 - cell centre: count / max(count, 1e-3) - c, exact for
+    the near-empty slots too); counts, spreads and areas do not change."""
+    out = feats[torch.arange(len(t))[:, None], sym["slots"][t]].clone()  # [B, N_SLOTS, F]
+    full = out[..., 0] / out[..., 0].clamp(min=1e-3)
+    for axis in (0, 1):
+        m = sym["flip"][t, axis][:, None]  # [B, 1]
+        out[..., 1 + axis] = torch.where(m, full - out[..., 1 + axis], out[..., 1 + axis])
+    return out
+
+
 def tag_of(prompt: str) -> str:
     """The GenEval tag of a shapes-world prompt (the trainer balances tags by it)."""
     return _TAGS.get(prompt, "other")
@@ -298,15 +365,18 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     val_feats = image_features(model, val["images"].reshape(-1, *val["images"].shape[2:])) if val else None
     own = data["prompt_idx"]
     n_prompts = len(data["prompts"])
+    trainable = ~dev_mask(data["prompts"]) if tc.dev else np.ones(n_prompts, bool)
+    pool = np.nonzero(trainable)[0]
     by_prompt = [np.nonzero(own == p)[0] for p in range(n_prompts)]
     tags = [tag_of(p) for p in data["prompts"]]
-    same_tag = [np.array([q for q in range(n_prompts) if tags[q] == tags[p] and q != p] or [p])
-                for p in range(n_prompts)]
-    keep = [p for p, b in enumerate(by_prompt) if len(b)]
+    same_tag = [np.array([q for q in pool if tags[q] == tags[p] and q != p] or [p]) for p in range(n_prompts)]
+    keep = [p for p, b in enumerate(by_prompt) if len(b) and trainable[p]]
     n_tag = {t: sum(tags[p] == t for p in keep) for t in set(tags)}
     w = np.array([n_tag[tags[p]] ** -tc.tag_balance for p in keep])
     w /= w.sum()
     ids_all = model.tokenize(list(data["prompts"]))  # [P, L]
+    sym = symmetries(list(data["prompts"]), 256, tc.seed + 3)
+    sym["prompt"][:, ~trainable] = -1  # no symmetry may lead to a held-back prompt
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     amp = {"bf16": torch.bfloat16, "fp32": None}[tc.amp]
@@ -323,21 +393,32 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
         # prompts per image: its own, then half same-tag prompts (near misses), half any training prompt
         n_same = E // 2
         others = np.concatenate([np.stack([rng.choice(same_tag[p], n_same) for p in own[idx]]),
-                                 rng.integers(0, n_prompts, (len(idx), E - n_same))], 1)
+                                 rng.choice(pool, (len(idx), E - n_same))], 1)
         pidx = np.concatenate([own[idx][:, None], others], 1)  # [B, 1 + E]
         correct = torch.from_numpy(data["correct"][idx[:, None], pidx]).float()
         partial = torch.from_numpy(data["partial"][idx])[:, None]
+        # one symmetry per prompt group (its own prompt must map into the list); labels are invariant
+        t = np.zeros(G, np.int64)
+        for i, g in enumerate(groups):
+            if rng.random() < tc.augment:
+                cand = int(rng.integers(1, len(sym["prompt"])))
+                t[i] = cand if sym["prompt"][cand, g] >= 0 else 0
+        t_img = torch.from_numpy(np.repeat(t, M))  # [B]
+        mapped = sym["prompt"][t_img[:, None], torch.from_numpy(pidx)]  # [B, 1 + E], -1: not trained on
+        valid = (mapped >= 0).float()
+        pidx = torch.where(mapped >= 0, mapped, mapped[:, :1]).numpy()
         B, P = pidx.shape
         uniq, inverse = np.unique(pidx.reshape(-1), return_inverse=True)  # encode each distinct prompt once
         with autocast(correct.device, amp):
-            tokens = model.encode_slots(feats[idx])  # [B, N_SLOTS, W]
+            tokens = model.encode_slots(apply_symmetry(feats[idx], sym, t_img) if t.any() else feats[idx])
             which = torch.arange(B).repeat_interleave(P)  # [B*P] image of each (image, prompt) pair
             text = model.encode_text(ids_all[torch.from_numpy(uniq)])
             s = model.score_tokens(tokens, None, which, text=text,
                                    text_index=torch.from_numpy(inverse.reshape(-1))).float().view(B, P)
         weight = torch.ones(P)
         weight[0] = 2.0  # an image's own prompt is what search ranks by
-        bce = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * weight).sum() / (B * weight.sum())
+        pair_w = weight * valid
+        bce = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * pair_w).sum() / pair_w.sum()
         graded = (correct[:, 0] + 0.5 * partial[:, 0]).view(G, M)  # correct first, then closer misses
         rank = ranking_loss(s[:, 0].view(G, M), graded)
         loss = bce + tc.rank_weight * rank
@@ -351,8 +432,14 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
                 f"lr {lr:.2e}")
         if val is not None and tc.val_every and (step + 1) % tc.val_every == 0:
             model.eval()
-            m = ranking_metrics(_score_features(model, val_feats, val["prompts"], val["images"].shape[1]),
-                                val["correct"], val["tags"])
+            vs = _score_features(model, val_feats, val["prompts"], val["images"].shape[1])
+            vk = trainable[[list(data["prompts"]).index(p) for p in val["prompts"]]]  # dev prompts stay unseen
+            m = ranking_metrics(vs[vk], val["correct"][vk], [t for t, k in zip(val["tags"], vk) if k])
+            if tc.dev:
+                d = dev_metrics(model, feats, data)
+                log(f"  step {step + 1:4d}  dev (unseen combinations): prompt AUROC {d['prompt_auroc']:.3f}, "
+                    f"best-of-8 {d['best_of_8']:.3f} (random {d['random']:.3f}, oracle {d['oracle_best_of_8']:.3f}, "
+                    f"gap closed {d['gap_closed']:.2f})")
             log(f"  step {step + 1:4d}  validation: prompt AUROC {m['prompt_auroc']:.3f}, best-of-8 "
                 f"{m['best_of_8']:.3f} (random {m['random']:.3f}, oracle {m['oracle_best_of_8']:.3f})")
             if m["prompt_auroc"] > best[0]:  # keep the best weights by the validation AUROC (training prompts)
@@ -364,6 +451,31 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
         log(f"  keeping the weights of step {best[1]} (validation prompt AUROC {best[0]:.3f})")
         model.load_state_dict(best[2])
     return {"detector": det_losses, "fusion": losses}
+
+
+def dev_mask(prompts: list[str]) -> np.ndarray:
+    """bool [P]: the prompts `DEV_COMBOS` holds out of stage 2 when `dev` is set."""
+    meta = {m["prompt"]: m for ms in world.ALL_PROMPTS.values() for m in ms}
+    return np.array([world.is_heldout(meta[p], DEV_COMBOS) for p in prompts])
+
+
+@torch.no_grad()
+def dev_metrics(model: ShapesRewardModel, feats: torch.Tensor, data: dict, k: int = 8) -> dict:
+    """`ranking_metrics` on the dev prompts' own training images (stage 2 never saw them with `dev`): each
+    prompt's images in groups of `k`, so Best-of-k averages over many groups."""
+    was = model.training
+    model.eval()
+    rows, prompts, correct = [], [], []
+    for p in np.nonzero(dev_mask(data["prompts"]))[0]:
+        idx = np.nonzero(data["prompt_idx"] == p)[0]
+        idx = idx[: len(idx) // k * k]
+        rows.append(idx)
+        prompts += [data["prompts"][p]] * (len(idx) // k)
+        correct.append(data["correct"][idx, p].reshape(-1, k))
+    rows = np.concatenate(rows)
+    scores = _score_features(model, feats[rows], prompts, k)
+    model.train(was)
+    return ranking_metrics(scores, np.concatenate(correct), [tag_of(p) for p in prompts], k=k)
 
 
 @torch.no_grad()

@@ -236,17 +236,19 @@ def _enumerate_prompts() -> dict[str, list[dict]]:
     return p
 
 
-def is_heldout(metadata: dict) -> bool:
-    """True when a prompt combines attributes that `HELDOUT` keeps out of training."""
+def is_heldout(metadata: dict, combos: dict[str, frozenset] | None = None) -> bool:
+    """True when a prompt combines attributes that `combos` (default `HELDOUT`) keeps out of training.
+    The reward trainer passes its own `combos` for a compositional dev split inside the training prompts."""
+    combos = HELDOUT if combos is None else combos
     tag, inc = metadata["tag"], metadata["include"]
     if tag in ("colors", "color_attr"):
-        return any((r.get("color"), r["class"]) in HELDOUT["color_shape"] for r in inc)
+        return any((r.get("color"), r["class"]) in combos["color_shape"] for r in inc)
     if tag == "two_object":
-        return (inc[0]["class"], inc[1]["class"]) in HELDOUT["two_object"]
+        return (inc[0]["class"], inc[1]["class"]) in combos["two_object"]
     if tag == "counting":
-        return (inc[0]["count"], inc[0]["class"]) in HELDOUT["counting"]
+        return (inc[0]["count"], inc[0]["class"]) in combos["counting"]
     if tag == "position":
-        return (inc[1]["class"], inc[1]["position"][0], inc[0]["class"]) in HELDOUT["position"]
+        return (inc[1]["class"], inc[1]["position"][0], inc[0]["class"]) in combos["position"]
     return False
 
 
