@@ -6,9 +6,10 @@
     python bench/bench_engine.py overhead [--prompts 8] [--n 2]
     python bench/bench_engine.py packing  [--prompts 16]
 
-quality: every strategy (random; Best-of-N 2-16; TTS-VAR 1-8; its two ablations; IS; beam; FK) on the same
-GenEval-style prompt set (shapes world; held-out split by default; tune on `--split train`), steered by the
-model's default reward unless `--set reward.name=...`, judged by the exact evaluator. Score = mean of tags
+quality: every strategy (random; Best-of-N 2-16; TTS-VAR 1-8; its two ablations; IS; beam; FK; beam-wc;
+density; confidence) on the same GenEval-style prompt set (shapes world; held-out split by default; tune on
+`--split train`), steered by the model's default reward unless `--set reward.name=...`, judged by the exact
+evaluator; `--only name:n ...` runs those pairs instead (any registered strategy). Score = mean of tags
 (GenEval's overall), mean +- standard error over job seeds; per tag; compute per prompt (token-forwards,
 preview decodes, reward images, wall time). Oracle best-of-N rows count a prompt when any Best-of-N
 candidate is correct. Runs go to `--jobs` processes with one torch thread each.
@@ -38,6 +39,7 @@ CONFIGS = [
     ("random", 1), ("best-of-n", 2), ("best-of-n", 4), ("best-of-n", 8), ("best-of-n", 16),
     ("tts-var", 1), ("tts-var", 2), ("tts-var", 4), ("tts-var", 8),
     ("cluster-only", 2), ("resample-only", 2), ("importance", 4), ("beam", 4), ("fk", 4),
+    ("beam-wc", 4), ("density", 4), ("confidence", 4),
 ]
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
@@ -116,7 +118,7 @@ def quality(a) -> None:
     root = Path(a.out)
     prompts = write_prompts(root, a.per_tag, a.prompt_seed, a.split)
     n_prompts = len(prompts.read_text().splitlines())
-    configs = CONFIGS if not a.only else [c for c in CONFIGS if f"{c[0]}:{c[1]}" in a.only]
+    configs = CONFIGS if not a.only else [(st, int(n)) for st, n in (c.rsplit(":", 1) for c in a.only)]
     tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, tuple(a.set))
              for seed in a.seeds for st, n in configs]
     t0 = time.perf_counter()
@@ -286,7 +288,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="overhead: alternating runs, fastest kept")
-    p.add_argument("--only", nargs="*", default=None, help="e.g. tts-var:2 best-of-n:8")
+    p.add_argument("--only", nargs="*", default=None, help="strategy:n pairs, e.g. tts-var:2 best-of-n:8")
     p.add_argument("--split", choices=["train", "heldout"], default="heldout",
                    help="quality: prompt split (tune on train; report heldout)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3], help="quality: job seeds (mean +- SE)")

@@ -29,6 +29,7 @@ import numpy as np
 RNG_KMEANS = 1
 RNG_RESAMPLE = 2
 RNG_PICK = 3
+RNG_DENSITY = 4
 
 
 def group_rng(seed: int, scale: int, purpose: int) -> np.random.Generator:
@@ -101,6 +102,12 @@ class Observation:
     row_ids: np.ndarray  # int64 [n] ids of the live rows (for traces)
     rewards: np.ndarray | None  # float32 [n] (None if not requested at this scale); may hold NaN/inf
     features: np.ndarray | None  # float32 [n, F] (None if not requested)
+    # Free per-row arrays from the generator (no decode, no reward call): the mean log-probability and the mean
+    # entropy (nats per token) of the tokens each row sampled at THIS scale, under the distribution it was
+    # sampled from (after guidance and temperature, before top-k/top-p). None when the generator does not
+    # report them (`Generator.confidence`).
+    log_prob: np.ndarray | None = None  # float32 [n]
+    entropy: np.ndarray | None = None  # float32 [n]
 
     def __post_init__(self) -> None:
         self.row_ids = np.asarray(self.row_ids)
@@ -118,6 +125,14 @@ class Observation:
             if self.features.ndim != 2 or self.features.shape[0] != n:
                 raise ValueError(f"Observation.features has shape {self.features.shape}, expected ({n}, F) "
                                  "(one feature vector per live row)")
+        for name in ("log_prob", "entropy"):
+            value = getattr(self, name)
+            if value is not None:
+                value = np.asarray(value)
+                if value.shape != (n,):
+                    raise ValueError(f"Observation.{name} has shape {value.shape}, expected ({n},) "
+                                     "(one value per live row)")
+                setattr(self, name, value)
 
     @property
     def num_rows(self) -> int:

@@ -53,7 +53,9 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
                 groups.append(GroupArrays(p, ids[p],
                                           rng.normal(size=m).astype(np.float32) if k in plan.reward_scales else None,
                                           rng.normal(size=(m, 8)).astype(np.float32) if k in plan.feature_scales
-                                          else None))
+                                          else None,
+                                          -rng.gamma(2.0, size=m).astype(np.float32),  # the generator's free
+                                          rng.gamma(2.0, size=m).astype(np.float32)))  # token statistics
                 strips[p].append((k, m))
             sel = coord.decide(Report(unit.unit_id, k, False, groups, {}))
             ids = {p: sel.row_ids[p] for p in unit.prompt_indices}

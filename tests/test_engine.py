@@ -76,6 +76,23 @@ def test_traces_follow_the_batch_schedule(tts_run):
         assert {row["parent"] for row in cur["rows"]} <= alive
 
 
+def test_confidence_prunes_on_the_generators_statistics_without_decoding(tmp_path):
+    """The engine hands the generator's free token statistics to the strategy: `confidence` prunes after its
+    scales with no preview decode and no reward call; only the final images are scored."""
+    j = job(tmp_path, "search.strategy=confidence", "search.n=4", "runtime.prompts_per_unit=2",
+            prompts=PROMPTS[:2])
+    summary = run_job(j)
+    assert summary["prompts_ok"] == 2
+    assert summary["compute"]["preview_decodes"] == 0
+    for r in manifest(Path(j.output.dir)):
+        trace = json.loads((Path(j.output.dir) / r["trace"]).read_text())
+        assert trace["batch_sizes"] == [4, 4, 3, 2, 2, 2] and trace["decision_scales"] == [1, 2]
+        assert r["compute"]["reward_images"] == 2  # the two final candidates
+        for d in trace["decisions"][:-1]:
+            assert all(row["entropy"] >= 0 and row["log_prob"] <= 0 for row in d["rows"])
+            assert "reward" not in d["rows"][0]
+
+
 def test_coordinator_keeps_the_strategys_trace_columns():
     """A strategy column the coordinator also writes is kept: once when it says the same (`row_id`,
     `children`), as `strategy.<name>` when it differs (`reward` as the strategy saw it, `kept`)."""

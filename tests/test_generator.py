@@ -13,7 +13,13 @@ from ttsvar.models.infinity.model import Infinity, InfinityConfig
 from ttsvar.models.infinity.training import teacher_inputs, token_bits
 from ttsvar.models.infinity.vae import BSQVAE, BSQVAEConfig
 from ttsvar.models.registry import create_generator, list_generators
-from ttsvar.models.sampling import filter_logits, row_uniforms, sample_categorical
+from ttsvar.models.sampling import (
+    filter_logits,
+    row_uniforms,
+    sample_categorical,
+    sample_with_confidence,
+    token_confidence,
+)
 from ttsvar.models.text import WordEncoderConfig, WordTextEncoder
 from ttsvar.models.var.builders import tiny_random as var_tiny_random
 
@@ -183,6 +189,32 @@ def test_sample_categorical_follows_probabilities():
     assert sample_categorical(probs.log()[None], torch.tensor([0.99])).item() == 2
 
 
+def test_token_confidence_matches_a_float64_reference():
+    """Mean log-prob and entropy per row: positions averaged, the parts of one token (Infinity's bits) summed."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 5, 4, generator=g) * 3  # [B, l, V]
+    idx = torch.randint(0, 4, (3, 5), generator=g)
+    p = logits.double().softmax(-1)
+    ref_logp = torch.stack([torch.stack([p[b, i, idx[b, i]].log() for i in range(5)]).mean() for b in range(3)])
+    ref_ent = (-(p * p.log()).sum(-1)).mean(1)
+    got = token_confidence(logits, idx)
+    assert got.shape == (3, 2) and got.dtype == torch.float32
+    torch.testing.assert_close(got[:, 0].double(), ref_logp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[:, 1].double(), ref_ent, rtol=1e-5, atol=1e-6)
+    # bits: [B, l, bits, 2]; a token's log-prob/entropy is the sum over its independent bits
+    bits_logits = torch.randn(2, 3, 4, 2, generator=g)
+    bits = torch.randint(0, 2, (2, 3, 4), generator=g)
+    per_bit = token_confidence(bits_logits.reshape(2, 12, 2), bits.reshape(2, 12))
+    torch.testing.assert_close(token_confidence(bits_logits, bits, token_parts=1), per_bit * 4)
+    # a certain distribution: log-prob 0, entropy 0 (0 log 0 = 0, no NaN)
+    sure = torch.tensor([[[0.0, -torch.inf]]])
+    assert token_confidence(sure, torch.tensor([[0]])).tolist() == [[0.0, 0.0]]
+    u = torch.rand(3, 5, generator=g)
+    idx2, conf = sample_with_confidence(logits, u, top_k=2)
+    assert torch.equal(idx2, sample_categorical(logits, u, top_k=2))
+    torch.testing.assert_close(conf, token_confidence(logits, idx2))  # top-k truncation not applied
+
+
 def test_forward_rows_per_candidate_counts_the_rows_the_transformer_forwards(gen):
     """The compute accounting (`token_forwards`) is the number of rows the transformer really runs."""
     seen = []
@@ -318,6 +350,31 @@ class TestGeneratorContract:
         assert len(packed) == 3 and packed.rows.candidate_id.tolist() == [0, 1, 2]
         keys = g.row_keys(g.select(state, [1, 1]))
         assert keys is None or (len(keys) == 2 and keys[0] == keys[1])
+
+    def test_reports_token_confidence(self, g, prompts):
+        """`confidence(state)`: [B, 2] (mean log-prob <= 0, mean entropy >= 0) of the scale just sampled, per row
+        whatever the batch, carried by select/concat; the engine hands it to strategies."""
+        from ttsvar.engine import Worker, WorkUnit
+
+        state = g.start(prompts, Rows([3, 8, 3], [0, 1, 2], [5, 5, 5]))
+        assert g.confidence(state) is None  # nothing sampled yet
+        for _ in range(2):
+            state = g.step(state)
+            conf = g.confidence(state)
+            assert conf.shape == (3, 2) and conf.dtype == np.float32 and np.isfinite(conf).all()
+            assert (conf[:, 0] <= 1e-6).all() and (conf[:, 1] >= -1e-6).all()
+        alone = g.step(g.step(g.start(prompts, Rows([8], [1], [5]))))
+        np.testing.assert_allclose(g.confidence(alone)[0], conf[1], rtol=1e-4, atol=1e-5)
+        np.testing.assert_array_equal(g.confidence(g.select(state, [2, 0, 0])), conf[[2, 0, 0]])
+        np.testing.assert_array_equal(g.confidence(g.concat(g.split(state, [1, 2]))), conf)
+        plan = SearchPlan((2,) * g.num_scales, frozenset(), frozenset(), (1,))
+        worker = Worker(g, lambda images, prompts: torch.zeros(len(images)), None, plan)
+        report = worker.start(WorkUnit(0, [3, 8], [prompts[3], prompts[8]], [1, 2]))
+        assert report.scale == 1 and not report.final
+        for ga in report.groups:
+            assert ga.rewards is None and ga.log_prob.shape == (2,) and ga.entropy.shape == (2,)
+            assert (ga.entropy >= -1e-6).all()
+        worker.drop(0)
 
     def test_compute_accounting(self, g, prompts):
         from ttsvar.engine import Worker, WorkUnit

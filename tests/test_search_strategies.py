@@ -22,7 +22,9 @@ def observe(plan: SearchPlan, scale: int, data_seed: int, rows: np.ndarray, fina
     n = len(rows)
     rewards = rng.normal(size=n).astype(np.float32) if final or scale in plan.reward_scales else None
     features = rng.normal(size=(n, F_DIM)).astype(np.float32) if scale in plan.feature_scales else None
-    return Observation(scale, plan.num_scales, rows, rewards, features)
+    log_prob = -rng.gamma(2.0, size=n).astype(np.float32)  # the generator's free per-row token statistics
+    entropy = rng.gamma(2.0, size=n).astype(np.float32)
+    return Observation(scale, plan.num_scales, rows, rewards, features, log_prob, entropy)
 
 
 def run_group(strategy, plan: SearchPlan, seed: int, data_seed: int, steps=None):
@@ -388,3 +390,163 @@ def test_fk_pick_by_weights_follows_the_corrected_weights():
     # log w = r0 + final - r0 = final
     expected = normalize_log_weights(final.astype(np.float64))
     assert stats.chisquare(counts, counts.sum() * expected).pvalue > 1e-3
+
+
+# ---------------------------------------------------------------- beam-wc (Riise et al.: w beams x c candidates)
+
+
+@pytest.mark.parametrize("n,w,c", [(1, 1, 1), (2, 1, 2), (3, 1, 3), (4, 2, 2), (5, 2, 2), (8, 4, 2)])
+def test_beam_wc_defaults_derive_w_and_c_from_n(n, w, c):
+    strategy = create_strategy("beam-wc")
+    plan = strategy.plan(6, n)
+    assert strategy.beams_and_candidates(n) == (w, c)
+    assert plan.batch_sizes == (w * c,) * 6 and plan.decision_scales == (0, 1, 2, 3, 4)  # every scale but the last
+    assert plan.reward_scales == set(plan.decision_scales) and not plan.feature_scales
+
+
+def test_beam_wc_keeps_the_top_w_and_gives_each_exactly_c_children():
+    strategy = create_strategy("beam-wc", beams=2, candidates=3, beam_scales=[1])
+    plan = strategy.plan(3, 6)
+    rewards = np.array([0.1, np.nan, 0.9, 0.3, -1.0, 0.5], np.float32)
+    d = strategy.decide(strategy.init_group(0, 0), Observation(1, 3, np.arange(6), rewards, None))
+    assert plan.batch_sizes == (6, 6, 6)
+    assert d.parents.tolist() == [2, 2, 2, 5, 5, 5]
+    assert d.info == {"kind": "beam-wc", "width": 2, "candidates": 3}
+    assert d.trace["rank"][1] == 5  # NaN ranks last
+
+
+def test_beam_wc_equals_beam_when_n_is_w_times_c_on_the_same_scales():
+    wc = create_strategy("beam-wc", beams=3, candidates=2)
+    plan = wc.plan(6, 6)
+    beam = create_strategy("beam", beam_width=3, beam_scales=list(plan.decision_scales))
+    assert beam.plan(6, 6) == plan
+    assert _same(run_group(wc, plan, seed=1, data_seed=5), run_group(beam, plan, seed=1, data_seed=5))
+    assert create_strategy("beam").plan(6, 6).decision_scales == (1, 2, 3, 4)  # beam: TTS-VAR's scales
+    assert plan.decision_scales == (0, 1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("options,n,match", [
+    ({"beams": 3, "candidates": 2}, 4, "beams: 3 beams x 2 candidates = 6 rows exceeds the row budget n = 4"),
+    ({"candidates": 5}, 4, "candidates: 1 beams x 5 candidates"),
+    ({"beams": 0}, 4, "beams: 0 must be a positive integer"),
+    ({"candidates": 2.5}, 4, "candidates: 2.5 must be a positive integer"),
+])
+def test_beam_wc_bad_options_name_the_option(options, n, match):
+    with pytest.raises(ValueError, match=match):
+        create_strategy("beam-wc", **options).plan(6, n)
+
+
+# ---------------------------------------------------------------- density (VAR-Scaling)
+
+
+def test_kde_density_matches_a_brute_force_reference():
+    from search.strategies.density import kde_density
+
+    x = np.random.default_rng(0).normal(size=(7, 5)).astype(np.float32)
+    dens, h = kde_density(x, bandwidth=1.5)
+    xd = x.astype(np.float64)
+    d2 = np.array([[np.sum((a - b) ** 2) for b in xd] for a in xd])
+    med = np.median([d2[i, j] for i in range(7) for j in range(7) if i != j])
+    h2 = 1.5 ** 2 * med / 2
+    ref = [np.mean([np.exp(-d2[i, j] / (2 * h2)) for j in range(7) if j != i]) for i in range(7)]
+    np.testing.assert_allclose(dens, ref, rtol=1e-9)
+    assert h == pytest.approx(np.sqrt(h2))
+    same, h0 = kde_density(np.ones((3, 4)))
+    assert same.tolist() == [1.0, 1.0, 1.0] and h0 == 0.0  # identical rows: every other row is a duplicate
+    assert kde_density(np.ones((1, 4)))[0].tolist() == [0.0]
+
+
+def test_density_takes_top_k_by_reward_in_the_dense_blob_and_random_k_from_the_sparse_rows():
+    strategy = create_strategy("density", density_scales=[1], keep=0.5, top_fraction=0.5)
+    plan = strategy.plan(4, 8)
+    assert plan.batch_sizes == (8, 8, 4, 4) and plan.feature_scales == {1} and plan.reward_scales == {1}
+    rng = np.random.default_rng(3)
+    blob = 0.01 * rng.normal(size=(5, F_DIM))  # rows 0-4: one tight mode
+    far = 10.0 * np.eye(3, F_DIM) * np.array([[1], [2], [3]])  # rows 5-7: isolated
+    feats = np.concatenate([blob, far]).astype(np.float32)
+    rewards = np.array([0.1, 0.9, 0.5, 0.7, 0.2, 5.0, 6.0, 7.0], np.float32)
+    seen = set()
+    for seed in range(40):
+        d = strategy.decide(strategy.init_group(0, seed), Observation(1, 4, np.arange(8), rewards, feats))
+        assert d.trace["dense"] == [True] * 5 + [False] * 3
+        kept = d.parents.tolist()
+        assert kept[:2] == [1, 3]  # the two best rewards among the dense rows, not the sparse 5, 6, 7
+        assert len(kept) == 4 and set(kept[2:]) <= {5, 6, 7}
+        seen |= set(kept[2:])
+        assert d.info["top"] == 2 and d.info["random"] == 2
+    assert seen == {5, 6, 7}  # the random part covers the sparse rows
+
+
+def test_density_fills_from_the_other_side_and_needs_no_reward_at_top_fraction_0():
+    only_random = create_strategy("density", density_scales=[0], keep=0.75, top_fraction=0.0)
+    plan = only_random.plan(2, 4)
+    assert plan.reward_scales == frozenset() and plan.batch_sizes == (4, 3)
+    feats = np.array([[0, 0], [0, 0.01], [0, 0.02], [9, 9]], np.float32)  # one sparse row
+    d = only_random.decide(only_random.init_group(0, 0), Observation(0, 2, np.arange(4), None, feats))
+    assert 3 in d.parents.tolist() and len(set(d.parents.tolist())) == 3  # sparse first, dense fill the rest
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"keep": 0}, "keep: 0 must be in"), ({"top_fraction": 1.5}, "top_fraction: 1.5 must be in"),
+    ({"bandwidth": -1.0}, "bandwidth: -1.0 must be"), ({"density_scales": [5]}, "density_scales: scale 5"),
+])
+def test_density_bad_options_name_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        create_strategy("density", **options).plan(6, 4)
+
+
+def test_density_refuses_non_finite_features():
+    strategy = create_strategy("density", density_scales=[0])
+    strategy.plan(2, 2)
+    feats = np.array([[0.0, np.nan], [1.0, 1.0]], np.float32)
+    with pytest.raises(ValueError, match=r"rows \[0\] contain NaN"):
+        strategy.decide(strategy.init_group(0, 0), Observation(0, 2, np.arange(2), np.zeros(2), feats))
+
+
+# ---------------------------------------------------------------- confidence (ScalingAR-style, reward-free)
+
+
+def test_confidence_prunes_the_least_confident_without_previews_or_rewards():
+    strategy = create_strategy("confidence", prune_scales=[0, 1], keep=0.5)
+    plan = strategy.plan(3, 8)
+    assert plan.batch_sizes == (8, 4, 2) and not plan.reward_scales and not plan.feature_scales
+    state = strategy.init_group(0, 0)
+    entropy = np.array([0.5, 0.1, 0.9, 0.2, np.nan, 0.2, 0.3, 0.4], np.float32)
+    d = strategy.decide(state, Observation(0, 3, np.arange(8), None, None, -entropy, entropy))
+    assert d.parents.tolist() == [1, 3, 5, 6]  # lowest entropy; tie 3/5 both kept; NaN least confident
+    assert d.trace["rank"][4] == 7
+    # the second decision ranks by the mean over the lineage's prune scales
+    entropy2 = np.array([0.6, 0.0, 0.1, 0.1], np.float32)  # lineage means: 0.35, 0.1, 0.15, 0.2
+    d = strategy.decide(state, Observation(1, 3, np.arange(4), None, None, -entropy2, entropy2))
+    assert d.parents.tolist() == [1, 2]
+    np.testing.assert_allclose(d.trace["confidence"], [-0.35, -0.1, -0.15, -0.2], rtol=1e-6)
+
+
+def test_confidence_by_log_prob():
+    strategy = create_strategy("confidence", prune_scales=[0], keep=0.5, signal="log_prob")
+    strategy.plan(2, 4)
+    log_prob = np.array([-3.0, -0.5, -1.0, -2.0], np.float32)
+    d = strategy.decide(strategy.init_group(0, 0), Observation(0, 2, np.arange(4), None, None, log_prob,
+                                                                np.zeros(4, np.float32)))
+    assert d.parents.tolist() == [1, 2]
+
+
+def test_confidence_needs_the_generators_token_statistics():
+    strategy = create_strategy("confidence", prune_scales=[0])
+    strategy.plan(2, 4)
+    with pytest.raises(ValueError, match="does not report them"):
+        strategy.decide(strategy.init_group(0, 0), Observation(0, 2, np.arange(4), None, None))
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"keep": 1.5}, "keep: 1.5 must be in"), ({"signal": "margin"}, "signal: 'margin' is not one of"),
+    ({"prune_scales": [9]}, "prune_scales: scale 9"),
+])
+def test_confidence_bad_options_name_the_option(options, match):
+    with pytest.raises(ValueError, match=match):
+        create_strategy("confidence", **options).plan(6, 4)
+
+
+def test_observation_checks_the_token_statistics_shape():
+    with pytest.raises(ValueError, match=r"Observation.entropy has shape \(3,\), expected \(2,\)"):
+        Observation(0, 2, np.arange(2), None, None, np.zeros(2), np.zeros(3))

@@ -214,6 +214,8 @@ def test_more_smooth_is_deterministic_and_batch_invariant():
     assert torch.equal(run(g, g.start(PROMPTS, rows([1], [3]))).f_hat, alone.f_hat)
     plain = run(tiny_random(seed=0, sampling=SAMPLING), tiny_random(seed=0).start(PROMPTS, rows([1], [3])))
     assert not torch.allclose(plain.f_hat, alone.f_hat)
+    conf = g.confidence(alone)  # no token is sampled: the statistics of each position's dominant code
+    assert conf.shape == (1, 2) and np.isfinite(conf).all() and conf[0, 0] <= 0 <= conf[0, 1]
 
 
 def test_prompts_are_class_indices(gen):

@@ -49,6 +49,9 @@ class GroupArrays:
     row_ids: np.ndarray  # int64 [n]
     rewards: np.ndarray | None  # float32 [n]
     features: np.ndarray | None  # float32 [n, F]
+    # the generator's free per-row token statistics of the scale just sampled (`Generator.confidence`), or None
+    log_prob: np.ndarray | None = None  # float32 [n] mean log-probability of the sampled tokens
+    entropy: np.ndarray | None = None  # float32 [n] mean entropy (nats per token)
 
 
 @dataclass
@@ -226,14 +229,29 @@ class Worker:
                 rewards = self._score(u, images, first)[inverse]
             if need_f:
                 features = self._features(u, images, first)[inverse]
+        confidence = self._confidence(u)
         groups, offset = [], 0
         for p, n, ids in zip(u.unit.prompt_indices, u.sizes, u.row_ids):
             sl = slice(offset, offset + n)
             groups.append(GroupArrays(p, ids, None if rewards is None else rewards[sl],
-                                      None if features is None else features[sl]))
+                                      None if features is None else features[sl],
+                                      None if confidence is None else confidence[sl, 0],
+                                      None if confidence is None else confidence[sl, 1]))
             offset += n
         counters, u.counters = u.counters, {p: _new_counters() for p in u.unit.prompt_indices}
         return Report(u.unit.unit_id, k, final, groups, counters)
+
+    def _confidence(self, u: _Unit) -> np.ndarray | None:
+        """float32 [rows, 2] (mean log-prob, mean entropy of each row's tokens at the scale just sampled), in
+        row order, or None when the generator does not report them (then no strategy gets them)."""
+        parts = [self.gen.confidence(c) for c in u.chunks]
+        if any(p is None for p in parts):
+            return None
+        for c, p in zip(u.chunks, parts):
+            if np.shape(p) != (len(c), 2):
+                raise ValueError(f"{type(self.gen).__name__}.confidence returned shape {np.shape(p)} for "
+                                 f"{len(c)} rows; expected ({len(c)}, 2)")
+        return np.concatenate(parts).astype(np.float32)
 
     def _keep_previews(self, u: _Unit, scale: int, images: torch.Tensor, inverse: np.ndarray) -> None:
         """Thumbnails of every row after `scale` (equal rows share one decode), kept per prompt for `collect`."""
@@ -455,7 +473,8 @@ class Coordinator:
         parents_out, ids_out = {}, {}
         for ga in report.groups:
             g = self.groups[ga.prompt_index]
-            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), ga.features)
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), ga.features,
+                              ga.log_prob, ga.entropy)
             dec = self.strategy.decide(g.state, obs)
             parents = np.asarray(dec.parents, dtype=np.int64)
             # the first child of a row continues it (same id, same random stream); extra children are new rows
@@ -500,7 +519,8 @@ class Coordinator:
         picks = {}
         for ga in report.groups:
             g = self.groups[ga.prompt_index]
-            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), None)
+            obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), None,
+                              ga.log_prob, ga.entropy)
             k = int(self.strategy.pick(g.state, obs))
             picks[ga.prompt_index] = k
             entry = self._trace_entry(g, report.scale, ga, None, {"kind": "final"})

@@ -1,3 +1,13 @@
 """Built-in search strategies, one module each; importing this package registers them."""
 
-from search.strategies import beam, best_of_n, fk, importance, random_pick, tts_var  # noqa: F401
+from search.strategies import (  # noqa: F401
+    beam,
+    beam_wc,
+    best_of_n,
+    confidence,
+    density,
+    fk,
+    importance,
+    random_pick,
+    tts_var,
+)

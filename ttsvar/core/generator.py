@@ -129,6 +129,9 @@ class GenState(ABC):
 
     rows: Rows
     scale: int  # number of scales sampled so far (0 .. num_scales)
+    # float32 [B, 2] (mean log-probability, mean entropy) of the tokens each row sampled at scale `scale - 1`,
+    # or None; read through `Generator.confidence`
+    confidence: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -192,6 +195,16 @@ class Generator(ABC):
     def preview(self, state: GenState, size: int | None = None, rows: Sequence[int] | None = None) -> torch.Tensor:
         """Decode the accumulated latent of each row (or of `rows` only): [B,3,H,W] float in [0,1],
         resized to size x size if given."""
+
+    def confidence(self, state: GenState) -> np.ndarray | None:
+        """Free per-row token statistics of the scale `step` last sampled: float32 [B, 2], column 0 the mean
+        log-probability and column 1 the mean entropy (nats per token) of each row's sampled tokens under the
+        distribution it sampled from (after guidance and temperature, before top-k/top-p), or None when the
+        generator does not report them. The engine reads it after the step that ends at a decision scale and
+        hands it to the strategy (`Observation.log_prob`, `.entropy`). The default reads `state.confidence`,
+        which the built-in families fill from `ttsvar.models.sampling.sample_with_confidence`."""
+        c = getattr(state, "confidence", None)
+        return None if c is None else c.detach().float().cpu().numpy()
 
     def row_keys(self, state: GenState) -> list[bytes] | None:
         """A fingerprint per row that is equal exactly when two rows hold the same accumulated latent, or

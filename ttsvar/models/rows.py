@@ -87,3 +87,13 @@ def row_hashes(x: torch.Tensor) -> list[bytes]:
     """A 16-byte digest per row of x [B, ...]: equal rows (duplicated paths) have equal keys."""
     flat = x.flatten(1).float().cpu().numpy()
     return [hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat]
+
+
+def gather_rows(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    """Per-candidate-row values (e.g. a state's `confidence`) of rows `idx`, or None when there are none."""
+    return None if x is None else x[idx]
+
+
+def concat_rows(xs: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """Concatenate per-candidate-row values of states; None unless every state has them."""
+    return None if any(x is None for x in xs) else torch.cat(list(xs))

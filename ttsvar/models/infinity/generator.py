@@ -22,13 +22,15 @@ from ..rows import (
     check_finished,
     check_index,
     concat_caches,
+    concat_rows,
+    gather_rows,
     paired,
     row_hashes,
     select_caches,
     split_by_select,
     to_unit_images,
 )
-from ..sampling import row_uniforms, sample_categorical
+from ..sampling import row_uniforms, sample_with_confidence
 from ..text import TextEncoder
 from .model import Infinity, TextCond
 
@@ -41,6 +43,7 @@ class InfinityState(GenState):
     caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
     summed_codes: torch.Tensor | None  # [B,d,H,W] accumulated codes at the final latent size
     cfg_pairs: bool
+    confidence: torch.Tensor | None = None  # [B,2] mean log-prob, mean entropy of the last scale's tokens
 
 
 def _gather_cond(c: TextCond, idx: torch.Tensor) -> TextCond:
@@ -164,8 +167,9 @@ class InfinityGenerator(Generator):
         h, w = sched[si]
         bits_per_tok = logits.shape[-1] // 2
         u = row_uniforms(state.rows.step_seeds(si), (h * w, bits_per_tok), self.device)
-        bits = sample_categorical(logits.view(B, h * w, bits_per_tok, 2), u, self.sampling.top_k,
-                                  self.sampling.top_p)  # [B,l,bits]
+        # a token is bits_per_tok independent bits: its log-prob and entropy are sums over its bits
+        bits, confidence = sample_with_confidence(logits.view(B, h * w, bits_per_tok, 2), u, self.sampling.top_k,
+                                                  self.sampling.top_p, token_parts=1)  # [B,l,bits], [B,2]
         codes = self.vae.bits_to_codes(self._vae_grid(bits, h, w)).float()  # [B,d,h',w']
         final = self.vae_schedule[-1]
         if si == self.num_scales - 1:
@@ -173,7 +177,7 @@ class InfinityGenerator(Generator):
         else:
             up = self.vae.upsample_codes(codes, final)
             summed = up if state.summed_codes is None else state.summed_codes + up
-        return InfinityState(state.rows, si + 1, state.cond, caches, summed, state.cfg_pairs)
+        return InfinityState(state.rows, si + 1, state.cond, caches, summed, state.cfg_pairs, confidence)
 
     def _vae_grid(self, bits: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """Sampled bits [B,h*w,bits] -> VAE bit grid [B,h',w',d] (un-patchified on the 8B)."""
@@ -210,7 +214,7 @@ class InfinityGenerator(Generator):
         caches = select_caches(state.caches, full)
         summed = None if state.summed_codes is None else state.summed_codes[idx]
         return InfinityState(state.rows.select(index, candidate_id), state.scale, _gather_cond(state.cond, full),
-                             caches, summed, state.cfg_pairs)
+                             caches, summed, state.cfg_pairs, gather_rows(state.confidence, idx))
 
     def concat(self, states: Sequence[InfinityState]) -> InfinityState:
         check_concat(states)
@@ -227,7 +231,7 @@ class InfinityGenerator(Generator):
         caches = concat_caches(states, states[0].cfg_pairs)
         summed = None if states[0].summed_codes is None else torch.cat([s.summed_codes for s in states])
         return InfinityState(Rows.concat([s.rows for s in states]), states[0].scale, cond, caches, summed,
-                             states[0].cfg_pairs)
+                             states[0].cfg_pairs, concat_rows([s.confidence for s in states]))
 
     def split(self, state: InfinityState, sizes: Sequence[int]) -> list[InfinityState]:
         return split_by_select(self.select, state, sizes)

@@ -30,14 +30,16 @@ from ..rows import (
     check_finished,
     check_index,
     concat_caches,
+    concat_rows,
     cond_then_uncond,
+    gather_rows,
     paired,
     row_hashes,
     select_caches,
     split_by_select,
     to_unit_images,
 )
-from ..sampling import filter_logits, row_uniforms, sample_categorical
+from ..sampling import filter_logits, row_uniforms, sample_with_confidence, token_confidence
 from .model import VAR
 from .vqvae import VQVAE
 
@@ -50,6 +52,7 @@ class VARState(GenState):
     caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
     f_hat: torch.Tensor | None  # [B,Cvae,H,W] float32 accumulated codes at the finest size
     cfg_pairs: bool
+    confidence: torch.Tensor | None = None  # [B,2] mean log-prob, mean entropy of the last scale's tokens
 
 
 def cfg_weights(cfg: float | Sequence[float], num_scales: int) -> list[float]:
@@ -153,15 +156,19 @@ class VARGenerator(Generator):
         seeds = state.rows.step_seeds(si)
         if not self.more_smooth:
             u = row_uniforms(seeds, (pn * pn,), self.device)
-            idx = sample_categorical(logits, u, self.sampling.top_k, self.sampling.top_p)  # [B,l]
+            idx, confidence = sample_with_confidence(logits, u, self.sampling.top_k, self.sampling.top_p)  # [B,l]
             f_hat = self.vae.add_scale(si, state.f_hat, idx)
         else:
-            f_hat = self.vae.add_scale_codes(si, state.f_hat, self._smooth_codes(logits, si, seeds))
-        return VARState(state.rows, si + 1, state.labels, caches, f_hat, state.cfg_pairs)
+            codes, weights = self._smooth_codes(logits, si, seeds)
+            f_hat = self.vae.add_scale_codes(si, state.f_hat, codes)
+            # no token is sampled: report the dominant code of each position's Gumbel-softmax mixture
+            confidence = token_confidence(logits, weights.argmax(dim=-1))
+        return VARState(state.rows, si + 1, state.labels, caches, f_hat, state.cfg_pairs, confidence)
 
-    def _smooth_codes(self, logits: torch.Tensor, si: int, seeds: list[int]) -> torch.Tensor:
+    def _smooth_codes(self, logits: torch.Tensor, si: int, seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The official `more_smooth` codes [B,Cvae,pn,pn]: a Gumbel-softmax mixture of the codebook over the
-        filtered logits (sharpened by 1 + ratio, temperature 0.27 (1 - 0.95 ratio) floored at 0.005)."""
+        filtered logits (sharpened by 1 + ratio, temperature 0.27 (1 - 0.95 ratio) floored at 0.005); and the
+        mixture weights [B,l,V]."""
         B, l, V = logits.shape
         ratio = si / (self.num_scales - 1)
         logits = filter_logits(logits, self.sampling.top_k, self.sampling.top_p) * (1 + ratio)
@@ -170,7 +177,7 @@ class VARGenerator(Generator):
         w = ((logits + gumbel) / max(0.27 * (1 - ratio * 0.95), 0.005)).softmax(-1)  # [B,l,V]
         h = w @ self.vae.quantize.embedding.weight.float()  # [B,l,Cvae]
         pn = self.scale_schedule[si][0]
-        return h.transpose(1, 2).reshape(B, -1, pn, pn)  # [B,Cvae,pn,pn]
+        return h.transpose(1, 2).reshape(B, -1, pn, pn), w  # [B,Cvae,pn,pn], [B,l,V]
 
     @torch.inference_mode()
     def preview(self, state: VARState, size: int | None = None, rows=None) -> torch.Tensor:
@@ -196,7 +203,7 @@ class VARGenerator(Generator):
         caches = select_caches(state.caches, full)
         f_hat = None if state.f_hat is None else state.f_hat[idx]
         return VARState(state.rows.select(index, candidate_id), state.scale, state.labels[full], caches, f_hat,
-                        state.cfg_pairs)
+                        state.cfg_pairs, gather_rows(state.confidence, idx))
 
     def concat(self, states: Sequence[VARState]) -> VARState:
         check_concat(states)
@@ -206,7 +213,8 @@ class VARGenerator(Generator):
         caches = concat_caches(states, pairs)
         f_hat = None if states[0].f_hat is None else torch.cat([s.f_hat for s in states])
         return VARState(Rows.concat([s.rows for s in states]), states[0].scale,
-                        cond_then_uncond([s.labels for s in states], pairs), caches, f_hat, pairs)
+                        cond_then_uncond([s.labels for s in states], pairs), caches, f_hat, pairs,
+                        concat_rows([s.confidence for s in states]))
 
     def split(self, state: VARState, sizes: Sequence[int]) -> list[VARState]:
         return split_by_select(self.select, state, sizes)
