@@ -590,7 +590,7 @@ def test_cli_evaluate_with_an_unknown_evaluator(finished, tmp_path, capsys):
 
     assert main(["evaluate", str(finished), "--evaluator", "nope"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["ttsvar: error: --evaluator='nope' is unknown; available: shapes"]
+    assert err == ["ttsvar: error: --evaluator='nope' is unknown; available: mask2former, shapes"]
     assert main(["evaluate", str(_copy_finished(finished, tmp_path)), "--evaluator", "shapes"]) == 0
 
 
