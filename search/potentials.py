@@ -7,6 +7,8 @@ A potential scores a candidate from its current reward r_t and the rewards seen 
     diff:  exp(lam * (r_t - r_prev))        r_prev = the most recent past reward
     max:   exp(lam * max(r_t, past...))
     sum:   exp(lam * (r_t + sum(past)))
+    learned: exp(lam * V_k)                 V_k from a value file (`search.value`, `ttsvar fit-value`) at the
+                                            scales it was fitted for; the raw reward (value) elsewhere
 
 With no past rewards (the first reward scale) all four reduce to value, as in the official code's
 `cur_idx == 0` branch. We work with log-potentials `lam * x` and normalise in log space, so large rewards
@@ -26,13 +28,22 @@ import math
 
 import numpy as np
 
-POTENTIALS = ("value", "diff", "max", "sum")
+POTENTIALS = ("value", "diff", "max", "sum", "learned")
+VALUE_STRATEGIES = ("tts-var", "resample-only", "value")  # the strategies with a `value` option (potential learned)
 
 
-def check_potential(potential: str, lam: float) -> tuple[str, float]:
-    """Validate the `potential` and `lam` options; errors name the option."""
+def check_potential(potential: str, lam: float, has_value: bool = False, takes_value: bool = False
+                    ) -> tuple[str, float]:
+    """Validate the `potential` and `lam` options; errors name the option. `learned` needs a value file: the
+    strategy's `value` option (`takes_value`: it has one; `has_value`: it was given)."""
     if potential not in POTENTIALS:
         raise ValueError(f"potential: {potential!r} is not one of {list(POTENTIALS)}")
+    if potential == "learned" and not has_value:
+        if takes_value:
+            raise ValueError("value: potential 'learned' needs search.options.value=PATH (a value file written by "
+                             "`ttsvar fit-value`)")
+        raise ValueError(f"potential: 'learned' needs a value file, which this strategy does not take; use one of "
+                         f"{list(VALUE_STRATEGIES)} with search.options.value=PATH")
     if isinstance(lam, bool) or not isinstance(lam, (int, float, np.floating, np.integer)):
         raise ValueError(f"lam: expected a number, got {lam!r}")
     if not math.isfinite(lam) or lam < 0:
@@ -46,7 +57,7 @@ def potential_argument(rewards: np.ndarray, past: np.ndarray, potential: str) ->
     past = np.asarray(past, dtype=np.float64)
     if past.ndim != 2 or past.shape[0] != r.shape[0]:
         raise ValueError(f"past rewards have shape {past.shape}, expected ({r.shape[0]}, t)")
-    if past.shape[1] == 0 or potential == "value":
+    if past.shape[1] == 0 or potential in ("value", "learned"):  # learned: `rewards` already holds V_k
         return r
     if potential == "diff":
         return r - past[:, -1]
@@ -55,6 +66,14 @@ def potential_argument(rewards: np.ndarray, past: np.ndarray, potential: str) ->
     if potential == "sum":
         return r + past.sum(axis=1)
     raise ValueError(f"potential: {potential!r} is not one of {list(POTENTIALS)}")
+
+
+def learned_values(obs, model) -> np.ndarray:
+    """What the `learned` potential weighs (float64 [n]): V_k (`search.value.ValueModel`) at the scales the model
+    was fitted for, the raw reward elsewhere."""
+    if model is not None and obs.scale in model.scales:
+        return model.predict(obs)
+    return np.asarray(obs.rewards, dtype=np.float64)
 
 
 def log_potential(rewards: np.ndarray, past: np.ndarray, potential: str, lam: float) -> np.ndarray:

@@ -40,3 +40,47 @@ class ScaledRedness(Reward):
 
     def _score(self, images: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         return redness(images, prompts) * self.factor
+
+
+def write_value_file(path, feature_dim: int = 8, scales=range(16), hidden: int = 4, seed: int = 0, layers: int = 2,
+                     output: str = "identity"):
+    """A random but valid value file (`search.value` format) for strategy tests: `path` and its JSON beside."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors, norm = {}, {}
+    for k in scales:
+        fan_in = feature_dim + 3
+        for i in range(layers):
+            out = 1 if i == layers - 1 else hidden
+            tensors[f"scale{k}.{i}.weight"] = rng.normal(size=(out, fan_in)).astype(np.float32)
+            tensors[f"scale{k}.{i}.bias"] = rng.normal(size=out).astype(np.float32)
+            fan_in = out
+        norm[str(k)] = {"mean": [0.0] * (feature_dim + 3), "std": [1.0] * (feature_dim + 3), "y_mean": 0.0,
+                        "y_std": 1.0}
+    save_file(tensors, str(path))
+    path.with_suffix(".json").write_text(json.dumps(
+        {"format": "ttsvar-value/1", "scales": list(scales), "feature_dim": feature_dim, "layers": layers,
+         "output": output, "norm": norm, "features": "test"}))
+    return path
+
+
+_VALUE_FILES: dict = {}
+
+
+def strategy_test_options(name: str, feature_dim: int = 8) -> dict:
+    """Options a registered strategy needs beyond `search.n` in synthetic tests: a value file for `value`."""
+    if name != "value":
+        return {}
+    if feature_dim not in _VALUE_FILES:
+        import tempfile
+        from pathlib import Path
+
+        _VALUE_FILES[feature_dim] = write_value_file(Path(tempfile.mkdtemp()) / "value.safetensors", feature_dim)
+    return {"value": str(_VALUE_FILES[feature_dim])}

@@ -17,6 +17,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
+from helpers_components import strategy_test_options
 from PIL import Image
 
 from search import create_strategy
@@ -33,7 +34,7 @@ def fabricate_run(root: Path, strategy: str = "tts-var", n: int = 2, prompts: in
     strategy on random rewards and features): manifest.jsonl, job.json, summary.json, images/, traces/, and
     optionally previews/ strips, candidates/ and the evaluation files. Returns `root`."""
     rng = np.random.default_rng(seed)
-    strat = create_strategy(strategy)
+    strat = create_strategy(strategy, **strategy_test_options(strategy, 8))
     plan = strat.plan(num_scales, n)
     coord = Coordinator(strat, plan)
     out = OutputDir(root)

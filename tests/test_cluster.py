@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import helpers_components  # noqa: F401 - registers the test-pixels features in this process
+import numpy as np
 import pytest
 import ray
 import torch
@@ -247,5 +248,25 @@ def test_ray_writes_the_same_previews_as_local(ray_local, prompts_file, tmp_path
     assert names and names == sorted(p.name for p in (outs["ray"] / "previews").iterdir())
     for n in names:
         assert (outs["local"] / "previews" / n).read_bytes() == (outs["ray"] / "previews" / n).read_bytes()
+    for i in range(2):
+        assert read_outputs(outs["ray"])[i]["trace_json"] == read_outputs(outs["local"])[i]["trace_json"]
+
+
+def test_ray_writes_the_same_search_data_as_local(ray_local, prompts_file, tmp_path):
+    """`output.save_search_data`: the actors report rewards and features at every decision (GroupArrays), the
+    driver's coordinator keeps them and its writer stores them: the same arrays as the local runtime."""
+    outs = {}
+    for kind in ("local", "ray"):
+        outs[kind] = tmp_path / kind
+        s = run_job(make_job(prompts_file, outs[kind], f"runtime.kind={kind}", "output.save_search_data=true",
+                             "limit=2", "runtime.prompts_per_unit=2"))
+        assert s["prompts_ok"] == 2
+    names = sorted(p.name for p in (outs["local"] / "search_data").iterdir())
+    assert names == ["00000.npz", "00001.npz"] == sorted(p.name for p in (outs["ray"] / "search_data").iterdir())
+    for n in names:
+        with np.load(outs["local"] / "search_data" / n) as a, np.load(outs["ray"] / "search_data" / n) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for k in a.files:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=f"{n}: {k}")
     for i in range(2):
         assert read_outputs(outs["ray"])[i]["trace_json"] == read_outputs(outs["local"])[i]["trace_json"]

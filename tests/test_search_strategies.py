@@ -8,6 +8,7 @@ import pickle
 
 import numpy as np
 import pytest
+from helpers_components import strategy_test_options
 from scipy import stats
 
 from search import Observation, SearchPlan, create_strategy, list_strategies
@@ -47,13 +48,18 @@ def run_group(strategy, plan: SearchPlan, seed: int, data_seed: int, steps=None)
 CASES = [(6, 1), (10, 2), (13, 3)]
 
 
+def make(name: str):
+    """The registered strategy with its defaults, plus what it cannot run without (a value file for `value`)."""
+    return create_strategy(name, **strategy_test_options(name, F_DIM))
+
+
 @pytest.mark.parametrize("num_scales,n", CASES)
 @pytest.mark.parametrize("name", list_strategies())
 class TestEveryStrategy:
     """The engine contract, for every registered strategy."""
 
     def test_plan_is_valid(self, name, num_scales, n):
-        plan = create_strategy(name).plan(num_scales, n)
+        plan = make(name).plan(num_scales, n)
         assert isinstance(plan, SearchPlan) and plan.num_scales == num_scales
         assert all(b >= 1 for b in plan.batch_sizes)
         assert list(plan.batch_sizes) == sorted(plan.batch_sizes, reverse=True)  # never grows
@@ -61,7 +67,7 @@ class TestEveryStrategy:
         assert plan.feature_scales | plan.reward_scales <= set(plan.decision_scales)
 
     def test_decisions_have_the_planned_shape(self, name, num_scales, n):
-        strategy = create_strategy(name)
+        strategy = make(name)
         plan = strategy.plan(num_scales, n)
         steps = []
         _, best = run_group(strategy, plan, seed=5, data_seed=11, steps=steps)
@@ -75,15 +81,15 @@ class TestEveryStrategy:
         assert 0 <= best < plan.final_batch
 
     def test_same_seed_same_result(self, name, num_scales, n):
-        strategy = create_strategy(name)
+        strategy = make(name)
         plan = strategy.plan(num_scales, n)
         a = run_group(strategy, plan, seed=3, data_seed=7)
-        other = create_strategy(name)
+        other = make(name)
         b = run_group(other, other.plan(num_scales, n), seed=3, data_seed=7)
         assert _same(a, b)
 
     def test_state_survives_pickling(self, name, num_scales, n):
-        strategy = create_strategy(name)
+        strategy = make(name)
         plan = strategy.plan(num_scales, n)
         expected = run_group(strategy, plan, seed=2, data_seed=4)
         # Replay with the state round-tripped through pickle before every call, as between processes.
@@ -99,7 +105,7 @@ class TestEveryStrategy:
         assert _same(expected, (parents, best))
 
     def test_groups_do_not_interfere(self, name, num_scales, n):
-        strategy = create_strategy(name)
+        strategy = make(name)
         plan = strategy.plan(num_scales, n)
         alone = run_group(strategy, plan, seed=9, data_seed=1)
         # Interleave group A with another group B decision by decision.
@@ -115,7 +121,7 @@ class TestEveryStrategy:
         assert _same(alone, (parents, best))
 
     def test_wrong_observations_are_refused(self, name, num_scales, n):
-        strategy = create_strategy(name)
+        strategy = make(name)
         plan = strategy.plan(num_scales, n)
         state = strategy.init_group(0, 0)
         wrong_rows = np.arange(plan.batch_sizes[0] + 1)

@@ -179,6 +179,19 @@ def cmd_report(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_value(ns: argparse.Namespace) -> int:
+    from .value import run_fit_value
+
+    res = run_fit_value(ns.dirs, ns.out, target=ns.target, evaluator=ns.evaluator, hidden=ns.hidden,
+                        epochs=ns.epochs, seed=ns.seed, threads=ns.threads)
+    m = res["metrics"]
+    print(f"within-prompt rank correlation with the {ns.target} on {m['held_out_prompts']} held-out prompts "
+          f"(of {m['prompts']}):")
+    print(res["table"])
+    print(f"value: {res['path']}\nconfig: {res['json']}  ({res['seconds']:.1f} s)")
+    return 0
+
+
 def cmd_config(ns: argparse.Namespace) -> int:
     from .config import load_config, to_yaml
 
@@ -264,6 +277,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--embed", default="auto", choices=("auto", "all", "none"),
                    help="images inside the page (all), linked relative to it (none), or embedded up to 16 MiB (auto)")
     s.set_defaults(fn=cmd_report)
+    s = sub.add_parser("fit-value", help="fit a learned value V_k on runs' search data (output.save_search_data=true); "
+                                         "use it with search.options.value=PATH")
+    s.add_argument("dirs", nargs="+", metavar="RUN_DIR", help="job output folders with search_data/")
+    s.add_argument("-o", "--out", default="value.safetensors", help="the value file (its .json is written beside)")
+    s.add_argument("--target", default="reward", choices=("reward", "verdict"),
+                   help="predict the final reward, or the evaluator's verdict on the final candidates (needs "
+                        "output.save_candidates=true and evaluator metadata)")
+    s.add_argument("--evaluator", default="shapes", help="the registered evaluator for --target verdict")
+    s.add_argument("--hidden", type=int, default=32, help="hidden units of each scale's MLP")
+    s.add_argument("--epochs", type=int, default=400, help="full-batch Adam steps")
+    s.add_argument("--seed", type=int, default=0, help="initialisation and held-out prompt split")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    s.set_defaults(fn=cmd_fit_value)
     s = sub.add_parser("config", help="print the resolved job config")
     s.add_argument("args", nargs="*")
     s.set_defaults(fn=cmd_config)

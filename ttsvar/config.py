@@ -62,6 +62,7 @@ class OutputConfig:
     save_candidates: bool = False  # also write every final candidate
     traces: bool = True
     save_previews: bool = False  # small PNGs of every row at each decision scale (for `ttsvar report`; needs traces)
+    save_search_data: bool = False  # search_data/<index>.npz: each decision row's features, rewards, outcome (value.md)
     overwrite: bool = False  # delete the results already in `dir` and start over (`ttsvar run --fresh`)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -130,11 +130,13 @@ class Worker:
 
     `save_previews`: decode every decision scale (also one that needs neither rewards nor features) and keep
     thumbnails (at most `PREVIEW_THUMB` pixels) of each row until `collect` returns them.
+    `save_search_data`: score and extract features of every row at every decision scale, whatever the plan needs
+    (the coordinator hands the strategy only what its plan asks for, and records the rest: `output.save_search_data`).
     """
 
     def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
                  max_rows_per_forward: int = 64, preview_size: int | None = None, score_batch: int = 64,
-                 save_previews: bool = False):
+                 save_previews: bool = False, save_search_data: bool = False):
         if plan.num_scales != generator.num_scales:
             raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
         self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
@@ -142,6 +144,7 @@ class Worker:
         self.preview_size = preview_size
         self.score_batch = max(1, int(score_batch))
         self.save_previews = bool(save_previews)
+        self.save_search_data = bool(save_search_data)
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
 
@@ -215,8 +218,9 @@ class Worker:
             if k == S - 1 or k in self.plan.decision_scales:
                 break
         final = u.scale == S
-        need_r = final or k in self.plan.reward_scales
-        need_f = (not final) and k in self.plan.feature_scales
+        data = (not final) and self.save_search_data
+        need_r = final or k in self.plan.reward_scales or data
+        need_f = (not final) and (k in self.plan.feature_scales or data)
         need_p = (not final) and self.save_previews
         rewards = features = None
         if need_r or need_f or need_p:
@@ -385,6 +389,8 @@ class _GroupTrace:
     parent_of: dict[int, int | None]
     decisions: list[dict] = field(default_factory=list)
     counters: dict = field(default_factory=_new_counters)
+    data: list[tuple] = field(default_factory=list)  # save_search_data: see `search_data_arrays`
+    final: GroupArrays | None = None
 
 
 class Action(Enum):
@@ -415,7 +421,7 @@ class Coordinator:
     """
 
     def __init__(self, strategy: Strategy, plan: SearchPlan, reward_scale: float = 1.0, retries: int = 0,
-                 next_unit_id: int = 0, max_losses: int = MAX_ACTOR_LOSSES):
+                 next_unit_id: int = 0, max_losses: int = MAX_ACTOR_LOSSES, save_search_data: bool = False):
         if not (np.isfinite(reward_scale) and reward_scale > 0):
             raise ValueError(f"reward_scale must be a finite number > 0, got {reward_scale!r}")
         # strategies see rewards in units of the reward's declared scale, so lam means the same for every
@@ -427,6 +433,7 @@ class Coordinator:
         self.next_unit_id = next_unit_id  # ids of split units start here (above every id already handed out)
         self._failures: dict[int, int] = {}
         self._losses: dict[int, int] = {}
+        self.save_search_data = bool(save_search_data)  # keep every decision's arrays for `search_data`
 
     # -- failure policy: one for both runtimes ------------------------------------------------------------
 
@@ -471,12 +478,15 @@ class Coordinator:
         t0 = time.perf_counter()
         self._absorb(report)
         parents_out, ids_out = {}, {}
-        for ga in report.groups:
-            g = self.groups[ga.prompt_index]
+        for full in report.groups:
+            g = self.groups[full.prompt_index]
+            ga = self._planned(full, report.scale)
             obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), ga.features,
                               ga.log_prob, ga.entropy)
             dec = self.strategy.decide(g.state, obs)
             parents = np.asarray(dec.parents, dtype=np.int64)
+            if self.save_search_data:
+                g.data.append((report.scale, full, [g.parent_of.get(int(r)) for r in full.row_ids.tolist()], parents))
             # the first child of a row continues it (same id, same random stream); extra children are new rows
             seen, new_ids = set(), []
             for q in parents.tolist():
@@ -493,6 +503,15 @@ class Coordinator:
             ids_out[ga.prompt_index] = np.asarray(new_ids, dtype=np.int64)
         self.time_decide += time.perf_counter() - t0
         return Selection(report.unit_id, report.scale, parents_out, ids_out)
+
+    def _planned(self, ga: GroupArrays, scale: int) -> GroupArrays:
+        """What the plan asks for after `scale`: a worker saving search data reports rewards and features at
+        every decision, and the strategy (and the trace) must see the same as without it."""
+        rewards = ga.rewards if scale in self.plan.reward_scales else None
+        features = ga.features if scale in self.plan.feature_scales else None
+        if rewards is ga.rewards and features is ga.features:
+            return ga
+        return replace(ga, rewards=rewards, features=features)
 
     def _scaled(self, rewards: np.ndarray | None) -> np.ndarray | None:
         if rewards is None or self.reward_scale == 1.0:
@@ -527,6 +546,8 @@ class Coordinator:
             entry["picked_row"] = int(ga.row_ids[k])
             entry["picked_position"] = k
             g.decisions.append(entry)
+            if self.save_search_data:
+                g.final = ga
         self.time_decide += time.perf_counter() - t0
         return picks
 
@@ -537,11 +558,68 @@ class Coordinator:
                 "reward_scale": self.reward_scale,
                 "decisions": g.decisions}
 
+    def search_data(self, prompt_index: int) -> dict[str, np.ndarray] | None:
+        """The prompt's search data (`output.save_search_data`), for the writer, after `pick` and before
+        `finish_group`: `search_data_arrays` of its decisions; None when not kept or the prompt has no decision."""
+        g = self.groups[prompt_index]
+        if not self.save_search_data or not g.data or g.final is None:
+            return None
+        return search_data_arrays(g.data, g.final, g.decisions[-1]["picked_position"], prompt_index, g.seed,
+                                  self.plan.num_scales, self.reward_scale)
+
     def finish_group(self, prompt_index: int) -> tuple[dict, dict]:
         """Trace and counters of a finished prompt; frees its state."""
         tr = self.trace(prompt_index)
         g = self.groups.pop(prompt_index)
         return tr, g.counters
+
+
+def search_data_arrays(decisions: list[tuple], final: GroupArrays, picked: int, prompt_index: int, seed: int,
+                       num_scales: int, reward_scale: float) -> dict[str, np.ndarray]:
+    """One prompt's search data: per row of every decision (N rows, decisions in order) and per final row (m).
+
+    `decisions`: per decision (scale, GroupArrays with every array the worker computed, the parent row id of each
+    row (None at the first decision), parents: positions into its rows of the next decision's rows, in order).
+    Rewards are raw scores (divide by `reward_scale` for the units strategies see). A row's descendants are the
+    final rows whose lineage passes through it; `final_max`/`final_mean` are NaN for a row none of whose
+    descendants survived. Format: docs/value.md.
+    """
+    n_rows = [len(ga.row_ids) for _, ga, _, _ in decisions]
+    offsets = np.concatenate([[0], np.cumsum(n_rows)]).astype(np.int64)
+    m, D, N = len(final.row_ids), len(decisions), int(offsets[-1])
+    ancestor = np.empty((m, D), dtype=np.int64)  # final row -> index (into the N rows) of its ancestor per decision
+    pos = np.arange(m)
+    for d in range(D - 1, -1, -1):
+        pos = decisions[d][3][pos]
+        ancestor[:, d] = offsets[d] + pos
+    final_reward = np.asarray(final.rewards, dtype=np.float64)
+    total, count, best = np.zeros(N), np.zeros(N, dtype=np.int64), np.full(N, -np.inf)
+    for j in range(m):
+        total[ancestor[j]] += final_reward[j]
+        count[ancestor[j]] += 1
+        best[ancestor[j]] = np.maximum(best[ancestor[j]], final_reward[j])
+    mean = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    best = np.where(count > 0, best, np.nan)
+
+    def col(name: str) -> np.ndarray:
+        return np.concatenate([np.full(len(ga.row_ids), np.nan, np.float32) if getattr(ga, name) is None
+                               else np.asarray(getattr(ga, name), np.float32) for _, ga, _, _ in decisions])
+
+    dims = {ga.features.shape[1] for _, ga, _, _ in decisions if ga.features is not None}
+    F = dims.pop() if len(dims) == 1 else 0
+    features = np.concatenate([np.asarray(ga.features, np.float32) if ga.features is not None and F
+                               else np.full((len(ga.row_ids), F), np.nan, np.float32) for _, ga, _, _ in decisions])
+    return {
+        "scale": np.repeat(np.asarray([d[0] for d in decisions], np.int64), n_rows),
+        "row_id": np.concatenate([ga.row_ids for _, ga, _, _ in decisions]).astype(np.int64),
+        "parent": np.asarray([-1 if p is None else p for _, _, ps, _ in decisions for p in ps], np.int64),
+        "children": np.concatenate([np.bincount(par, minlength=n) for (_, _, _, par), n in zip(decisions, n_rows)]),
+        "features": features, "reward": col("rewards"), "log_prob": col("log_prob"), "entropy": col("entropy"),
+        "final_mean": mean.astype(np.float32), "final_max": best.astype(np.float32), "final_count": count,
+        "final_row_id": np.asarray(final.row_ids, np.int64), "final_reward": final_reward.astype(np.float32),
+        "final_ancestor": ancestor, "picked": np.int64(picked), "prompt_index": np.int64(prompt_index),
+        "seed": np.int64(seed), "num_scales": np.int64(num_scales), "reward_scale": np.float64(reward_scale),
+    }
 
 
 def _merge_strategy_columns(rows: list[dict], trace: dict) -> None:

@@ -223,7 +223,8 @@ def open_output(job: JobConfig) -> OutputDir:
         if gone:
             log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
     subdirs = ("images",) + (("traces",) if job.output.traces else ()) + \
-        (("candidates",) if job.output.save_candidates else ()) + (("previews",) if saves_previews(job) else ())
+        (("candidates",) if job.output.save_candidates else ()) + (("previews",) if saves_previews(job) else ()) + \
+        (("search_data",) if job.output.save_search_data else ())
     out.check_writable(subdirs)
     msg = out.repair_tail()
     if msg:
@@ -259,7 +260,7 @@ def make_coordinator(job: JobConfig, num_scales: int, next_unit_id: int = 0) -> 
     retry policy (`runtime.retries`); `next_unit_id`: the first id not handed out (split units start there)."""
     strategy, plan = search_plan(job, num_scales)
     return Coordinator(strategy, plan, reward_scale_for(job, plan), retries=job.runtime.retries,
-                       next_unit_id=next_unit_id)
+                       next_unit_id=next_unit_id, save_search_data=job.output.save_search_data)
 
 
 def build_components(job: JobConfig, generator=None, reward=None, features=None) -> Components:
@@ -278,7 +279,7 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
                 raise
             raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
     feats = None
-    if plan.feature_scales:
+    if plan.feature_scales or (job.output.save_search_data and plan.decision_scales):
         feats = features if features is not None else \
             create_features(features_name(job), **job.search.features_opts)
     declared = model_defaults(job.model.name).classes
@@ -288,9 +289,21 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
                           f"{len(gen.classes or ())}) differ from its registered ModelDefaults.classes, which the job "
                           "resolved the prompts with; register the model with the same class list")
     preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
+    check_value_features(strategy, feats)
     comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp)
     return comp
+
+
+def check_value_features(strategy, features) -> None:
+    """A learned value (`search.options.value`) reads features of the dimension it was fitted on: refuse another
+    feature extractor before any unit runs (`ConfigError` naming the file)."""
+    vm = getattr(strategy, "value_model", None)
+    dim = getattr(features, "dim", None)
+    if vm is not None and isinstance(dim, int) and dim != vm.feature_dim:
+        raise ConfigError(f"search.options.value: {vm.path} was fitted on {vm.feature_dim}-d features "
+                          f"({vm.config.get('features')}), but search.features gives {dim}-d; use the features it "
+                          "was fitted with")
 
 
 def _free_memory(device) -> tuple[int | None, str]:
@@ -397,7 +410,8 @@ def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, s
 def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
-                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=saves_previews(job))
+                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=saves_previews(job),
+                  save_search_data=job.output.save_search_data)
 
 
 def job_items(job: JobConfig) -> list[PromptItem]:
@@ -435,6 +449,8 @@ class ResultWriter:
             for kind, rel, payload in files:
                 if kind == "image":
                     self.out.write_image(rel, payload)
+                elif kind == "search_data":
+                    self.out.write_search_data(rel, payload)
                 else:
                     self.out.write_trace(payload[0], payload[1])
             self.out.append_many(records)
@@ -483,6 +499,9 @@ class ResultWriter:
         recs, files = [], []
         for ga in final.groups:
             p = ga.prompt_index
+            data = coord.search_data(p)
+            if data is not None:
+                files.append(("search_data", self.out.search_data_path(p), data))
             trace, counters = coord.finish_group(p)
             k = picks[p]
             imgs = images.images[p]

@@ -6,6 +6,7 @@ Layout (a contract users' scripts rely on: extend, don't rename):
     candidates/<index>_<k>.png  all final candidates (optional)
     previews/<index>_s<scale>.png  thumbnails of every row at each decision scale, one strip (optional)
     traces/<index>.json       per-prompt search trace
+    search_data/<index>.npz   every decision row's features, rewards, token statistics, outcome (optional)
     summary.json              job totals, rewritten at the end
     job.json                  the fingerprint of the configuration that wrote the results (resume checks it)
     report.html               `ttsvar report` of this folder (when made here)
@@ -33,7 +34,8 @@ log = logging.getLogger("ttsvar")
 MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
 # what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
 # (and `ttsvar report`, by default)
-WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "previews", "geneval_results.jsonl",
+WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "previews", "search_data",
+           "geneval_results.jsonl",
            "geneval_summary.json", "report.html")
 
 # Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
@@ -292,6 +294,17 @@ class OutputDir:
 
     def preview_path(self, index: int, scale: int) -> str:
         return f"previews/{index:05d}_s{scale}.png"
+
+    def search_data_path(self, index: int) -> str:
+        return f"search_data/{index:05d}.npz"
+
+    def write_search_data(self, rel: str, arrays: dict[str, np.ndarray]) -> None:
+        """One prompt's search data (`ttsvar.engine.search_data_arrays`) as a compressed .npz, atomically."""
+        import io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        atomic_write_bytes(self.root / rel, buf.getvalue())
 
     def trace_path(self, index: int) -> str:
         return f"traces/{index}.json"

@@ -10,4 +10,5 @@ from search.strategies import (  # noqa: F401
     importance,
     random_pick,
     tts_var,
+    value,
 )

@@ -24,13 +24,16 @@ from search.schedule import (
     live_batch_sizes,
 )
 from search.strategies.steps import cluster_step, resample_step
+from search.value import ValueModel, load_value
 
 
 @register_strategy("tts-var")
 class TTSVar(PlannedStrategy):
     """Options (None = the paper's default adapted to the model's number of scales, see search.schedule):
     `batch_schedule` rows kept after each scale as multiples of n; `cluster_scales`; `resample_scales`;
-    `potential` in value|diff|max|sum; `lam` the potential temperature."""
+    `potential` in value|diff|max|sum|learned; `lam` the potential temperature; `value` the file of a learned
+    value (`ttsvar fit-value`), read here, which `potential="learned"` weighs instead of the raw reward at the
+    resampling scales it was fitted for."""
 
     def __init__(
         self,
@@ -39,11 +42,17 @@ class TTSVar(PlannedStrategy):
         resample_scales: Sequence[int] | None = None,
         potential: str = "value",
         lam: float = 10.0,
+        value: str | None = None,
     ) -> None:
         self.batch_schedule = None if batch_schedule is None else list(batch_schedule)
         self.cluster_scales = None if cluster_scales is None else list(cluster_scales)
         self.resample_scales = None if resample_scales is None else list(resample_scales)
-        self.potential, self.lam = check_potential(potential, lam)
+        self.value_model: ValueModel | None = None if value is None else load_value(value)
+        self.potential, self.lam = check_potential(potential, lam, self.value_model is not None, True)
+        if self.value_model is not None and self.potential != "learned":
+            raise ValueError(f"value: {value} is read only by potential 'learned' (search.options.potential="
+                             f"learned); potential {self.potential!r} ignores it")
+        self._cluster: frozenset[int] = frozenset()
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:
         if num_scales < 2:
@@ -68,14 +77,19 @@ class TTSVar(PlannedStrategy):
                     f"cluster_scales: clustering after scale {k} keeps all {sizes[k]} rows "
                     f"(batch_schedule[{k}] = {schedule[k]} x n); it would be a no-op: remove scale {k} or "
                     "lower that batch_schedule entry")
-        return SearchPlan(sizes, frozenset(cluster), frozenset(resample), decisions)
+        self._cluster = frozenset(cluster)
+        features, rewards = set(cluster), set(resample)
+        learned = self.value_model.scales if self.value_model is not None else frozenset()
+        if self.potential == "learned":  # V_k reads the features and reward of the rows it weighs
+            features |= set(resample) & learned
+        return SearchPlan(sizes, frozenset(features), frozenset(rewards), decisions)
 
     def decide(self, state: GroupState, obs: Observation) -> Decision:
         self.check_decide(state, obs)
         k = state.plan.batch_sizes[obs.scale + 1]
-        if obs.scale in state.plan.feature_scales:
+        if obs.scale in self._cluster:
             return cluster_step(state, obs, k)
-        return resample_step(state, obs, k, self.potential, self.lam)
+        return resample_step(state, obs, k, self.potential, self.lam, self.value_model)
 
     def pick(self, state: GroupState, obs: Observation) -> int:
         return argmax_reward(self.check_pick(state, obs))
@@ -100,6 +114,7 @@ class ResampleOnly(TTSVar):
         resample_scales: Sequence[int] | None = None,
         potential: str = "value",
         lam: float = 10.0,
+        value: str | None = None,
     ) -> None:
         super().__init__(batch_schedule, cluster_scales=[], resample_scales=resample_scales,
-                         potential=potential, lam=lam)
+                         potential=potential, lam=lam, value=value)

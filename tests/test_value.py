@@ -1,0 +1,200 @@
+"""The learned value (issue 14, part 1): search data written by the engine, `ttsvar fit-value`, the `learned`
+potential and the `value` strategy, strict value files. One tiny shapes-tiny run (2 prompts, tts-var n=2) is
+shared by the module."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers_components import write_value_file
+
+from search import Observation, create_strategy
+from search.value import load_value
+from ttsvar.cli import main
+from ttsvar.config import load_config
+from ttsvar.core.errors import ConfigError
+from ttsvar.jobs import run_job
+from ttsvar.testbed import world
+from ttsvar.value import load_search_data, run_fit_value, within_prompt
+
+PROMPTS = world.eval_prompts(1, seed=0, split="train")[:3]  # GenEval metadata: the exact evaluator judges them
+KEYS = {"scale", "row_id", "parent", "children", "features", "reward", "log_prob", "entropy", "final_mean",
+        "final_max", "final_count", "final_row_id", "final_reward", "final_ancestor", "picked", "prompt_index",
+        "seed", "num_scales", "reward_scale"}
+
+
+def job(tmp, out, *extra):
+    prompts = tmp / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in PROMPTS))
+    return load_config(None, [f"prompts={prompts}", f"output.dir={out}", "search.n=2", "runtime.quiet=true",
+                              "runtime.prompts_per_unit=3", "seed=5", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same job without and with `output.save_search_data` (and candidates)."""
+    tmp = tmp_path_factory.mktemp("value")
+    plain, data = tmp / "plain", tmp / "data"
+    run_job(job(tmp, plain))
+    run_job(job(tmp, data, "output.save_search_data=true", "output.save_candidates=true"))
+    return tmp, plain, data
+
+
+def test_search_data_holds_every_decision_row_and_its_descendants(runs):
+    _, plain, data = runs
+    for i in range(len(PROMPTS)):
+        trace = json.loads((data / "traces" / f"{i}.json").read_text())
+        # the strategy saw what it sees without search data: the same trace and image
+        assert trace == json.loads((plain / "traces" / f"{i}.json").read_text())
+        assert (data / "images" / f"{i:05d}.png").read_bytes() == (plain / "images" / f"{i:05d}.png").read_bytes()
+        with np.load(data / "search_data" / f"{i:05d}.npz") as z:
+            d = {k: z[k] for k in z.files}
+        assert set(d) == KEYS
+        decisions = [e for e in trace["decisions"] if e["info"]["kind"] != "final"]
+        final = trace["decisions"][-1]
+        N = sum(len(e["rows"]) for e in decisions)
+        assert d["features"].shape == (N, 64) and np.isfinite(d["features"]).all()  # shapes-clip, every decision
+        assert np.isfinite(d["reward"]).all() and np.isfinite(d["entropy"]).all()  # scored at every decision
+        assert d["scale"].tolist() == [e["scale"] for e in decisions for _ in e["rows"]]
+        assert d["row_id"].tolist() == [r["row_id"] for e in decisions for r in e["rows"]]
+        assert d["parent"].tolist() == [-1 if r["parent"] is None else r["parent"] for e in decisions
+                                        for r in e["rows"]]
+        assert d["children"].tolist() == [r["children"] for e in decisions for r in e["rows"]]
+        # where the trace has a reward, it is the stored raw reward
+        for j, r in enumerate(r for e in decisions for r in e["rows"]):
+            if "reward" in r:
+                assert r["reward"] == pytest.approx(float(d["reward"][j]))
+        assert d["final_reward"].tolist() == pytest.approx([r["reward"] for r in final["rows"]])
+        assert int(d["picked"]) == final["picked_position"] and int(d["reward_scale"] > 0)
+        # lineage: each final row's ancestor at decision t+1 is a child of its ancestor at decision t
+        anc = d["final_ancestor"]
+        for j in range(len(d["final_row_id"])):
+            for t in range(anc.shape[1] - 1):
+                assert d["parent"][anc[j, t + 1]] == d["row_id"][anc[j, t]]
+                assert d["scale"][anc[j, t]] == decisions[t]["scale"]
+            assert final["rows"][j]["parent"] == d["row_id"][anc[j, -1]]
+        # descendants' outcome, by brute force over the final rows
+        for n in range(N):
+            mine = [j for j in range(anc.shape[0]) if n in anc[j]]
+            assert d["final_count"][n] == len(mine) == (0 if not mine else len(mine))
+            if mine:
+                assert d["final_mean"][n] == pytest.approx(d["final_reward"][mine].mean())
+                assert d["final_max"][n] == pytest.approx(d["final_reward"][mine].max())
+            else:
+                assert np.isnan(d["final_mean"][n])
+
+
+def test_fit_value_lowers_the_loss_and_writes_a_strictly_loadable_file(runs, capsys):
+    tmp, _, data = runs
+    out = tmp / "v" / "value.safetensors"
+    assert main(["fit-value", str(data), "-o", str(out), "--threads", "1", "--epochs", "150"]) == 0
+    printed = capsys.readouterr().out
+    assert "rho V_k" in printed and "value:" in printed
+    vm = load_value(out)
+    cfg = json.loads(out.with_suffix(".json").read_text())
+    assert cfg["features"] == "shapes-clip" and cfg["reward"] == "shapes-reward" and vm.feature_dim == 64
+    assert set(cfg["metrics"]["scales"]) == {str(k) for k in vm.scales} and vm.scales
+    for e in cfg["metrics"]["scales"].values():
+        assert e["train_loss_last"] < e["train_loss_first"]
+    # verdicts of every final candidate, by the exact evaluator
+    res = run_fit_value([str(data)], str(tmp / "v" / "verdict.safetensors"), target="verdict", epochs=50, threads=1)
+    assert load_value(res["path"]).output == "sigmoid"
+    d = load_search_data([data], "verdict")
+    assert set(np.unique(d.y)) <= set(np.linspace(0, 1, 5)) and len(d.y) == len(load_search_data([data]).y)
+
+
+def test_learned_potential_and_value_strategy_run_end_to_end(runs):
+    tmp, _, data = runs
+    value = write_value_file(tmp / "rand" / "value.safetensors", feature_dim=64, scales=[1, 2, 3, 4])
+    s = run_job(job(tmp, tmp / "learned", "search.options.potential=learned", f"search.options.value={value}"))
+    assert s["prompts_ok"] == len(PROMPTS)
+    trace = json.loads((tmp / "learned" / "traces" / "0.json").read_text())
+    resample = [e for e in trace["decisions"] if e["info"]["kind"] == "resample"]
+    assert resample and all("value" in r for e in resample for r in e["rows"])
+    for coarse in ("cluster", "top"):
+        out = tmp / f"value-{coarse}"
+        s = run_job(job(tmp, out, "search.strategy=value", f"search.options.value={value}",
+                        f"search.options.coarse={coarse}"))
+        assert s["prompts_ok"] == len(PROMPTS)
+        first = json.loads((out / "traces" / "0.json").read_text())["decisions"][0]
+        assert all("value" in r for r in first["rows"])
+
+
+def test_value_strategy_needs_its_file_and_a_matching_feature_dimension(runs, capsys):
+    tmp, _, _ = runs
+    with pytest.raises(ConfigError, match=r"search\.options\.value: the value strategy needs"):
+        job(tmp, tmp / "x", "search.strategy=value")
+    with pytest.raises(ConfigError, match=r"search\.options\.value: potential 'learned' needs"):
+        job(tmp, tmp / "x", "search.options.potential=learned")
+    with pytest.raises(ConfigError, match="search.options.potential: 'learned' needs a value file"):
+        job(tmp, tmp / "x", "search.strategy=fk", "search.options.potential=learned")
+    wrong = write_value_file(tmp / "dim8" / "value.safetensors", feature_dim=8, scales=[1, 2])
+    with pytest.raises(ConfigError, match="fitted on 8-d features.*gives 64-d"):
+        run_job(job(tmp, tmp / "x", "search.strategy=value", f"search.options.value={wrong}"))
+    assert main(["run", f"prompts={tmp / 'prompts.jsonl'}", f"output.dir={tmp / 'x'}", "search.strategy=value"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "search.options.value" in err[0]
+
+
+def _break(path, how):
+    cfg_path = path.with_suffix(".json")
+    cfg = json.loads(cfg_path.read_text())
+    if how == "no json":
+        cfg_path.unlink()
+    elif how == "missing key":
+        del cfg["norm"]
+        cfg_path.write_text(json.dumps(cfg))
+    elif how == "wrong dimension":
+        cfg["feature_dim"] = 9  # the norm stats agree, the weights do not
+        for k in cfg["norm"]:
+            cfg["norm"][k].update(mean=[0.0] * 12, std=[1.0] * 12)
+        cfg_path.write_text(json.dumps(cfg))
+    elif how == "missing tensor":
+        cfg["scales"] = cfg["scales"] + [7]
+        cfg["norm"]["7"] = cfg["norm"]["1"]
+        cfg_path.write_text(json.dumps(cfg))
+    elif how == "truncated":
+        path.write_bytes(path.read_bytes()[:40])
+    elif how == "bad format":
+        cfg["format"] = "something/2"
+        cfg_path.write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("how,match", [("no json", "value.json is missing"), ("missing key", "has no 'norm'"),
+                                       ("wrong dimension", r"expected \(4, 12\)"),
+                                       ("missing tensor", r"missing keys \['scale7"),
+                                       ("truncated", "cannot be read as safetensors"),
+                                       ("bad format", "not a value config")])
+def test_bad_value_files_are_refused_with_one_line_naming_the_file(tmp_path, how, match):
+    path = write_value_file(tmp_path / "value.safetensors", feature_dim=8, scales=[1, 2])
+    _break(path, how)
+    with pytest.raises(ValueError, match=match) as e:
+        create_strategy("value", value=str(path))
+    assert str(e.value).startswith(f"value: {path}") and "\n" not in str(e.value)
+
+
+def test_value_model_forward_matches_a_float64_reference(tmp_path):
+    path = write_value_file(tmp_path / "value.safetensors", feature_dim=8, scales=[2], hidden=5)
+    vm = load_value(path)
+    rng = np.random.default_rng(0)
+    obs = Observation(2, 6, np.arange(6), rng.normal(size=6).astype(np.float32),
+                      rng.normal(size=(6, 8)).astype(np.float32), -rng.gamma(2, size=6), rng.gamma(2, size=6))
+    from safetensors.numpy import load_file
+
+    t = {k: v.astype(np.float64) for k, v in load_file(str(path)).items()}
+    x = np.concatenate([obs.features, np.stack([obs.rewards, obs.log_prob, obs.entropy], 1)], 1).astype(np.float64)
+    ref = np.maximum(x @ t["scale2.0.weight"].T + t["scale2.0.bias"], 0) @ t["scale2.1.weight"].T + t["scale2.1.bias"]
+    assert np.allclose(vm.predict(obs), ref[:, 0], atol=1e-12)
+    with pytest.raises(ValueError, match="fitted on 8-d features"):
+        vm.predict(Observation(2, 6, np.arange(6), obs.rewards, np.zeros((6, 4), np.float32)))
+
+
+def test_within_prompt_rank_correlation_and_concordance():
+    group = np.array([0, 0, 0, 1, 1, 2, 2])
+    target = np.array([0.0, 1.0, 2.0, 1.0, 1.0, 0.0, 1.0])  # group 1: constant target, skipped
+    good = within_prompt(np.array([1.0, 2.0, 3.0, 5.0, 0.0, 0.0, 1.0]), target, group)
+    assert good == {"rho": 1.0, "concordance": 1.0, "groups": 2}
+    flat = within_prompt(np.zeros(7), target, group)
+    assert flat == {"rho": 0.0, "concordance": 0.5, "groups": 2}
