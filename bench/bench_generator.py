@@ -1,7 +1,9 @@
-"""Step throughput, select cost and KV-cache memory of the native Infinity generator (random weights).
+"""Step throughput, select cost and KV-cache memory of the native Infinity and VAR generators (random weights).
 
     python bench/bench_generator.py --model tiny --device cpu --batch 1 4 16
     python bench/bench_generator.py --model 2b --device cuda --pixels 0.25M --batch 1 4 8
+    python bench/bench_generator.py --model var-tiny --batch 1 4 16 --threads 1
+    python bench/bench_generator.py --model var-d16 --batch 1 4     # var-d30 too; --device cuda on a GPU
 
 For each batch size (candidate rows; with CFG each row runs a cond and an uncond pass) it runs all scales
 and reports: tokens/s (transformer token-forwards per second, CFG rows counted), the time of one
@@ -37,7 +39,30 @@ class RandomText(TextEncoder):
         return x, torch.ones(len(prompts), self.length, dtype=torch.bool, device=self.device)
 
 
-def build(model: str, device, dtype, pixels: str) -> InfinityGenerator:
+def build_var(model: str, device, dtype):
+    """VAR with random weights: the tiny test configuration, or a released depth (256 px, 10 scales)."""
+    from ttsvar.models.var.builders import tiny_random
+    from ttsvar.models.var.generator import VARGenerator
+    from ttsvar.models.var.model import VAR, VARConfig
+    from ttsvar.models.var.vqvae import VQVAE, VQVAEConfig
+
+    sampling = SamplingConfig(cfg=5.0, tau=1.0)
+    if model == "var-tiny":
+        gen = tiny_random(0, device, sampling)
+        gen.model.cast_blocks(dtype)
+        return gen
+    torch.manual_seed(0)
+    cfg = VARConfig.released(int(model.removeprefix("var-d")))
+    with torch.device(device):
+        net = VAR(cfg).eval().requires_grad_(False)
+        vae = VQVAE(VQVAEConfig(v_patch_nums=cfg.patch_nums)).eval().requires_grad_(False)
+    net.cast_blocks(dtype)
+    return VARGenerator(net, vae, sampling, device)
+
+
+def build(model: str, device, dtype, pixels: str):
+    if model.startswith("var"):
+        return build_var(model, device, dtype)
     torch.manual_seed(0)
     if model == "tiny":
         icfg = InfinityConfig.tiny(codebook_dim=8, depth=6, embed_dim=192, num_heads=6, text_channels=64,
@@ -60,8 +85,9 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def run(gen: InfinityGenerator, B: int, device) -> dict:
-    prompts = {i: f"p{i}" for i in range(B)}
+def run(gen, B: int, device) -> dict:
+    # a class index for VAR (class-conditional), text for Infinity
+    prompts = {i: str(i % gen.num_classes) if hasattr(gen, "num_classes") else f"p{i}" for i in range(B)}
     rows = Rows(np.arange(B), np.zeros(B), np.zeros(B))
     state = gen.start(prompts, rows)
     step_times, select_ratio = [], None
@@ -87,7 +113,8 @@ def run(gen: InfinityGenerator, B: int, device) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--model", choices=["tiny", "2b", "8b"], default="tiny")
+    p.add_argument("--model", choices=["tiny", "2b", "8b", "var-tiny", "var-d16", "var-d20", "var-d24", "var-d30",
+                                       "var-d36"], default="tiny")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default=None, help="bfloat16 on cuda, float32 on cpu by default")
     p.add_argument("--pixels", default="0.25M")
