@@ -184,6 +184,11 @@ def test_cheap_previews_run_the_same_schedule_and_refuse_to_resume_a_full_job(tm
             [(d["scale"], len(d["rows"])) for d in tb["decisions"]]
     with pytest.raises(Exception, match="runtime.preview"):
         run_job(job(tmp_path, "search.strategy=tts-var", "search.n=2", "runtime.prompts_per_unit=2"))
+    # a full-preview job keeps the fingerprint it had before the option existed, so its results still resume
+    from ttsvar.jobs import job_fingerprint
+
+    assert "runtime.preview" not in job_fingerprint(j_full)
+    assert job_fingerprint(j)["runtime.preview"] == "cheap"
 
 
 @pytest.mark.parametrize("strategy", ["random", "best-of-n", "beam", "fk", "importance", "cluster-only",
