@@ -270,6 +270,7 @@ CASES = [
     Case("runtime-prompts-per-unit-0", ("runtime.prompts_per_unit=0",), ConfigError, r"runtime.prompts_per_unit"),
     Case("runtime-actors-0", ("runtime.actors=0",), ConfigError, r"runtime.actors"),
     Case("runtime-gpus-per-actor", ("runtime.gpus_per_actor=1.5",), ConfigError, r"runtime.gpus_per_actor"),
+    Case("runtime-preview-mode", ("runtime.preview=half",), ConfigError, r"runtime.preview='half'.*full or cheap"),
     Case("runtime-preview-size-huge", ("runtime.preview_size=100000",), ConfigError, r"runtime.preview_size"),
     Case("seed-negative", ("seed=-1",), ConfigError, r"seed must be"),
     Case("limit-zero", ("limit=0",), ConfigError, r"limit must be >= 1"),

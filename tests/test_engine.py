@@ -165,6 +165,32 @@ def test_results_do_not_depend_on_packing(tmp_path, tts_run):
     assert same >= len(a) - 1
 
 
+def test_cheap_previews_run_the_same_schedule_and_refuse_to_resume_a_full_job(tmp_path, tts_run):
+    """`runtime.preview=cheap` decodes previews at each decision scale's grid: the same compute in tokens, a
+    trace of the same shape, full-size final images; it changes decisions, so it is part of the fingerprint."""
+    j_full, s_full, out_full = tts_run
+    j = job(tmp_path, "search.strategy=tts-var", "search.n=2", "runtime.prompts_per_unit=2",
+            "runtime.preview=cheap")
+    s = run_job(j)
+    out = Path(j.output.dir)
+    assert s["prompts_ok"] == len(PROMPTS) and s["prompts_failed"] == 0
+    assert s["compute"]["token_forwards"] == s_full["compute"]["token_forwards"]
+    assert 0 < s["compute"]["preview_decodes"] and s["compute"]["time_decode"] > 0
+    for r in manifest(out):
+        assert np.asarray(Image.open(out / r["image"])).shape == (32, 32, 3)
+        ta = json.loads((out / r["trace"]).read_text())
+        tb = json.loads((out_full / "traces" / f"{r['index']}.json").read_text())
+        assert [(d["scale"], len(d["rows"])) for d in ta["decisions"]] == \
+            [(d["scale"], len(d["rows"])) for d in tb["decisions"]]
+    with pytest.raises(Exception, match="runtime.preview"):
+        run_job(job(tmp_path, "search.strategy=tts-var", "search.n=2", "runtime.prompts_per_unit=2"))
+    # a full-preview job keeps the fingerprint it had before the option existed, so its results still resume
+    from ttsvar.jobs import job_fingerprint
+
+    assert "runtime.preview" not in job_fingerprint(j_full)
+    assert job_fingerprint(j)["runtime.preview"] == "cheap"
+
+
 @pytest.mark.parametrize("strategy", ["random", "best-of-n", "beam", "fk", "importance", "cluster-only",
                                       "resample-only"])
 def test_every_strategy_runs_end_to_end(tmp_path, strategy):
@@ -228,6 +254,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     ("model.name=nope", "model.name"),
     ("runtime.kind=slurm", "runtime.kind"),
     ("runtime.max_rows_per_forward=0", "runtime.max_rows_per_forward"),
+    ("runtime.preview=tiny", "runtime.preview='tiny'"),
     ("sampling.tau=0", "sampling.tau"),
     ("nonsense.key=1", "nonsense"),
 ])

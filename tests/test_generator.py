@@ -339,6 +339,27 @@ class TestGeneratorContract:
         assert g.preview(state, size=16).shape == (2, 3, 16, 16)
         torch.testing.assert_close(g.preview(state, rows=[1]), full[1:], rtol=0, atol=1e-5)
 
+    def test_cheap_preview(self, g, prompts):
+        """`cheap=True` decodes the scale's own grid: a float [0, 1] image of fewer pixels (the decoder's work),
+        resizable like the full one, equal to it at the last scale."""
+        state = g.step(g.start(prompts, Rows([3, 8], [0, 0], [1, 1])))
+        grid, final = g.preview_grid(1, cheap=True), g.preview_grid(1)
+        assert grid[0] * grid[1] < final[0] * final[1]
+        full, cheap = g.preview(state), g.preview(state, cheap=True)
+        assert cheap.dtype == torch.float32 and cheap.shape[:2] == (2, 3)
+        assert torch.isfinite(cheap).all() and cheap.min() >= 0 and cheap.max() <= 1
+        # the decoder's output pixels scale with the latent grid it decodes
+        assert cheap.shape[-2] * final[0] == full.shape[-2] * grid[0]
+        assert cheap.shape[-1] * final[1] == full.shape[-1] * grid[1]
+        assert g.preview(state, size=16, cheap=True).shape == (2, 3, 16, 16)
+        torch.testing.assert_close(g.preview(state, rows=[1], cheap=True), cheap[1:], rtol=0, atol=1e-5)
+        while state.scale < g.num_scales:
+            state = g.step(state)
+        assert g.preview_grid(g.num_scales, cheap=True) == g.preview_grid(g.num_scales)
+        torch.testing.assert_close(g.preview(state, cheap=True), g.finish(state), rtol=0, atol=0)
+        with pytest.raises(ValueError, match="preview_grid"):
+            g.preview_grid(0, cheap=True)
+
     def test_row_bookkeeping(self, g, prompts):
         state = g.step(g.start(prompts, Rows([3, 8, 3], [0, 1, 2], [5, 5, 5])))
         picked = g.select(state, [2, 2, 0], candidate_id=np.array([2, 9, 0]))

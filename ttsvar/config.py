@@ -35,6 +35,7 @@ MAX_ACTORS = 4096
 MAX_PREVIEW_SIZE = 4096
 MAX_PROMPTS_PER_UNIT = 65536
 DTYPES = ("auto", *_DTYPE_TABLE)
+PREVIEW_MODES = ("full", "cheap")  # runtime.preview
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -72,6 +73,9 @@ class RuntimeConfig:
     max_rows_per_forward: int = 64  # memory bound: larger batches run in chunks of this many rows
     prompts_per_unit: int = 4  # prompts packed into one work unit (one forward batch family)
     preview_size: int | None = None  # decode size of intermediate previews; None: the model's default
+    # full: decode previews from the final latent grid; cheap: from the decision scale's own grid (fewer decoder
+    # pixels; `Generator.preview(cheap=True)`, docs/engine.md). Final images are always full.
+    preview: str = "full"
     score_batch: int = 64  # images per reward / feature call; a reward call holds whole prompt groups (rewards.md)
     quiet: bool = False
     # ray only
@@ -273,6 +277,8 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"runtime.reward_actors must be >= 0, got {rt.reward_actors}")
     if rt.retries < 0:
         raise ConfigError(f"runtime.retries must be >= 0, got {rt.retries}")
+    if rt.preview not in PREVIEW_MODES:
+        raise ConfigError(f"runtime.preview={rt.preview!r} is unknown; use {' or '.join(PREVIEW_MODES)}")
     if rt.preview_size is not None and not 8 <= rt.preview_size <= MAX_PREVIEW_SIZE:
         raise ConfigError(f"runtime.preview_size must be in [8, {MAX_PREVIEW_SIZE}] pixels, got {rt.preview_size}")
     if job.limit is not None and job.limit < 1:

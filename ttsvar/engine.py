@@ -128,6 +128,8 @@ class Worker:
     Per unit: `start(unit)` -> Report; then `apply(selection)` -> Report until a report is final;
     then `collect(unit_id, picks, keep_all)` -> UnitImages, which also frees the unit.
 
+    `preview`: "full" decodes previews from the final latent grid, "cheap" from the decision scale's own grid
+    (`Generator.preview(cheap=True)`); final images are always full.
     `save_previews`: decode every decision scale (also one that needs neither rewards nor features) and keep
     thumbnails (at most `PREVIEW_THUMB` pixels) of each row until `collect` returns them.
     `save_search_data`: score and extract features of every row at every decision scale, whatever the plan needs
@@ -135,13 +137,16 @@ class Worker:
     """
 
     def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
-                 max_rows_per_forward: int = 64, preview_size: int | None = None, score_batch: int = 64,
-                 save_previews: bool = False, save_search_data: bool = False):
+                 max_rows_per_forward: int = 64, preview_size: int | None = None, preview: str = "full",
+                 score_batch: int = 64, save_previews: bool = False, save_search_data: bool = False):
         if plan.num_scales != generator.num_scales:
             raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
         self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
         self.max_rows = max(1, int(max_rows_per_forward))
         self.preview_size = preview_size
+        if preview not in ("full", "cheap"):
+            raise ValueError(f"preview={preview!r}: use full or cheap (runtime.preview)")
+        self.cheap_previews = preview == "cheap"
         self.score_batch = max(1, int(score_batch))
         self.save_previews = bool(save_previews)
         self.save_search_data = bool(save_search_data)
@@ -309,7 +314,7 @@ class Worker:
                     seen[key] = inverse[g]
             if sel:
                 parts.append(self.gen.finish(c, rows=sel) if final
-                             else self.gen.preview(c, self.preview_size, rows=sel))
+                             else self.gen.preview(c, self.preview_size, rows=sel, cheap=self.cheap_previews))
             offset += len(c)
         first_arr = np.asarray(first, dtype=np.int64)
         self._count(u, "time_decode", seconds=time.perf_counter() - t0)

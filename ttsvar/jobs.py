@@ -181,6 +181,8 @@ def job_fingerprint(job: JobConfig) -> dict:
     unset, so a job written before `options` existed (or with the deprecated keys) is the same job; other
     options are `search.options.<key>` / `model.options.<key>`."""
     fp: dict = {"seed": job.seed, "runtime.preview_size": job.runtime.preview_size}
+    if job.runtime.preview != "full":  # absent when full, so results written before the option still resume
+        fp["runtime.preview"] = job.runtime.preview
     m = job.model
     for k in ("name", "weights", "dtype"):
         fp[f"model.{k}"] = getattr(m, k)
@@ -410,7 +412,8 @@ def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, s
 def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
-                  preview_size=comp.preview_size, score_batch=rt.score_batch, save_previews=saves_previews(job),
+                  preview_size=comp.preview_size, preview=rt.preview, score_batch=rt.score_batch,
+                  save_previews=saves_previews(job),
                   save_search_data=job.output.save_search_data)
 
 

@@ -7,7 +7,7 @@ A search drives a generator one scale at a time, like a diffusers pipeline drive
     for k in range(gen.num_scales):
         state = gen.step(state)                 # sample scale k for every row (CFG inside)
         if k is a decision scale:
-            imgs = gen.preview(state, size)     # decode what each row has so far
+            imgs = gen.preview(state, size)     # decode what each row has so far (cheap=True: at scale k's grid)
             state = gen.select(state, keep)     # rows live, die or branch (duplicates allowed)
     images = gen.finish(state)
 
@@ -192,9 +192,24 @@ class Generator(ABC):
         """Sample the next scale of every row; returns the advanced state (may reuse the input's storage)."""
 
     @abstractmethod
-    def preview(self, state: GenState, size: int | None = None, rows: Sequence[int] | None = None) -> torch.Tensor:
+    def preview(self, state: GenState, size: int | None = None, rows: Sequence[int] | None = None,
+                cheap: bool = False) -> torch.Tensor:
         """Decode the accumulated latent of each row (or of `rows` only): [B,3,H,W] float in [0,1],
-        resized to size x size if given."""
+        resized to size x size if given.
+
+        cheap: decode the latent downsampled to the token grid of the scale last sampled (with the VAE's own
+        down-mode) instead of the final grid, so the decoder computes (h_k * w_k) / (H * W) of the pixels: a
+        smaller picture of what the row holds so far, all a decision at an early scale can see anyway. The
+        engine asks for it with `runtime.preview: cheap`; rewards and features resize their inputs themselves.
+        At the last scale it equals the full decode. `preview_grid` says which latent grid gets decoded."""
+
+    def preview_grid(self, scale: int, cheap: bool = False) -> tuple[int, int]:
+        """The latent grid (h, w) that `preview(state, cheap=cheap)` decodes for a state at `scale` (1 ..
+        num_scales): the final scale's grid, or with `cheap` the grid of scale `scale - 1`. Generators whose
+        latent grid is not the token grid (Infinity's 2x2 patchify) override it."""
+        if not 1 <= scale <= self.num_scales:
+            raise ValueError(f"preview_grid needs a sampled scale in [1, {self.num_scales}], got {scale}")
+        return self.scale_schedule[scale - 1 if cheap else -1]
 
     def confidence(self, state: GenState) -> np.ndarray | None:
         """Free per-row token statistics of the scale `step` last sampled: float32 [B, 2], column 0 the mean

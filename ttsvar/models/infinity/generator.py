@@ -190,11 +190,19 @@ class InfinityGenerator(Generator):
     def _next_input(self, summed: torch.Tensor, si: int) -> torch.Tensor:
         return scale_input(self.vae, summed, self.vae_schedule[si], self.patchify)
 
+    def preview_grid(self, scale: int, cheap: bool = False) -> tuple[int, int]:
+        if not 1 <= scale <= self.num_scales:
+            raise ValueError(f"preview_grid needs a sampled scale in [1, {self.num_scales}], got {scale}")
+        return self.vae_schedule[scale - 1 if cheap else -1]
+
     @torch.inference_mode()
-    def preview(self, state: InfinityState, size: int | None = None, rows=None) -> torch.Tensor:
+    def preview(self, state: InfinityState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
         if state.summed_codes is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         codes = state.summed_codes if rows is None else state.summed_codes[torch.as_tensor(rows, dtype=torch.long)]
+        grid = self.preview_grid(state.scale, cheap)
+        if tuple(codes.shape[-2:]) != grid:  # cheap: the scale's own grid, like the next-scale input's resize
+            codes = self.vae.downsample_codes(codes, grid)  # [B,d,h',w']
         return to_unit_images(self.vae.decode(codes.to(next(iter(self.vae.parameters())).dtype)), size)
 
     def finish(self, state: InfinityState, rows=None) -> torch.Tensor:

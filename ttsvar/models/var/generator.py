@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
@@ -180,10 +181,13 @@ class VARGenerator(Generator):
         return h.transpose(1, 2).reshape(B, -1, pn, pn), w  # [B,Cvae,pn,pn], [B,l,V]
 
     @torch.inference_mode()
-    def preview(self, state: VARState, size: int | None = None, rows=None) -> torch.Tensor:
+    def preview(self, state: VARState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
         if state.f_hat is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         f_hat = state.f_hat if rows is None else state.f_hat[torch.as_tensor(rows, dtype=torch.long)]
+        grid = self.preview_grid(state.scale, cheap)
+        if tuple(f_hat.shape[-2:]) != grid:  # cheap: the scale's own grid, area-downsampled like `next_input`
+            f_hat = F.interpolate(f_hat, size=grid, mode="area")  # [B,Cvae,pn,pn]
         return to_unit_images(self.vae.fhat_to_img(f_hat), size)
 
     def finish(self, state: VARState, rows=None) -> torch.Tensor:
