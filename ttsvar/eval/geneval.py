@@ -214,28 +214,26 @@ def _less(a: float, b: float) -> bool:  # numpy's Tag::less for floats: NaNs sor
     return a < b or (b != b and a == a)
 
 
+def _sift_down(v: list, a: list, i: int, n: int) -> None:
+    """Move a[i] down the 1-based max-heap a[1..n] (keys v[a[k]]), as numpy's heapsort does."""
+    tmp, j = a[i], i << 1
+    while j <= n:
+        if j < n and _less(v[a[j]], v[a[j + 1]]):
+            j += 1
+        if not _less(v[tmp], v[a[j]]):
+            break
+        a[i], i, j = a[j], j, j + j
+    a[i] = tmp
+
+
 def _aheapsort(v: list, idx: list, lo: int, n: int) -> None:
     a = [-1] + idx[lo: lo + n]  # a[1..n] is idx[lo..lo+n-1] (1-based heap indexing, as numpy's)
     for ll in range(n >> 1, 0, -1):
-        tmp, i, j = a[ll], ll, ll << 1
-        while j <= n:
-            if j < n and _less(v[a[j]], v[a[j + 1]]):
-                j += 1
-            if not _less(v[tmp], v[a[j]]):
-                break
-            a[i], i, j = a[j], j, j + j
-        a[i] = tmp
+        _sift_down(v, a, ll, n)
     while n > 1:
-        tmp, a[n] = a[n], a[1]
+        a[1], a[n] = a[n], a[1]
         n -= 1
-        i, j = 1, 2
-        while j <= n:
-            if j < n and _less(v[a[j]], v[a[j + 1]]):
-                j += 1
-            if not _less(v[tmp], v[a[j]]):
-                break
-            a[i], i, j = a[j], j, j + j
-        a[i] = tmp
+        _sift_down(v, a, 1, n)
     idx[lo: lo + len(a) - 1] = a[1:]
 
 
