@@ -50,17 +50,18 @@ def _rendered_data(n_prompts: int = 12, per_prompt: int = 6, seed: int = 0) -> d
 
 @pytest.mark.parametrize("augment", [0.0, 0.75])
 def test_training_on_a_tiny_budget_lowers_the_loss(augment):
-    """With the symmetries (a harder, noisier objective) too: the loss must still fall within 40 steps."""
+    """With the symmetries (a harder, noisier objective) too, given twice the steps: measured ratios of the last
+    to the first losses are 0.87 (40 steps, no symmetries) and 0.83 (80 steps, symmetries; 0.94 at 40)."""
     data = _rendered_data()
-    tc = RewardTrainConfig(steps=40, prompts_per_batch=6, images_per_prompt=4, extra_prompts=3, width=32,
-                           det_width=8, det_steps=40, det_batch=16, fusion_layers=1, warmup=5, lr=3e-3,
+    tc = RewardTrainConfig(steps=40 if augment == 0 else 80, prompts_per_batch=6, images_per_prompt=4,
+                           extra_prompts=3, width=32, det_width=8, det_steps=40, det_batch=16, fusion_layers=1, warmup=5, lr=3e-3,
                            augment=augment)
     model = build_model(tc, data["images"])
     curves = train_reward(model, data, tc, log=lambda *_: None)
     det, fusion = curves["detector"], curves["fusion"]
-    assert len(det) == len(fusion) == 40
+    assert len(det) == 40 and len(fusion) == tc.steps
     assert np.mean(det[-8:]) < 0.7 * np.mean(det[:4]), det
-    assert np.mean(fusion[-8:]) < (0.9 if augment == 0 else 0.95) * np.mean(fusion[:4]), fusion
+    assert np.mean(fusion[-8:]) < 0.9 * np.mean(fusion[:4]), fusion
 
 
 def test_partial_credit_orders_near_misses():
