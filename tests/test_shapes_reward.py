@@ -54,8 +54,8 @@ def test_training_on_a_tiny_budget_lowers_the_loss(augment):
     to the first losses are 0.87 (40 steps, no symmetries) and 0.83 (80 steps, symmetries; 0.94 at 40)."""
     data = _rendered_data()
     tc = RewardTrainConfig(steps=40 if augment == 0 else 80, prompts_per_batch=6, images_per_prompt=4,
-                           extra_prompts=3, width=32, det_width=8, det_steps=40, det_batch=16, fusion_layers=1, warmup=5, lr=3e-3,
-                           augment=augment)
+                           extra_prompts=3, width=32, det_width=8, det_steps=40, det_batch=16, fusion_layers=1,
+                           warmup=5, lr=3e-3, augment=augment)
     model = build_model(tc, data["images"])
     curves = train_reward(model, data, tc, log=lambda *_: None)
     det, fusion = curves["detector"], curves["fusion"]
