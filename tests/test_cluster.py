@@ -236,14 +236,20 @@ def test_one_bad_prompt_fails_alone(ray_local, prompts_file, tmp_path):
     assert sorted(r["index"] for r in recs) == list(range(len(PROMPTS)))
 
 
-def test_ray_writes_the_same_previews_as_local(ray_local, prompts_file, tmp_path):
-    """`output.save_previews`: the thumbnails cross from the actor with the final images (UnitImages)."""
+def _local_and_ray(prompts_file, tmp_path, option: str) -> dict:
+    """The same 2-prompt job (one unit) with `option`, once per runtime: {kind: its output folder}."""
     outs = {}
     for kind in ("local", "ray"):
         outs[kind] = tmp_path / kind
-        s = run_job(make_job(prompts_file, outs[kind], f"runtime.kind={kind}", "output.save_previews=true",
-                             "limit=2", "runtime.prompts_per_unit=2"))
+        s = run_job(make_job(prompts_file, outs[kind], f"runtime.kind={kind}", option, "limit=2",
+                             "runtime.prompts_per_unit=2"))
         assert s["prompts_ok"] == 2
+    return outs
+
+
+def test_ray_writes_the_same_previews_as_local(ray_local, prompts_file, tmp_path):
+    """`output.save_previews`: the thumbnails cross from the actor with the final images (UnitImages)."""
+    outs = _local_and_ray(prompts_file, tmp_path, "output.save_previews=true")
     names = sorted(p.name for p in (outs["local"] / "previews").iterdir())
     assert names and names == sorted(p.name for p in (outs["ray"] / "previews").iterdir())
     for n in names:
@@ -255,12 +261,7 @@ def test_ray_writes_the_same_previews_as_local(ray_local, prompts_file, tmp_path
 def test_ray_writes_the_same_search_data_as_local(ray_local, prompts_file, tmp_path):
     """`output.save_search_data`: the actors report rewards and features at every decision (GroupArrays), the
     driver's coordinator keeps them and its writer stores them: the same arrays as the local runtime."""
-    outs = {}
-    for kind in ("local", "ray"):
-        outs[kind] = tmp_path / kind
-        s = run_job(make_job(prompts_file, outs[kind], f"runtime.kind={kind}", "output.save_search_data=true",
-                             "limit=2", "runtime.prompts_per_unit=2"))
-        assert s["prompts_ok"] == 2
+    outs = _local_and_ray(prompts_file, tmp_path, "output.save_search_data=true")
     names = sorted(p.name for p in (outs["local"] / "search_data").iterdir())
     assert names == ["00000.npz", "00001.npz"] == sorted(p.name for p in (outs["ray"] / "search_data").iterdir())
     for n in names:
