@@ -36,6 +36,7 @@ MAX_PREVIEW_SIZE = 4096
 MAX_PROMPTS_PER_UNIT = 65536
 DTYPES = ("auto", *_DTYPE_TABLE)
 PREVIEW_MODES = ("full", "cheap")  # runtime.preview
+BATCH_INVARIANT = ("auto", True, False)  # runtime.batch_invariant
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -76,6 +77,9 @@ class RuntimeConfig:
     # full: decode previews from the final latent grid; cheap: from the decision scale's own grid (fewer decoder
     # pixels; `Generator.preview(cheap=True)`, docs/engine.md). Final images are always full.
     preview: str = "full"
+    # a prompt's result bit for bit independent of the prompts and rows that share its batches (so of
+    # prompts_per_unit and max_rows_per_forward): auto = on for CPU models, true, false (ttsvar.models.invariant)
+    batch_invariant: Any = "auto"
     score_batch: int = 64  # images per reward / feature call; a reward call holds whole prompt groups (rewards.md)
     quiet: bool = False
     # ray only
@@ -279,6 +283,8 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"runtime.retries must be >= 0, got {rt.retries}")
     if rt.preview not in PREVIEW_MODES:
         raise ConfigError(f"runtime.preview={rt.preview!r} is unknown; use {' or '.join(PREVIEW_MODES)}")
+    if rt.batch_invariant not in BATCH_INVARIANT:
+        raise ConfigError(f"runtime.batch_invariant={rt.batch_invariant!r} is unknown; use auto, true or false")
     if rt.preview_size is not None and not 8 <= rt.preview_size <= MAX_PREVIEW_SIZE:
         raise ConfigError(f"runtime.preview_size must be in [8, {MAX_PREVIEW_SIZE}] pixels, got {rt.preview_size}")
     if job.limit is not None and job.limit < 1:

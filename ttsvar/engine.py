@@ -134,11 +134,14 @@ class Worker:
     thumbnails (at most `PREVIEW_THUMB` pixels) of each row until `collect` returns them.
     `save_search_data`: score and extract features of every row at every decision scale, whatever the plan needs
     (the coordinator hands the strategy only what its plan asks for, and records the rest: `output.save_search_data`).
+    `batch_invariant`: every reward and feature call holds one prompt group, so a group's scores do not depend on
+    which groups share the unit (with a batch-invariant generator: `runtime.batch_invariant`).
     """
 
     def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
                  max_rows_per_forward: int = 64, preview_size: int | None = None, preview: str = "full",
-                 score_batch: int = 64, save_previews: bool = False, save_search_data: bool = False):
+                 score_batch: int = 64, save_previews: bool = False, save_search_data: bool = False,
+                 batch_invariant: bool = False):
         if plan.num_scales != generator.num_scales:
             raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
         self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
@@ -150,6 +153,7 @@ class Worker:
         self.score_batch = max(1, int(score_batch))
         self.save_previews = bool(save_previews)
         self.save_search_data = bool(save_search_data)
+        self.batch_invariant = bool(batch_invariant)
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
 
@@ -331,15 +335,18 @@ class Worker:
         prompts = [prompts[i] for i in rows]
         groups = np.asarray(u.unit.prompt_indices, dtype=np.int64)[self._group_of_rows(u)[rows]]
         out = [np.asarray(score_images(self.reward, images[sl], prompts[sl], groups[sl]), np.float32)
-               for sl in group_batches(groups, self.score_batch)]
+               for sl in group_batches(groups, 1 if self.batch_invariant else self.score_batch)]
         self._count(u, "time_reward", seconds=time.perf_counter() - t0)
         self._count(u, "reward_images", rows=rows)
         return np.concatenate(out)
 
     def _features(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        out = [np.asarray(self.features.extract(images[s:s + self.score_batch]), np.float32)
-               for s in range(0, len(images), self.score_batch)]
+        if self.batch_invariant:
+            slices = group_batches(self._group_of_rows(u)[rows], 1)
+        else:
+            slices = [slice(s, s + self.score_batch) for s in range(0, len(images), self.score_batch)]
+        out = [np.asarray(self.features.extract(images[sl]), np.float32) for sl in slices]
         self._count(u, "time_features", seconds=time.perf_counter() - t0)
         self._count(u, "feature_images", rows=rows)
         return np.concatenate(out)

@@ -272,6 +272,7 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
     from rewards.features import create_features
 
     gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
+    gen.batch_invariant = resolve_batch_invariant(job.runtime.batch_invariant, gen.device)
     strategy, plan = search_plan(job, gen.num_scales)
     if reward is None:
         try:  # before the features: a custom reward's module may register features too
@@ -295,6 +296,19 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
     comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp)
     return comp
+
+
+def resolve_batch_invariant(value, device) -> bool:
+    """`runtime.batch_invariant` for a model on `device`: auto is on for the CPU. The mode pads CPU kernels into
+    shape-independent paths (`ttsvar.models.invariant`), which does not make GPU kernels invariant, so true is
+    refused there rather than promised."""
+    cpu = getattr(device, "type", str(device)) == "cpu"
+    if value == "auto":
+        return cpu
+    if value is True and not cpu:
+        raise ConfigError(f"runtime.batch_invariant=true is a CPU mode, but the model runs on {device}; use auto "
+                          "(off there) or false")
+    return bool(value)
 
 
 def check_value_features(strategy, features) -> None:
@@ -413,7 +427,7 @@ def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
                   preview_size=comp.preview_size, preview=rt.preview, score_batch=rt.score_batch,
-                  save_previews=saves_previews(job),
+                  save_previews=saves_previews(job), batch_invariant=comp.generator.batch_invariant,
                   save_search_data=job.output.save_search_data)
 
 

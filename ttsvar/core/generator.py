@@ -145,6 +145,10 @@ class Generator(ABC):
     device: torch.device
     #: a class-conditional model's classes (its prompts are class indices, `"207"`); None: a text model
     classes: ClassList | None = None
+    #: run forwards so that a row's result does not depend on the other rows of its batch (bit for bit), as
+    #: `ttsvar.models.invariant` does for the built-in families (others ignore it); the job sets it from
+    #: `runtime.batch_invariant`.
+    batch_invariant: bool = False
 
     @property
     def conditioning(self) -> str:

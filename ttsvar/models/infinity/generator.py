@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig
+from ..invariant import batch_invariant
 from ..rows import (
     check_concat,
     check_finished,
@@ -136,7 +137,7 @@ class InfinityGenerator(Generator):
     def start(self, prompts: Prompts, rows: Rows) -> InfinityState:
         texts = [prompts[int(i)] for i in rows.prompt_index]
         uniq = list(dict.fromkeys(texts))
-        feats, mask = self.text_encoder.encode(uniq)
+        feats, mask = self._encode(uniq)
         where = torch.tensor([uniq.index(t) for t in texts], device=feats.device)
         feats, mask = feats[where].to(self.device), mask[where].to(self.device)
         cfg_pairs = self._cfg_pairs()
@@ -144,11 +145,26 @@ class InfinityGenerator(Generator):
             lens = mask.sum(1)
             un = self.model.uncond_text(lens, feats.shape[1]).to(feats.dtype)
             feats, mask = torch.cat((feats, un)), torch.cat((mask, mask))
-        cond = self.model.encode_text(feats, mask)
+        with batch_invariant(self.batch_invariant):
+            cond = self.model.encode_text(feats, mask)
         return InfinityState(rows, 0, cond, None, None, cfg_pairs)
+
+    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text features [n,T,D] and masks [n,T] of distinct prompts. Batch-invariant: one prompt per encoder
+        call (an encoder pads a batch to its longest prompt, which changes the others' features), then padded."""
+        if not self.batch_invariant:
+            return self.text_encoder.encode(texts)
+        parts = [self.text_encoder.encode([t]) for t in texts]
+        T = max(f.shape[1] for f, _ in parts)
+        return (torch.cat([_pad_T(f, T, 1) for f, _ in parts]),
+                torch.cat([_pad_T(m, T, 1, False) for _, m in parts]))
 
     @torch.inference_mode()
     def step(self, state: InfinityState) -> InfinityState:
+        with batch_invariant(self.batch_invariant):
+            return self._step(state)
+
+    def _step(self, state: InfinityState) -> InfinityState:
         si, B = state.scale, len(state.rows)
         if si >= self.num_scales:
             raise ValueError(f"state already has all {self.num_scales} scales; call finish()")
@@ -197,6 +213,10 @@ class InfinityGenerator(Generator):
 
     @torch.inference_mode()
     def preview(self, state: InfinityState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
+        with batch_invariant(self.batch_invariant):
+            return self._preview(state, size, rows, cheap)
+
+    def _preview(self, state: InfinityState, size: int | None, rows, cheap: bool) -> torch.Tensor:
         if state.summed_codes is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         codes = state.summed_codes if rows is None else state.summed_codes[torch.as_tensor(rows, dtype=torch.long)]
@@ -211,6 +231,10 @@ class InfinityGenerator(Generator):
 
     def row_keys(self, state: InfinityState) -> list[bytes] | None:
         return None if state.summed_codes is None else row_hashes(state.summed_codes)
+
+    def kv_rows(self, state: InfinityState) -> list[torch.Tensor]:
+        """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
+        return [t for kv in (state.caches or []) for t in kv]
 
     # -- row bookkeeping ------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
+from ..invariant import batch_invariant
 from ..rows import (
     check_concat,
     check_finished,
@@ -137,6 +138,10 @@ class VARGenerator(Generator):
 
     @torch.inference_mode()
     def step(self, state: VARState) -> VARState:
+        with batch_invariant(self.batch_invariant):
+            return self._step(state)
+
+    def _step(self, state: VARState) -> VARState:
         si, B = state.scale, len(state.rows)
         if si >= self.num_scales:
             raise ValueError(f"state already has all {self.num_scales} scales; call finish()")
@@ -182,6 +187,10 @@ class VARGenerator(Generator):
 
     @torch.inference_mode()
     def preview(self, state: VARState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
+        with batch_invariant(self.batch_invariant):
+            return self._preview(state, size, rows, cheap)
+
+    def _preview(self, state: VARState, size: int | None, rows, cheap: bool) -> torch.Tensor:
         if state.f_hat is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
         f_hat = state.f_hat if rows is None else state.f_hat[torch.as_tensor(rows, dtype=torch.long)]
@@ -196,6 +205,10 @@ class VARGenerator(Generator):
 
     def row_keys(self, state: VARState) -> list[bytes] | None:
         return None if state.f_hat is None else row_hashes(state.f_hat)
+
+    def kv_rows(self, state: VARState) -> list[torch.Tensor]:
+        """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
+        return [t for kv in (state.caches or []) for t in kv]
 
     # -- row bookkeeping: the cond and uncond halves of labels and caches move together ---------------
 
