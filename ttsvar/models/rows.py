@@ -15,7 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-Caches = list[tuple[torch.Tensor, torch.Tensor]] | None
+from .kv import SharedKV
+
+Caches = SharedKV | None
 
 
 def check_index(index: Any, num_rows: int) -> np.ndarray:
@@ -31,8 +33,9 @@ def paired(idx: torch.Tensor, num_rows: int, cfg_pairs: bool) -> torch.Tensor:
     return torch.cat((idx, idx + num_rows)) if cfg_pairs else idx
 
 
-def select_caches(caches: Caches, full: torch.Tensor) -> Caches:
-    return None if caches is None else [(k[full], v[full]) for k, v in caches]
+def select_caches(caches: Caches, full: torch.Tensor, compact: bool = True) -> Caches:
+    """Batch rows `full` of the caches: indices only (`SharedKV.select`); `compact` frees blocks mostly dead."""
+    return None if caches is None else caches.select(full, compact)
 
 
 def check_concat(states: Sequence[Any]) -> None:
@@ -52,10 +55,20 @@ def cond_then_uncond(xs: Sequence[torch.Tensor], cfg_pairs: bool) -> torch.Tenso
 
 
 def concat_caches(states: Sequence[Any], cfg_pairs: bool) -> Caches:
-    if states[0].caches is None:
+    if all(s.caches is None for s in states):
         return None
-    return [(cond_then_uncond([s.caches[i][0] for s in states], cfg_pairs),
-             cond_then_uncond([s.caches[i][1] for s in states], cfg_pairs)) for i in range(len(states[0].caches))]
+    if any(s.caches is None for s in states):
+        raise ValueError("concat needs states that all have caches or none")
+    sizes = [len(s.caches) for s in states]
+    device = states[0].caches.scales[0].block.device if states[0].caches.scales else None
+    order = cond_then_uncond(torch.arange(sum(sizes), device=device).split(sizes), cfg_pairs)
+    return SharedKV.concat([s.caches for s in states], order)
+
+
+def split_rows(select: Callable[..., Any], state: Any, sizes: Sequence[int]) -> list[Any]:
+    """`split_by_select` with a select that does not compact the caches: the parts share the blocks, so a block
+    only one part reads is still read by the others (compacting per part would copy every block)."""
+    return split_by_select(lambda st, idx: select(st, idx, None, compact=False), state, sizes)
 
 
 def split_by_select(select: Callable[[Any, np.ndarray], Any], state: Any, sizes: Sequence[int]) -> list[Any]:

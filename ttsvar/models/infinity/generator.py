@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig
 from ..invariant import batch_invariant
+from ..kv import SharedKV
 from ..rows import (
     check_concat,
     check_finished,
@@ -28,7 +29,7 @@ from ..rows import (
     paired,
     row_hashes,
     select_caches,
-    split_by_select,
+    split_rows,
     to_unit_images,
 )
 from ..sampling import row_uniforms, sample_with_confidence
@@ -41,7 +42,7 @@ class InfinityState(GenState):
     rows: Rows
     scale: int
     cond: TextCond  # R rows: the B cond rows, then (with CFG) the B uncond rows in the same order
-    caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
+    caches: SharedKV | None  # keys/values of the scales sampled so far but the last, per batch row (R rows)
     summed_codes: torch.Tensor | None  # [B,d,H,W] accumulated codes at the final latent size
     cfg_pairs: bool
     confidence: torch.Tensor | None = None  # [B,2] mean log-prob, mean entropy of the last scale's tokens
@@ -175,7 +176,10 @@ class InfinityGenerator(Generator):
             x = model.embed_scale_input(self._next_input(state.summed_codes, si))  # [B,l,C]
             if state.cfg_pairs:
                 x = torch.cat((x, x))
-        logits, caches = model.forward_scale(x, si, sched, state.cond, state.caches)
+        last = si == self.num_scales - 1  # nothing attends to the last scale's keys: they are not kept
+        logits, caches = model.forward_scale(x, si, sched, state.cond, state.caches, keep=not last)
+        if last:
+            caches = None
         cfg, tau = self.cfg_list[si], self.tau_list[si]
         logits = logits / tau
         if state.cfg_pairs:
@@ -234,16 +238,22 @@ class InfinityGenerator(Generator):
 
     def kv_rows(self, state: InfinityState) -> list[torch.Tensor]:
         """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
-        return [t for kv in (state.caches or []) for t in kv]
+        kv = state.caches
+        return [] if kv is None else [t for i in range(kv.num_layers) for t in kv.layer(i)]
 
     # -- row bookkeeping ------------------------------------------------------------------------------
 
     def select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None) -> InfinityState:
+        return self._select(state, index, candidate_id)
+
+    def _select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None,
+                compact: bool = True) -> InfinityState:
+        """`select`; duplicates share their caches' blocks (`ttsvar.models.kv`), `compact` frees dead ones."""
         B = len(state.rows)
         index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
         full = paired(idx, B, state.cfg_pairs)
-        caches = select_caches(state.caches, full)
+        caches = select_caches(state.caches, full, compact)
         summed = None if state.summed_codes is None else state.summed_codes[idx]
         return InfinityState(state.rows.select(index, candidate_id), state.scale, _gather_cond(state.cond, full),
                              caches, summed, state.cfg_pairs, gather_rows(state.confidence, idx))
@@ -266,4 +276,4 @@ class InfinityGenerator(Generator):
                              states[0].cfg_pairs, concat_rows([s.confidence for s in states]))
 
     def split(self, state: InfinityState, sizes: Sequence[int]) -> list[InfinityState]:
-        return split_by_select(self.select, state, sizes)
+        return split_rows(self._select, state, sizes)

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kv import SharedKV
 from .schedules import rope_reference
 
 # ----------------------------------------------------------------------------- norms
@@ -116,10 +117,11 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(embed_dim))
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x, cos, sin, cache=None, attn_mask=None):
-        """x [B,L,C]; cache: None, or a (k, v) pair of [B,H,L_past,hd] to extend (inference).
+    def forward(self, x, cos, sin, past=None, attn_mask=None):
+        """x [B,L,C]; past: None, or a function (k, v) -> (k, v) that puts the earlier scales' keys and values
+        [B,H,L_past,hd] before this call's (inference: `SharedKV.with_past` of this block's layer).
 
-        Returns (out [B,L,C], (k, v) including this call's tokens).
+        Returns (out [B,L,C], (k, v) of this call's tokens only).
         """
         B, L, C = x.shape
         w = self.mat_qkv.weight
@@ -131,13 +133,13 @@ class SelfAttention(nn.Module):
         k = F.normalize(k.float(), dim=-1, eps=1e-12)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k = q.to(v.dtype), k.to(v.dtype)
-        if cache is not None:
-            k = torch.cat((cache[0], k), dim=2)
-            v = torch.cat((cache[1], v), dim=2)
+        new = (k, v)
+        if past is not None:
+            k, v = past(k, v)  # [B,H,L_past+L,hd]
         # cos-attention: logits are already scaled by scale_mul, so the softmax scale is 1
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=1.0)  # [B,H,L,hd]
         out = out.transpose(1, 2).reshape(B, L, C)  # [B,L,C]
-        return self.proj(out), (k, v)
+        return self.proj(out), new
 
 
 class CrossAttention(nn.Module):
@@ -221,10 +223,11 @@ class CrossAttnBlock(nn.Module):
         # the per-block offset added to the shared AdaLN output: gamma1, gamma2, scale1, scale2, shift1, shift2
         self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, embed_dim) / embed_dim**0.5)
 
-    def forward(self, x, gss, ca_k, ca_v, text_mask, cos, sin, cache=None, attn_mask=None):
-        """x [B,L,C] float32 residual stream; gss [B,1,6,C]. Returns (x, self-attention (k, v))."""
+    def forward(self, x, gss, ca_k, ca_v, text_mask, cos, sin, past=None, attn_mask=None):
+        """x [B,L,C] float32 residual stream; gss [B,1,6,C]; past: see `SelfAttention.forward`. Returns (x,
+        self-attention (k, v) of these tokens)."""
         gamma1, gamma2, scale1, scale2, shift1, shift2 = (self.ada_gss + gss).unbind(2)  # each [B,1,C]
-        h, kv = self.sa(ada_layer_norm(x, scale1, shift1, self.eps), cos, sin, cache, attn_mask)
+        h, kv = self.sa(ada_layer_norm(x, scale1, shift1, self.eps), cos, sin, past, attn_mask)
         x = x + h.float() * gamma1
         x = x + self.ca(self.ca_norm(x).to(ca_k.dtype), ca_k, ca_v, text_mask).float()
         x = x + self.ffn(ada_layer_norm(x, scale2, shift2, self.eps)).float() * gamma2
@@ -385,10 +388,11 @@ class Infinity(nn.Module):
     def sos(self, cond: TextCond) -> torch.Tensor:
         return (cond.cond_BD.unsqueeze(1) + self.pos_start).float()  # [B,1,C]
 
-    def forward_scale(self, x: torch.Tensor, si: int, schedule, cond: TextCond, caches: list | None):
-        """Run the tokens of scale `si` ([B,l,C] embeddings) through all blocks, extending `caches`.
-
-        caches: list (one entry per block) of (k, v) or None; returns (logits [B,l,V] float32, new caches).
+    def forward_scale(self, x: torch.Tensor, si: int, schedule, cond: TextCond, caches: SharedKV | None,
+                      keep: bool = True):
+        """Run the tokens of scale `si` ([B,l,C] embeddings) through all blocks, attending to `caches` (the
+        earlier scales' keys and values, None at scale 0). Returns (logits [B,l,V] float32, the caches extended
+        by this scale, or unchanged with `keep=False`: the last scale's are never read).
         """
         start = sum(h * w for h, w in schedule[:si])
         h, w = schedule[si]
@@ -396,11 +400,15 @@ class Infinity(nn.Module):
         cos, sin = rope_cos_sin(self.C // self.config.num_heads, schedule, self.config.rope_base, x.device)
         cos, sin = cos[start:start + h * w], sin[start:start + h * w]
         x = x + self.lvl_embed.weight[si].float()
-        new_caches = []
+        new = []
         for i, b in enumerate(self.blocks):
-            x, kv = b(x, cond.gss, *cond.ca_kv[i], cond.text_mask, cos, sin, None if caches is None else caches[i])
-            new_caches.append(kv)
-        return self.logits(x, cond.cond_BD), new_caches
+            past = None if caches is None else partial(caches.with_past, i)
+            x, kv = b(x, cond.gss, *cond.ca_kv[i], cond.text_mask, cos, sin, past)
+            if keep:
+                new.append(kv)
+        if keep:
+            caches = (caches if caches is not None else SharedKV.empty(x.shape[0])).extend(new)
+        return self.logits(x, cond.cond_BD), caches
 
     def logits(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         h = self.head_nm(x.float(), cond_BD)

@@ -27,6 +27,7 @@ from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
 from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
 from ..invariant import batch_invariant
+from ..kv import SharedKV
 from ..rows import (
     check_concat,
     check_finished,
@@ -38,7 +39,7 @@ from ..rows import (
     paired,
     row_hashes,
     select_caches,
-    split_by_select,
+    split_rows,
     to_unit_images,
 )
 from ..sampling import filter_logits, row_uniforms, sample_with_confidence, token_confidence
@@ -51,7 +52,7 @@ class VARState(GenState):
     rows: Rows
     scale: int
     labels: torch.Tensor  # [R] long: the B rows' classes, then (with CFG) B null classes in the same order
-    caches: list | None  # per block (k, v) [R,H,L_so_far,hd]
+    caches: SharedKV | None  # keys/values of the scales sampled so far but the last, per batch row (R rows)
     f_hat: torch.Tensor | None  # [B,Cvae,H,W] float32 accumulated codes at the finest size
     cfg_pairs: bool
     confidence: torch.Tensor | None = None  # [B,2] mean log-prob, mean entropy of the last scale's tokens
@@ -153,7 +154,10 @@ class VARGenerator(Generator):
             x = model.embed_scale_input(self.vae.next_input(state.f_hat, si))  # [B,l,C]
             if state.cfg_pairs:
                 x = torch.cat((x, x))  # [2B,l,C]
-        logits, caches = model.forward_scale(x, si, cond_BD, state.caches)  # [R,l,V]
+        last = si == self.num_scales - 1  # nothing attends to the last scale's keys: they are not kept
+        logits, caches = model.forward_scale(x, si, cond_BD, state.caches, keep=not last)  # [R,l,V]
+        if last:
+            caches = None
         if state.cfg_pairs:
             t = self.cfg_list[si] - 1  # the official form (1 + t) c - t u, so the float rounding matches
             logits = (1 + t) * logits[:B] - t * logits[B:]  # [B,l,V]
@@ -208,16 +212,22 @@ class VARGenerator(Generator):
 
     def kv_rows(self, state: VARState) -> list[torch.Tensor]:
         """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
-        return [t for kv in (state.caches or []) for t in kv]
+        kv = state.caches
+        return [] if kv is None else [t for i in range(kv.num_layers) for t in kv.layer(i)]
 
     # -- row bookkeeping: the cond and uncond halves of labels and caches move together ---------------
 
     def select(self, state: VARState, index, candidate_id: np.ndarray | None = None) -> VARState:
+        return self._select(state, index, candidate_id)
+
+    def _select(self, state: VARState, index, candidate_id: np.ndarray | None = None,
+                compact: bool = True) -> VARState:
+        """`select`; duplicates share their caches' blocks (`ttsvar.models.kv`), `compact` frees dead ones."""
         B = len(state.rows)
         index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
         full = paired(idx, B, state.cfg_pairs)
-        caches = select_caches(state.caches, full)
+        caches = select_caches(state.caches, full, compact)
         f_hat = None if state.f_hat is None else state.f_hat[idx]
         return VARState(state.rows.select(index, candidate_id), state.scale, state.labels[full], caches, f_hat,
                         state.cfg_pairs, gather_rows(state.confidence, idx))
@@ -234,4 +244,4 @@ class VARGenerator(Generator):
                         concat_rows([s.confidence for s in states]))
 
     def split(self, state: VARState, sizes: Sequence[int]) -> list[VARState]:
-        return split_by_select(self.select, state, sizes)
+        return split_rows(self._select, state, sizes)

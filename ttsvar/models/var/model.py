@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..kv import SharedKV
 from .vqvae import PATCH_NUMS_256, PATCH_NUMS_512
 
 
@@ -49,9 +51,10 @@ class SelfAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(embed_dim))
         self.proj = nn.Linear(embed_dim, embed_dim)
 
-    def forward(self, x, cache=None, attn_mask=None):
-        """x [B,L,C]; cache: None or (k, v) [B,H,L_past,hd] of the earlier scales. Returns (out [B,L,C]
-        float32, (k, v) including this call's tokens)."""
+    def forward(self, x, past=None, attn_mask=None):
+        """x [B,L,C]; past: None, or a function (k, v) -> (k, v) that puts the earlier scales' keys and values
+        [B,H,L_past,hd] before this call's (`SharedKV.with_past`). Returns (out [B,L,C] float32, (k, v) of this
+        call's tokens only)."""
         B, L, C = x.shape
         w = self.mat_qkv.weight
         bias = torch.cat((self.q_bias, torch.zeros_like(self.q_bias), self.v_bias)).to(w.dtype)
@@ -61,12 +64,12 @@ class SelfAttention(nn.Module):
             scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
             q = (F.normalize(q.float(), dim=-1) * scale_mul).to(v.dtype)
             k = F.normalize(k.float(), dim=-1).to(v.dtype)
-        if cache is not None:
-            k = torch.cat((cache[0], k), dim=2)
-            v = torch.cat((cache[1], v), dim=2)
+        new = (k, v)
+        if past is not None:
+            k, v = past(k, v)  # [B,H,L_past+L,hd]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, scale=self.scale)  # [B,H,L,hd]
         out = out.transpose(1, 2).reshape(B, L, C)  # [B,L,C]
-        return self.proj(out).float(), (k, v)
+        return self.proj(out).float(), new
 
 
 class FFN(nn.Module):
@@ -96,14 +99,15 @@ class AdaLNSelfAttn(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * C))
 
-    def forward(self, x, cond, cache=None, attn_mask=None):
-        """x [B,L,C]; cond: the class embedding [B,D], or with shared AdaLN the shared projection [B,1,6,C]."""
+    def forward(self, x, cond, past=None, attn_mask=None):
+        """x [B,L,C]; cond: the class embedding [B,D], or with shared AdaLN the shared projection [B,1,6,C];
+        past: see `SelfAttention.forward`."""
         if self.shared_aln:
             ada = self.ada_gss + cond  # [B,1,6,C]
         else:
             ada = self.ada_lin(cond).view(-1, 1, 6, self.C)  # [B,1,6,C]
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada.unbind(2)  # each [B,1,C]
-        a, kv = self.attn(_ada_ln(x, scale1, shift1, self.eps), cache, attn_mask)
+        a, kv = self.attn(_ada_ln(x, scale1, shift1, self.eps), past, attn_mask)
         x = x + a * gamma1
         x = x + self.ffn(_ada_ln(x, scale2, shift2, self.eps)) * gamma2
         return x, kv
@@ -226,16 +230,21 @@ class VAR(nn.Module):
 
     # -- sampling path ---------------------------------------------------------------------------------
 
-    def forward_scale(self, x: torch.Tensor, si: int, cond_BD: torch.Tensor, caches: list | None):
+    def forward_scale(self, x: torch.Tensor, si: int, cond_BD: torch.Tensor, caches: SharedKV | None,
+                      keep: bool = True):
         """Run the tokens of scale si (embeddings [B,l,C] from `sos` or `embed_scale_input`) through all blocks,
-        extending `caches` (one (k, v) per block, or None at scale 0). Returns (logits [B,l,V] float32, caches)."""
+        attending to `caches` (the earlier scales' keys and values, None at scale 0). Returns (logits [B,l,V]
+        float32, the caches extended by this scale, or unchanged with `keep=False`)."""
         x = x + self.lvl_pos(si)
         cond = self.shared_ada_lin(cond_BD)
-        new_caches = []
+        new = []
         for i, b in enumerate(self.blocks):
-            x, kv = b(x, cond, None if caches is None else caches[i])
-            new_caches.append(kv)
-        return self.logits(x, cond_BD), new_caches
+            x, kv = b(x, cond, None if caches is None else partial(caches.with_past, i))
+            if keep:
+                new.append(kv)
+        if keep:
+            caches = (caches if caches is not None else SharedKV.empty(x.shape[0])).extend(new)
+        return self.logits(x, cond_BD), caches
 
     # -- teacher-forced path ---------------------------------------------------------------------------
 
