@@ -35,8 +35,9 @@ def run(prompts: Path, out: Path, n: int, ppu: int, mode: str) -> dict:
     s = run_job(job)
     wall = time.perf_counter() - t0
     digest = hashlib.sha256()
-    for i in range(s["prompts_ok"]):
-        digest.update((out / "images" / f"{i}.png").read_bytes())
+    records = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines() if x.strip()]
+    for r in sorted(records, key=lambda r: r["index"]):
+        digest.update((out / r["image"]).read_bytes())
     return {"wall": wall, "generate": s["compute"]["time_generate"], "decode": s["compute"]["time_decode"],
             "digest": digest.hexdigest()[:12]}
 
