@@ -50,12 +50,12 @@ def _rendered_data(n_prompts: int = 12, per_prompt: int = 6, seed: int = 0) -> d
 
 @pytest.mark.parametrize("augment", [0.0, 0.75])
 def test_training_on_a_tiny_budget_lowers_the_loss(augment):
-    """With the symmetries (a harder, noisier objective) too, given twice the steps: measured ratios of the last
-    to the first losses are 0.87 (40 steps, no symmetries) and 0.83 (80 steps, symmetries; 0.94 at 40)."""
+    """With the symmetries (a harder, noisier objective) too. Measured ratios of the last to the first fusion
+    losses at 80 steps: 0.74 without symmetries, 0.78 with them (the detector's count loss on, so its path runs too)."""
     data = _rendered_data()
-    tc = RewardTrainConfig(steps=40 if augment == 0 else 80, prompts_per_batch=6, images_per_prompt=4,
+    tc = RewardTrainConfig(steps=80, prompts_per_batch=6, images_per_prompt=4,
                            extra_prompts=3, width=32, det_width=8, det_steps=40, det_batch=16, fusion_layers=1,
-                           warmup=5, lr=3e-3, augment=augment)
+                           warmup=5, lr=3e-3, augment=augment, det_count_weight=1.0)
     model = build_model(tc, data["images"])
     curves = train_reward(model, data, tc, log=lambda *_: None)
     det, fusion = curves["detector"], curves["fusion"]
@@ -215,6 +215,7 @@ def test_slot_features_of_the_evaluators_own_view_count_its_detections():
             same = [e for e in dets if e.cls == d.cls and e.color == d.color]
             slot = feats[n, s * (N_COLORS + 1) + c]
             assert slot[0] == pytest.approx(len(same), abs=0.15)
+            assert t["counts"][n, s * (N_COLORS + 1) + c] == len(same)  # the count loss's targets
             if len(same) == 1:  # the mass-weighted centre is the object's centroid, within a cell of the box centre
                 x0, y0, x1, y1 = d.box
                 assert slot[1] == pytest.approx((x0 + x1) / 64, abs=1 / 16)
@@ -222,6 +223,8 @@ def test_slot_features_of_the_evaluators_own_view_count_its_detections():
         for s in range(3):  # the any-colour slot counts the shape over all colours
             n_shape = sum(d.cls == world.SHAPES[s] for d in dets)
             assert feats[n, s * (N_COLORS + 1) + N_COLORS, 0] == pytest.approx(n_shape, abs=0.25)
+            assert t["counts"][n, s * (N_COLORS + 1) + N_COLORS] == n_shape
+        assert t["counts"][n].sum() == 2 * len(dets)  # each detection in its (shape, colour) and any-colour slot
 
 
 def _transform_scene(scene: world.Scene, sym: dict, t: int) -> world.Scene:
@@ -313,3 +316,4 @@ def test_dev_split_is_inside_the_training_prompts_and_names_every_tag_it_holds()
     assert held == {"colors", "color_attr", "two_object", "counting", "position"}
     assert 0 < m.sum() < len(train) / 3
     assert not any(world.is_heldout(p, DEV_COMBOS) for p in world.prompts_of("heldout") if p["tag"] == "single_object")
+
