@@ -57,7 +57,7 @@ class VarTrainConfig:
     vae_ch: int = 32  # the smallest width GroupNorm(32) allows
     vae_res_blocks: int = 0  # the decoder still has one block per level (it builds num_res_blocks + 1)
     vae_norm_groups: int = 8  # 4 channels per group (32 groups of 1 channel lose each flat colour's offset)
-    vae_steps: int = 1400
+    vae_steps: int = 3000
     vae_batch: int = 24
     vae_lr: float = 2e-3
     beta: float = 0.25  # commitment weight, VAR's default
@@ -66,7 +66,7 @@ class VarTrainConfig:
     depth: int = 4
     embed_dim: int = 128
     num_heads: int = 4
-    gen_steps: int = 600
+    gen_steps: int = 800
     gen_batch: int = 64
     gen_lr: float = 2e-3
     gen_warmup: int = 50
