@@ -2,6 +2,7 @@
 
     python bench/bench_engine.py quality  [--split heldout] [--per-tag 16] [--seeds 0 1 2 3] [--jobs 2]
                                           [--only tts-var:2 ...] [--set reward.name=shapes-clip ...]
+                                          [--model shapes-var-tiny]
                                           [--plot docs/pareto.png] [--json runs.json]
     python bench/bench_engine.py overhead [--prompts 8] [--n 2]
     python bench/bench_engine.py packing  [--prompts 16]
@@ -12,7 +13,9 @@ density; confidence) on the same GenEval-style prompt set (shapes world; held-ou
 evaluator; `--only name:n ...` runs those pairs instead (any registered strategy). Score = mean of tags
 (GenEval's overall), mean +- standard error over job seeds; per tag; compute per prompt (token-forwards,
 preview decodes, reward images, wall time). Oracle best-of-N rows count a prompt when any Best-of-N
-candidate is correct. Runs go to `--jobs` processes with one torch thread each.
+candidate is correct. Runs go to `--jobs` processes with one torch thread each. `--model` picks the generator
+(default shapes-tiny); for a class-conditional one (shapes-var-tiny) the prompt set keeps the prompts that name
+one of its classes (it has no held-out split: use `--split all`), and its prompt lines resolve to those classes.
 overhead: a TTS-VAR job's wall time minus reward/feature time, over the time of the bare generator doing
 the same batch schedule (steps + selects, no previews or scoring).
 packing: prompts/s with 16 prompts per work unit against one prompt per unit.
@@ -44,8 +47,18 @@ CONFIGS = [
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
-def write_prompts(out: Path, per_tag: int, seed: int, split: str = "train") -> Path:
-    md = world.eval_prompts(per_tag, seed=seed, split=split)
+def write_prompts(out: Path, per_tag: int, seed: int, split: str = "train", model: str = "shapes-tiny") -> Path:
+    """The evaluation prompts as a .jsonl of GenEval metadata; for a class model, only the tags whose prompts are
+    its class names (each line's `prompt` then names its class)."""
+    from ttsvar.models.registry import model_defaults
+
+    classes = model_defaults(model).classes
+    tags = world.TAGS
+    if classes is not None:
+        names = {n for ns in classes().names for n in ns}
+        tags = tuple(t for t in world.TAGS if world.prompts_of(split, (t,))
+                     and all(m["prompt"] in names for m in world.prompts_of(split, (t,))))
+    md = world.eval_prompts(per_tag, seed=seed, split=split, tags=tags)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "prompts.jsonl"
     path.write_text("".join(json.dumps(m) + "\n" for m in md))
@@ -116,10 +129,11 @@ def quality(a) -> None:
     from multiprocessing import get_context
 
     root = Path(a.out)
-    prompts = write_prompts(root, a.per_tag, a.prompt_seed, a.split)
+    prompts = write_prompts(root, a.per_tag, a.prompt_seed, a.split, a.model)
     n_prompts = len(prompts.read_text().splitlines())
     configs = CONFIGS if not a.only else [(st, int(n)) for st, n in (c.rsplit(":", 1) for c in a.only)]
-    tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, tuple(a.set))
+    extra = (f"model.name={a.model}", *a.set)
+    tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, extra)
              for seed in a.seeds for st, n in configs]
     t0 = time.perf_counter()
     if a.from_json:  # re-tabulate / re-plot a previous run's numbers
@@ -140,7 +154,7 @@ def quality(a) -> None:
                      "oracle": _mean_se([r["oracle"] for r in rs]) if "oracle" in rs[0] else None})
     print(f"{n_prompts} prompts ({a.split} split, {a.per_tag} per tag, prompt seed {a.prompt_seed}), seeds "
           f"{' '.join(map(str, a.seeds))}; reward: the model default unless overridden; judged by the exact evaluator; "
-          f"overrides: {' '.join(a.set) or 'none'}; {wall:.0f} s wall with {a.jobs} processes")
+          f"model {a.model}; overrides: {' '.join(a.set) or 'none'}; {wall:.0f} s wall with {a.jobs} processes")
     print("| strategy | N | score (mean ± SE) | " + " | ".join(TAGS) +
           " | token-fwd/prompt | decodes/prompt | reward imgs/prompt | s/prompt | ESS/n |")
     print("|---|---|---|" + "---|" * len(TAGS) + "---|---|---|---|---|")
@@ -155,7 +169,7 @@ def quality(a) -> None:
                   "(a prompt counts when any of the Best-of-N candidates is correct) |")
     _targets(rows)
     if a.plot:
-        _pareto(rows, Path(a.plot), f"{n_prompts} {a.split} prompts, {len(a.seeds)} seeds")
+        _pareto(rows, Path(a.plot), f"{n_prompts} {a.split} prompts, {len(a.seeds)} seeds", a.model)
         print(f"plot: {a.plot}")
 
 
@@ -182,7 +196,7 @@ def _targets(rows: list[dict]) -> None:
               f"{t2['token_forwards'] / bo8['token_forwards']:.0%} of best-of-8's")
 
 
-def _pareto(rows: list[dict], path: Path, title: str) -> None:
+def _pareto(rows: list[dict], path: Path, title: str, model: str = "shapes-tiny") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -205,7 +219,7 @@ def _pareto(rows: list[dict], path: Path, title: str) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("token-forwards per prompt (CFG rows included)")
     ax.set_ylabel("exact GenEval-style score (mean ± SE over seeds)")
-    ax.set_title(f"Search quality against compute, shapes-tiny ({title})", fontsize=10)
+    ax.set_title(f"Search quality against compute, {model} ({title})", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
@@ -289,8 +303,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--repeat", type=int, default=3, help="overhead: alternating runs, fastest kept")
     p.add_argument("--only", nargs="*", default=None, help="strategy:n pairs, e.g. tts-var:2 best-of-n:8")
-    p.add_argument("--split", choices=["train", "heldout"], default="heldout",
-                   help="quality: prompt split (tune on train; report heldout)")
+    p.add_argument("--split", choices=["train", "heldout", "all"], default="heldout",
+                   help="quality: prompt split (tune on train; report heldout; all for a class model)")
+    p.add_argument("--model", default="shapes-tiny", help="quality: the generator (shapes-tiny, shapes-var-tiny)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2, 3], help="quality: job seeds (mean +- SE)")
     p.add_argument("--prompt-seed", type=int, default=0, help="quality: seed of the prompt set")
     p.add_argument("--jobs", type=int, default=2, help="quality: parallel processes (1 torch thread each)")

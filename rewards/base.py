@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ttsvar.core.classes import parse_class_prompt
 from ttsvar.core.device import DTYPES  # the one dtype table (the bottom layer)
 
 NanPolicy = str | float
@@ -298,3 +299,32 @@ class FunctionReward(Reward):
 
     def _score(self, images: Tensor, prompts: list[str] | None) -> Tensor:
         return self.fn(images, prompts)
+
+
+class ClassTextReward:
+    """A text reward scoring a class-conditional job: each class prompt (its index as text, `"3"`) reaches the
+    reward as the class's name, `classes.name(k)`; other prompts pass unchanged.
+
+    The job wraps its reward in this when the model is class-conditional and the reward reads text
+    (`ttsvar.jobs.build_reward_for`). The rule serves models whose class names are texts a reward can read: the
+    classes of the testbed's `shapes-var-tiny` are shapes-world prompts, so `shapes-reward` scores a sample of
+    class 3 against "a photo of a blue circle"; an ImageNet text reward reads "goldfish". Everything but `score`
+    (name, input_size, score_scale, ...) is the wrapped reward's."""
+
+    def __init__(self, reward: Reward, classes: Any):
+        self.reward, self.classes = reward, classes
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("reward", "classes"):  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.reward, name)
+
+    def texts(self, prompts: Sequence[str]) -> list[str]:
+        out = []
+        for p in prompts:
+            k = parse_class_prompt(p, len(self.classes)) if isinstance(p, str) else None
+            out.append(p if k is None else self.classes.name(k))
+        return out
+
+    def score(self, images: Tensor, prompts: Sequence[str] | None = None, groups: Any = None) -> Tensor:
+        return self.reward.score(images, None if prompts is None else self.texts(prompts), groups=groups)

@@ -273,13 +273,14 @@ CONTRACT_BUILDS = {
     "infinity-8b": lambda: _released_layout(patchify=True),
     "infinity-tiny-random": lambda: _randomized(create_generator("infinity-tiny-random", device="cpu")),
     "shapes-tiny": lambda: create_generator("shapes-tiny", device="cpu"),
+    "shapes-var-tiny": lambda: create_generator("shapes-var-tiny", device="cpu"),
     # the released VAR builders need the checkpoints; the tiny model has their layout (per-block AdaLN for
     # d16-d30, shared AdaLN for d36) and the same classes and code path
     **{f"var-d{d}": (lambda: var_tiny_random(shared_aln=False)) for d in (16, 20, 24, 30)},
     "var-d36": lambda: var_tiny_random(shared_aln=True),
     "var-tiny-random": lambda: create_generator("var-tiny-random", device="cpu"),
 }
-CONTRACT_PROMPTS_OF = {name: CLASS_PROMPTS for name in CONTRACT_BUILDS if name.startswith("var-")}
+CONTRACT_PROMPTS_OF = {name: CLASS_PROMPTS for name in CONTRACT_BUILDS if "var-" in name}
 
 
 def test_every_registered_generator_is_in_the_contract_tests():

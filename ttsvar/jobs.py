@@ -68,9 +68,17 @@ def reward_config(job: JobConfig):
 
 
 def build_reward_for(job: JobConfig):
+    """The job's reward. For a class-conditional model, a reward that reads text gets each class's name in place
+    of its index (`rewards.base.ClassTextReward`); class rewards read the index itself."""
+    from rewards.base import ClassTextReward
     from rewards.config import build_reward
 
-    return build_reward(reward_config(job))
+    reward = build_reward(reward_config(job))
+    classes = model_defaults(job.model.name).classes
+    if classes is not None and getattr(reward, "conditioning", "text") == "text" and \
+            getattr(reward, "needs_prompt", True):
+        reward = ClassTextReward(reward, classes())
+    return reward
 
 
 def reward_scale_for(job: JobConfig, plan) -> float:

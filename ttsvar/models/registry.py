@@ -22,7 +22,8 @@ from ..core.generator import Generator, SamplingConfig
 from ..core.plugins import import_builtins
 
 # Modules whose @register_generator decorators define the built-in names, imported on first lookup.
-_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.models.var.builders", "ttsvar.testbed.model")
+_BUILTIN_MODULES = ("ttsvar.models.infinity.builders", "ttsvar.models.var.builders", "ttsvar.testbed.model",
+                    "ttsvar.testbed.var_model")
 
 
 @dataclass

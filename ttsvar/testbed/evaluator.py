@@ -148,11 +148,12 @@ class ShapesEvaluator(Evaluator):
         self.position_threshold = position_threshold
 
     def metadata_for(self, record: dict) -> dict | None:
-        """A manifest record's own metadata, else that of the shapes-world prompt with its text (a .txt prompt
-        file of world prompts)."""
+        """A manifest record's own metadata, else that of the shapes-world prompt with its text: the prompt of a
+        .txt file of world prompts, or the class name of a class prompt (the classes of `shapes-var-tiny` are
+        world prompts, and its records carry the prompt "3" and the class name)."""
         md = super().metadata_for(record)
-        prompt = record.get("prompt")
-        return md if md is not None or not isinstance(prompt, str) else _BY_PROMPT.get(prompt.strip().lower())
+        text = record.get("class_name") or record.get("prompt")
+        return md if md is not None or not isinstance(text, str) else _BY_PROMPT.get(text.strip().lower())
 
     def detect(self, image: np.ndarray, metadata: dict | None = None) -> list[Detection]:
         return self._detect_labels(segment(_check_image(image)))

@@ -35,6 +35,9 @@ class VQVAEConfig:
     quant_resi: float = 0.5  # phi(x) = (1 - r) x + r conv(x)
     share_quant_resi: int = 4  # 4 phi convs shared by all scales (each scale uses the one nearest its depth)
     v_patch_nums: tuple[int, ...] = PATCH_NUMS_256  # the token grid side of each scale; the last is f's side
+    # GroupNorm groups (32 in every release); a 32-channel tiny VAE with 32 groups would normalise each channel
+    # alone per image and lose every flat colour's offset, so the testbed's VAE uses 8
+    norm_groups: int = 32
 
     @classmethod
     def tiny(cls, **kw) -> VQVAEConfig:
@@ -50,16 +53,16 @@ class VQVAEConfig:
 # ----------------------------------------------------------------------------- encoder / decoder layers
 
 
-def _norm(C: int) -> nn.GroupNorm:
-    return nn.GroupNorm(32, C, eps=1e-6, affine=True)
+def _norm(C: int, groups: int = 32) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, C, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, groups: int = 32):
         super().__init__()
-        self.norm1 = _norm(cin)
+        self.norm1 = _norm(cin, groups)
         self.conv1 = nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2 = _norm(cout)
+        self.norm2 = _norm(cout, groups)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1)
         # the official module keeps an Identity (no key) when the widths agree
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
@@ -73,9 +76,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over the H*W positions of a feature map."""
 
-    def __init__(self, C: int):
+    def __init__(self, C: int, groups: int = 32):
         super().__init__()
-        self.norm = _norm(C)
+        self.norm = _norm(C, groups)
         self.qkv = nn.Conv2d(C, 3 * C, 1)
         self.proj_out = nn.Conv2d(C, C, 1)
 
@@ -123,11 +126,11 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, C: int):
+    def __init__(self, C: int, groups: int):
         super().__init__()
-        self.block_1 = ResnetBlock(C, C)
-        self.attn_1 = AttnBlock(C)
-        self.block_2 = ResnetBlock(C, C)
+        self.block_1 = ResnetBlock(C, C, groups)
+        self.attn_1 = AttnBlock(C, groups)
+        self.block_2 = ResnetBlock(C, C, groups)
 
     def forward(self, h):
         return self.block_2(self.attn_1(self.block_1(h)))
@@ -136,7 +139,7 @@ class _Mid(nn.Module):
 class Encoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
-        ch, mult, n = cfg.ch, cfg.ch_mult, cfg.num_res_blocks
+        ch, mult, n, G = cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.norm_groups
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
         self.down = nn.ModuleList()
         cin = ch
@@ -144,16 +147,16 @@ class Encoder(nn.Module):
             last = i == len(mult) - 1
             blocks, attn = [], []
             for _ in range(n):
-                blocks.append(ResnetBlock(cin, ch * m))
+                blocks.append(ResnetBlock(cin, ch * m, G))
                 cin = ch * m
                 if last:
-                    attn.append(AttnBlock(cin))
+                    attn.append(AttnBlock(cin, G))
             level = _Level(blocks, attn)
             if not last:
                 level.downsample = Downsample2x(cin)
             self.down.append(level)
-        self.mid = _Mid(cin)
-        self.norm_out = _norm(cin)
+        self.mid = _Mid(cin, G)
+        self.norm_out = _norm(cin, G)
         self.conv_out = nn.Conv2d(cin, cfg.Cvae, 3, 1, 1)
 
     def forward(self, x):
@@ -168,24 +171,24 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VQVAEConfig):
         super().__init__()
-        ch, mult, n = cfg.ch, cfg.ch_mult, cfg.num_res_blocks
+        ch, mult, n, G = cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.norm_groups
         cin = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.Cvae, cin, 3, 1, 1)
-        self.mid = _Mid(cin)
+        self.mid = _Mid(cin, G)
         levels = []
         for i in reversed(range(len(mult))):  # built coarse to fine, stored fine to coarse (official `up[i]`)
             blocks, attn = [], []
             for _ in range(n + 1):
-                blocks.append(ResnetBlock(cin, ch * mult[i]))
+                blocks.append(ResnetBlock(cin, ch * mult[i], G))
                 cin = ch * mult[i]
                 if i == len(mult) - 1:
-                    attn.append(AttnBlock(cin))
+                    attn.append(AttnBlock(cin, G))
             level = _Level(blocks, attn)
             if i != 0:
                 level.upsample = Upsample2x(cin)
             levels.insert(0, level)
         self.up = nn.ModuleList(levels)
-        self.norm_out = _norm(cin)
+        self.norm_out = _norm(cin, G)
         self.conv_out = nn.Conv2d(cin, 3, 3, 1, 1)
 
     def forward(self, z):
