@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,15 @@ from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
-from .train_vae import autocast, evaluate_vae, reconstruction_score, train_vae
+from .train_vae import (
+    StepLog,
+    adamw_no_decay_1d,
+    autocast,
+    evaluate_vae,
+    reconstruction_score,
+    train_vae,
+    warmup_cosine,
+)
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -84,13 +91,6 @@ def to_model_images(images_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
-def _lr(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
 def encode_dataset(vae: BSQVAE, images_u8: np.ndarray, device, batch: int = 1024) -> list[torch.Tensor]:
     """All training images -> per-scale bit grids (uint8 tensors on the CPU)."""
     out: list[list[torch.Tensor]] = [[] for _ in TINY_SCALE_SCHEDULE]
@@ -109,10 +109,7 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
     model = gen.model.train()
     text.train()
     params = list(model.parameters()) + list(text.parameters())
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.gen_lr, betas=(0.9, 0.95))
+    opt = adamw_no_decay_1d(params, tc.gen_lr, tc.weight_decay)
     ids_all = text.tokenize(prompts)
     amp = amp_dtype(tc)
     # PyTorch's CPU flash-attention backward is slow at these short sequences (130 tokens, 32-dim heads): the
@@ -120,10 +117,8 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
     kernel = (lambda: sdpa_kernel(SDPBackend.MATH)) if device.type == "cpu" else contextlib.nullcontext
     g = torch.Generator().manual_seed(tc.seed + 1)
     sched = gen.scale_schedule
-    metrics = {"step": [], "loss": [], "bit_acc": [], "lr": []}
-    acc_loss = acc_bit = 0.0
-    n_acc, t0 = 0, time.time()
-    log_every = max(1, tc.gen_steps // 40)
+    lr_at = lambda step: warmup_cosine(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)  # noqa: E731
+    steplog = StepLog("gpt", "bit_acc", tc.gen_steps, lr_at, log)
     for step in range(tc.gen_steps):
         idx = torch.randint(0, len(prompts), (tc.gen_batch,), generator=g)
         grids = [b[idx].to(device).long() for b in bits]
@@ -139,27 +134,17 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
         B, L, V = logits.shape
         loss = F.cross_entropy(logits.view(-1, 2), target.reshape(-1))
         for pg in opt.param_groups:
-            pg["lr"] = _lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)
+            pg["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         with kernel():
             loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         with torch.no_grad():
-            acc_bit += (logits.view(B, L, -1, 2).argmax(-1) == target).float().mean().item()
-        acc_loss += loss.item()
-        n_acc += 1
-        if (step + 1) % log_every == 0 or step + 1 == tc.gen_steps:
-            metrics["step"].append(step + 1)
-            metrics["loss"].append(acc_loss / n_acc)
-            metrics["bit_acc"].append(acc_bit / n_acc)
-            metrics["lr"].append(_lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup))
-            if log:
-                log(f"gpt step {step + 1}/{tc.gen_steps} loss {acc_loss / n_acc:.4f} bit-acc {acc_bit / n_acc:.4f} "
-                    f"({time.time() - t0:.0f}s)")
-            acc_loss = acc_bit = 0.0
-            n_acc = 0
-    metrics["seconds"] = time.time() - t0
+            acc = (logits.view(B, L, -1, 2).argmax(-1) == target).float().mean().item()
+        steplog.add(step, loss.item(), acc)
+    metrics = steplog.metrics
+    metrics["seconds"] = time.time() - steplog.t0
     metrics["samples"] = tc.gen_steps * tc.gen_batch
     model.eval()
     text.eval()

@@ -28,6 +28,51 @@ from torch import Tensor
 from ttsvar.models.infinity.vae import BSQVAE, BSQVAEConfig
 
 
+def warmup_cosine(step: int, steps: int, lr: float, warmup: int) -> float:
+    """The testbed trainers' learning rate: linear warm-up, then a cosine down to 5% of `lr`."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def adamw_no_decay_1d(params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW (betas 0.9, 0.95) with weight decay on matrices only: biases, norms and gains keep their scale."""
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.95))
+
+
+class StepLog:
+    """Running means of a training loop's loss and accuracy, written into `metrics` (lists "step", "loss",
+    `acc_key`, "lr") every `steps // 40` steps and at the last step, and printed through `log` (None: silent)."""
+
+    def __init__(self, name: str, acc_key: str, steps: int, lr_at: Callable[[int], float],
+                 log: Callable | None = print):
+        self.name, self.acc_key, self.steps, self.lr_at, self.log = name, acc_key, steps, lr_at, log
+        self.metrics: dict[str, list] = {"step": [], "loss": [], acc_key: [], "lr": []}
+        self.every = max(1, steps // 40)
+        self.loss = self.acc = 0.0
+        self.n = 0
+        self.t0 = time.time()
+
+    def add(self, step: int, loss: float, acc: float) -> None:
+        self.loss, self.acc, self.n = self.loss + loss, self.acc + acc, self.n + 1
+        if (step + 1) % self.every and step + 1 != self.steps:
+            return
+        m = self.metrics
+        m["step"].append(step + 1)
+        m["loss"].append(self.loss / self.n)
+        m[self.acc_key].append(self.acc / self.n)
+        m["lr"].append(self.lr_at(step))
+        if self.log:
+            self.log(f"{self.name} step {step + 1}/{self.steps} loss {self.loss / self.n:.4f} {self.acc_key} "
+                     f"{self.acc / self.n:.4f} ({time.time() - self.t0:.0f}s)")
+        self.loss = self.acc = 0.0
+        self.n = 0
+
+
 def train_vae(
     config: BSQVAEConfig,
     batches: Callable[[int], Tensor],
@@ -61,10 +106,7 @@ def train_vae(
     opt = torch.optim.Adam(model.parameters(), lr=lr, betas=(0.9, 0.99))
 
     def lr_at(step: int) -> float:
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+        return warmup_cosine(step, steps, lr, warmup)
 
     metrics: dict[str, list] = {"step": [], "loss": [], "recon_l1": [], "commit": [], "entropy": [],
                                 "preview_l1": [], "lr": []}

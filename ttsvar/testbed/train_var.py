@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.var.model import VAR, VARConfig
 from ..models.var.vqvae import VQVAE, MultiScaleQuantizer, VQVAEConfig
 from . import world
+from .train_vae import StepLog, adamw_no_decay_1d, warmup_cosine
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 NAME = "shapes_var_tiny"
@@ -86,13 +87,6 @@ def model_configs(tc: VarTrainConfig, num_classes: int) -> tuple[VQVAEConfig, VA
 def to_model_images(images_u8: np.ndarray) -> torch.Tensor:
     """uint8 [B,32,32,3] -> float [B,3,32,32] in [-1,1]."""
     return torch.from_numpy(images_u8).permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
-def _lr(step: int, steps: int, lr: float, warmup: int) -> float:
-    if step < warmup:
-        return lr * (step + 1) / warmup
-    t = (step - warmup) / max(1, steps - warmup)
-    return lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 # ----------------------------------------------------------------------------- VQ-VAE
@@ -154,7 +148,7 @@ def train_vqvae(vcfg: VQVAEConfig, images: np.ndarray, tc: VarTrainConfig, log: 
         l1 = F.l1_loss(rec, x)
         loss = l1 + vq
         for g in opt.param_groups:
-            g["lr"] = _lr(step, tc.vae_steps, tc.vae_lr, 20)
+            g["lr"] = warmup_cosine(step, tc.vae_steps, tc.vae_lr, 20)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -237,18 +231,13 @@ def train_var(model: VAR, vae: VQVAE, indices: list[torch.Tensor], labels: torch
     """Teacher-forced cross-entropy over the tokens of all scales (the inputs are the next-scale inputs the
     sampler builds, `VQVAE.idx_to_var_input`), with `cond_drop` of the rows on the null class."""
     model.train()
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.gen_lr, betas=(0.9, 0.95))
+    opt = adamw_no_decay_1d(list(model.parameters()), tc.gen_lr, tc.weight_decay)
     # PyTorch's CPU flash-attention backward is slow at 130 tokens of 32-dim heads (as for shapes-tiny, train.py)
     kernel = lambda: sdpa_kernel(SDPBackend.MATH)  # noqa: E731
     g = torch.Generator().manual_seed(tc.seed + 1)
     V, null = model.config.vocab_size, model.config.num_classes
-    metrics: dict[str, list] = {"step": [], "loss": [], "acc": [], "lr": []}
-    acc_loss = acc_top1 = 0.0
-    n_acc, t0 = 0, time.time()
-    log_every = max(1, tc.gen_steps // 40)
+    lr_at = lambda step: warmup_cosine(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)  # noqa: E731
+    steplog = StepLog("var", "acc", tc.gen_steps, lr_at, log)
     for step in range(tc.gen_steps):
         rows = torch.randint(0, len(labels), (tc.gen_batch,), generator=g)
         idx = [x[rows].long() for x in indices]
@@ -261,26 +250,15 @@ def train_var(model: VAR, vae: VQVAE, indices: list[torch.Tensor], labels: torch
             logits = model(lab, x_in)  # [B,L,V]
             loss = F.cross_entropy(logits.view(-1, V), target.view(-1))
         for pg in opt.param_groups:
-            pg["lr"] = _lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup)
+            pg["lr"] = lr_at(step)
         opt.zero_grad(set_to_none=True)
         with kernel():
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        acc_loss += loss.item()
-        acc_top1 += (logits.argmax(-1) == target).float().mean().item()
-        n_acc += 1
-        if (step + 1) % log_every == 0 or step + 1 == tc.gen_steps:
-            metrics["step"].append(step + 1)
-            metrics["loss"].append(acc_loss / n_acc)
-            metrics["acc"].append(acc_top1 / n_acc)
-            metrics["lr"].append(_lr(step, tc.gen_steps, tc.gen_lr, tc.gen_warmup))
-            if log:
-                log(f"var step {step + 1}/{tc.gen_steps} loss {acc_loss / n_acc:.4f} token-acc "
-                    f"{acc_top1 / n_acc:.3f} ({time.time() - t0:.0f}s)")
-            acc_loss = acc_top1 = 0.0
-            n_acc = 0
-    metrics["seconds"] = time.time() - t0
+        steplog.add(step, loss.item(), (logits.argmax(-1) == target).float().mean().item())
+    metrics = steplog.metrics
+    metrics["seconds"] = time.time() - steplog.t0
     metrics["samples"] = tc.gen_steps * tc.gen_batch
     model.eval().requires_grad_(False)
     return metrics
