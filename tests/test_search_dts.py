@@ -163,8 +163,8 @@ def test_degenerate_rewards():
     assert d.trace["weight"] == [0.25] * 4 and d.info["ess"] == pytest.approx(4.0)
     one = create_strategy("dts")
     one.plan(6, 1)
-    _, ds = run_decisions(one, [(k, [float(k)]) for k in (1, 2, 3, 4)])
-    assert [x.parents.tolist() for x in ds] == [[0]] * 4
+    _, ds = run_decisions(one, [(k, [float(k)]) for k in (3, 4)])
+    assert [x.parents.tolist() for x in ds] == [[0]] * 2
 
 
 def test_lam_zero_splits_evenly_at_every_node():
@@ -179,8 +179,11 @@ def test_lam_zero_splits_evenly_at_every_node():
 
 def test_default_plan_and_options():
     plan = create_strategy("dts").plan(6, 4)
-    assert plan.batch_sizes == (4,) * 6 and plan.decision_scales == (1, 2, 3, 4)
-    assert plan.reward_scales == {1, 2, 3, 4} and not plan.feature_scales
+    # from TTS-VAR's first resampling scale (where preview rewards start to rank paths) to the last but one
+    assert plan.batch_sizes == (4,) * 6 and plan.decision_scales == (3, 4)
+    assert plan.reward_scales == {3, 4} and not plan.feature_scales
+    assert create_strategy("dts").plan(13, 1).decision_scales == (6, 7, 8, 9, 10, 11)
+    assert create_strategy("dts").plan(5, 1).decision_scales == (1, 2, 3)  # too short for TTS-VAR's defaults
     assert create_strategy("dts").plan(2, 3).decision_scales == (0,)
     with pytest.raises(ValueError, match="lam:"):
         create_strategy("dts", lam=-1.0)

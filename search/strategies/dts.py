@@ -57,7 +57,7 @@ from search.base import (
 )
 from search.potentials import check_potential, effective_sample_size, normalize_log_weights
 from search.registry import register_strategy
-from search.schedule import check_scales
+from search.schedule import check_scales, default_decisions
 
 ROOT = -1  # parent id of the nodes of the first decision
 
@@ -149,9 +149,15 @@ def _children(parent: np.ndarray, keep: np.ndarray | None = None) -> list[list[i
 
 
 def default_tree_scales(num_scales: int) -> tuple[int, ...]:
-    """Every scale from 1 to S-2: scale 0 is a 1x1 token map whose previews barely differ, so branching there
-    only duplicates rows by noise (S = 2: scale 0, the only one)."""
-    return tuple(range(1, num_scales - 1)) if num_scales >= 3 else tuple(range(num_scales - 1))
+    """Every scale from TTS-VAR's first resampling scale (search.schedule: where the paper trusts preview rewards;
+    3 on the testbed, 6 on Infinity 1M) to S-2. Earlier previews rank paths at chance (docs/benchmarks.md,
+    bench_scales), so branching on them only duplicates rows by noise. Models too short for the TTS-VAR defaults:
+    1..S-2 (scale 0 is a single token), or scale 0 when S = 2."""
+    try:
+        first = default_decisions(num_scales)[1][0]
+    except ValueError:
+        first = 1 if num_scales >= 3 else 0
+    return tuple(range(first, num_scales - 1))
 
 
 @dataclass
@@ -163,9 +169,9 @@ class DTSState(GroupState):
 
 @register_strategy("dts")
 class DTS(PlannedStrategy):
-    """Options: `tree_scales` (None: `default_tree_scales`, 1..S-2), `lam` (finite, >= 0; the temperature of
-    both the backup and the descent, on rewards in declared score units), `greedy` (False: DTS, sample the
-    descent; True: DTS*, follow the best child).
+    """Options: `tree_scales` (None: `default_tree_scales`, 3 and 4 on the testbed), `lam` (finite, >= 0; the
+    temperature of both the backup and the descent, on rewards in declared score units), `greedy` (False: DTS,
+    sample the descent; True: DTS*, follow the best child).
 
     n rows at every scale (`search.n`). Called by the engine (`search.base.Strategy`): `decide` after each tree
     scale with the rows' preview rewards, `pick` after the last scale with the final rewards.
