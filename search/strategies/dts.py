@@ -170,14 +170,15 @@ class DTSState(GroupState):
 @register_strategy("dts")
 class DTS(PlannedStrategy):
     """Options: `tree_scales` (None: `default_tree_scales`, 3 and 4 on the testbed), `lam` (finite, >= 0; the
-    temperature of both the backup and the descent, on rewards in declared score units), `greedy` (False: DTS,
+    temperature of both the backup and the descent, on rewards in declared score units; 3, chosen on training
+    prompts, see docs/search.md), `greedy` (False: DTS,
     sample the descent; True: DTS*, follow the best child).
 
     n rows at every scale (`search.n`). Called by the engine (`search.base.Strategy`): `decide` after each tree
     scale with the rows' preview rewards, `pick` after the last scale with the final rewards.
     """
 
-    def __init__(self, tree_scales: Sequence[int] | None = None, lam: float = 10.0, greedy: bool = False) -> None:
+    def __init__(self, tree_scales: Sequence[int] | None = None, lam: float = 3.0, greedy: bool = False) -> None:
         self.tree_scales = None if tree_scales is None else list(tree_scales)
         _, self.lam = check_potential("value", lam)
         if not isinstance(greedy, bool):
