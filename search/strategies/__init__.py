@@ -6,6 +6,7 @@ from search.strategies import (  # noqa: F401
     best_of_n,
     confidence,
     density,
+    dts,
     fk,
     importance,
     random_pick,
