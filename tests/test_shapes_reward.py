@@ -24,6 +24,7 @@ from ttsvar.testbed.train_reward import (
     ranking_metrics,
     sample_images,
     score_grid,
+    tag_of,
     train_reward,
 )
 
@@ -317,3 +318,28 @@ def test_dev_split_is_inside_the_training_prompts_and_names_every_tag_it_holds()
     assert 0 < m.sum() < len(train) / 3
     assert not any(world.is_heldout(p, DEV_COMBOS) for p in world.prompts_of("heldout") if p["tag"] == "single_object")
 
+
+
+@pytest.mark.parametrize("select_by, kept", [("auroc", 20), ("best_of_k", 30)])
+def test_the_kept_weights_follow_select_by(monkeypatch, select_by, kept):
+    """Validation every 10 steps; scripted metrics where AUROC peaks at step 20 and Best-of-k at step 30."""
+    import ttsvar.testbed.train_reward as tr
+
+    scripted = iter([(0.5, 0.1), (0.9, 0.2), (0.7, 0.6), (0.6, 0.3)])
+
+    def fake_metrics(*_a, **_k):
+        auc, gap = next(scripted)
+        return {"prompt_auroc": auc, "gap_closed": gap, "best_of_8": gap, "random": 0.0, "oracle_best_of_8": 1.0}
+
+    monkeypatch.setattr(tr, "ranking_metrics", fake_metrics)
+    data = _rendered_data(n_prompts=4, per_prompt=4)
+    val = {"images": data["images"].reshape(4, 4, *data["images"].shape[1:]), "prompts": data["prompts"],
+           "correct": np.zeros((4, 4), np.int8), "tags": [tag_of(p) for p in data["prompts"]]}
+    tc = RewardTrainConfig(steps=40, prompts_per_batch=2, images_per_prompt=2, extra_prompts=1, width=16,
+                           det_width=4, det_steps=2, det_batch=4, fusion_layers=1, warmup=1, val_every=10,
+                           select_by=select_by)
+    lines = []
+    train_reward(build_model(tc, data["images"]), data, tc, log=lines.append, val=val)
+    assert any(f"keeping the weights of step {kept} " in x for x in lines), lines[-3:]
+    with pytest.raises(ValueError, match="select_by"):
+        train_reward(build_model(tc, data["images"]), data, RewardTrainConfig(select_by="loss"), log=lines.append)

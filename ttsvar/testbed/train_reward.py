@@ -80,6 +80,9 @@ class RewardTrainConfig:
     # taken apart": a small measured gain in the counts; the shipped weights were trained without it)
     det_count_weight: float = 0.0
     val_every: int = 250
+    # which validation number keeps the best weights: "auroc" (within-prompt AUROC, the shipped recipe) or
+    # "best_of_k" (Best-of-k's gap closed): AUROC can rise while Best-of-k falls (docs/testbed.md, counting)
+    select_by: str = "auroc"
     det_width: int = 32
     width: int = 96
     fusion_layers: int = 2
@@ -387,7 +390,9 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     """Stage 1 (`train_detector`), then stage 2 on the frozen detector's slot features: minibatches of
     `prompts_per_batch` prompts x `images_per_prompt` images, each image scored against its own prompt and
     `extra_prompts` others. Returns the loss curves {"detector", "fusion"}. With `val`, the validation
-    metrics are logged every `val_every` steps and the best weights by validation AUROC are kept."""
+    metrics are logged every `val_every` steps and the best weights by `select_by` are kept."""
+    if tc.select_by not in ("auroc", "best_of_k"):
+        raise ValueError(f"select_by={tc.select_by!r}: use auroc or best_of_k")
     rng = np.random.default_rng(tc.seed + 1)
     det_losses = train_detector(model, data, tc, log) if tc.det_steps else []
     model.detector.requires_grad_(False)
@@ -472,13 +477,14 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
                     f"gap closed {d['gap_closed']:.2f})")
             log(f"  step {step + 1:4d}  validation: prompt AUROC {m['prompt_auroc']:.3f}, best-of-8 "
                 f"{m['best_of_8']:.3f} (random {m['random']:.3f}, oracle {m['oracle_best_of_8']:.3f})")
-            if m["prompt_auroc"] > best[0]:  # keep the best weights by the validation AUROC (training prompts)
-                best = (m["prompt_auroc"], step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
+            score = m["prompt_auroc"] if tc.select_by == "auroc" else m["gap_closed"]
+            if score > best[0]:  # keep the best weights by the validation number (training prompts)
+                best = (score, step + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
             model.train()
     model.eval()
     model.detector.requires_grad_(True)
     if best[2] is not None and best[1] != tc.steps:
-        log(f"  keeping the weights of step {best[1]} (validation prompt AUROC {best[0]:.3f})")
+        log(f"  keeping the weights of step {best[1]} (validation {tc.select_by} {best[0]:.3f})")
         model.load_state_dict(best[2])
     return {"detector": det_losses, "fusion": losses}
 
