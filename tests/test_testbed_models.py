@@ -4,7 +4,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
+from ttsvar.core.checkpoint import CheckpointError
 from ttsvar.core.generator import Rows
 from ttsvar.models.registry import create_generator, list_generators
 from ttsvar.testbed import world
@@ -25,6 +27,30 @@ def test_shipped_weights_load_by_name_and_generate():
     meta = json.loads(WEIGHTS.with_suffix(".json").read_text())
     assert meta["seed"] == 0 and "command" in meta and meta["vae_eval"]["psnr"] > 25
     assert WEIGHTS.stat().st_size + WEIGHTS.with_name("shapes_clip.safetensors").stat().st_size < 30e6
+
+
+@pytest.mark.parametrize("change, message", [
+    ("stray", r"has 2 tensor\(s\) outside gpt\.\*, text\.\*, vae\.\*: extra\.bias, gpt_old\.w; it is not a "
+              r"shapes-tiny checkpoint \(pass the shapes_tiny\.safetensors written by"),
+    ("missing-key", r"\[gpt\.\*\] does not match Infinity:\n  missing keys \(1\): head\.weight"),
+    ("missing-part", r"has no 'text\.\*' tensors; it is not a shapes-tiny checkpoint \(pass "),
+])
+def test_weights_with_stray_or_missing_keys_are_rejected_naming_the_file_and_keys(tmp_path, change, message):
+    sd = load_file(str(WEIGHTS))
+    if change == "stray":
+        sd["extra.bias"], sd["gpt_old.w"] = torch.zeros(2), torch.zeros(3)
+    elif change == "missing-key":
+        del sd["gpt.head.weight"]
+    else:
+        sd = {k: v for k, v in sd.items() if not k.startswith("text.")}
+    bad = tmp_path / "shapes_tiny.safetensors"
+    save_file(sd, str(bad))
+    bad.with_suffix(".json").write_text(WEIGHTS.with_suffix(".json").read_text())
+    with pytest.raises(CheckpointError, match=message) as e:
+        load_shapes_tiny(bad)
+    assert str(bad) in str(e.value)
+    if change != "missing-key":
+        assert "\n" not in str(e.value)
 
 
 def test_shipped_vae_reconstructions_pass_the_exact_evaluator():

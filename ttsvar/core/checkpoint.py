@@ -54,6 +54,11 @@ def read_state_dict(path: str | Path, *, nested_key: str | None = None) -> dict[
     return sd
 
 
+def take_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of `state_dict` under `prefix` ('vae.'), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
 def _fmt(keys, limit: int = 20) -> str:
     keys = sorted(keys)
     more = f" ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
@@ -95,3 +100,29 @@ def load_strict(
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state_dict, strict=True, assign=assign)
     return model
+
+
+def load_parts(
+    parts: Mapping[str, nn.Module],
+    state_dict: Mapping[str, torch.Tensor],
+    source: str | Path,
+    *,
+    what: str,
+    fix: str,
+) -> None:
+    """Load one file that holds several modules, each under its key prefix (`{'gpt.': gpt, 'vae.': vae}`), strictly.
+
+    A key under none of the prefixes, a prefix with no key, and any mismatch inside a part (`load_strict`,
+    whose errors name `source [prefix*]`) raise `CheckpointError`; the first two in one line that names
+    `source`, the keys, says the file is not a `what` checkpoint and ends with `fix` (how to get a right one).
+    """
+    prefixes = tuple(parts)
+    stray = [k for k in state_dict if not k.startswith(prefixes)]
+    if stray:
+        raise CheckpointError(f"{source} has {len(stray)} tensor(s) outside {', '.join(p + '*' for p in prefixes)}: "
+                              f"{_fmt(stray, 10)}; it is not a {what} checkpoint ({fix})")
+    for prefix, module in parts.items():
+        sub = take_prefix(state_dict, prefix)
+        if not sub:
+            raise CheckpointError(f"{source} has no '{prefix}*' tensors; it is not a {what} checkpoint ({fix})")
+        load_strict(module, sub, f"{source} [{prefix}*]")

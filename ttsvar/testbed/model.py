@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.checkpoint import CheckpointError, load_strict, read_state_dict
+from ..core.checkpoint import load_parts, read_state_dict
 from ..core.device import resolve_device
 from ..core.errors import MissingFileError
 from ..core.generator import SamplingConfig
@@ -46,11 +46,9 @@ def load_shapes_tiny(path: str | Path | None = None, device: str | torch.device 
     wcfg = WordEncoderConfig(**{**meta["text"], "vocab": tuple(meta["text"]["vocab"])})
     sd = {k: v.float() for k, v in read_state_dict(path).items()}
     parts = {"gpt.": Infinity(icfg), "text.": WordTextEncoder(wcfg), "vae.": BSQVAE(vcfg)}
-    for prefix, module in parts.items():
-        sub = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-        if not sub:
-            raise CheckpointError(f"{path} has no '{prefix}*' tensors; it is not a shapes-tiny checkpoint")
-        load_strict(module, sub, f"{path} [{prefix}*]")
+    load_parts(parts, sd, path, what="shapes-tiny",
+               fix="pass the shapes_tiny.safetensors written by `python -m ttsvar.testbed.train`")
+    for module in parts.values():
         module.to(device).eval().requires_grad_(False)
     schedule = [tuple(s) for s in meta["scale_schedule"]]
     return InfinityGenerator(parts["gpt."], parts["vae."], parts["text."], schedule,

@@ -219,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(tc.seed)
     if args.skip_vae:
-        from ..core.checkpoint import read_state_dict
+        from ..core.checkpoint import load_strict, read_state_dict, take_prefix
 
         vae = BSQVAE(vcfg)
-        sd = read_state_dict(out / "shapes_tiny.safetensors")
-        vae.load_state_dict({k[4:]: v for k, v in sd.items() if k.startswith("vae.")})
+        wpath = out / "shapes_tiny.safetensors"
+        load_strict(vae, take_prefix(read_state_dict(wpath), "vae."), f"{wpath} [vae.*]")
         vae = vae.to(device).eval()
         vae_metrics = json.loads((out / "shapes_tiny.json").read_text()).get("vae_metrics", {})
     else:

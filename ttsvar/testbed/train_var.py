@@ -291,9 +291,9 @@ def save_shapes_var(out: Path, model: VAR, vae: VQVAE, classes: list[dict], reco
 
 def load_vqvae_from(path: Path, vcfg: VQVAEConfig) -> VQVAE:
     """The `vae.*` part of an earlier run's weights (`--vae-from`), strictly."""
-    from ..core.checkpoint import load_strict, read_state_dict
+    from ..core.checkpoint import load_strict, read_state_dict, take_prefix
 
-    sd = {k[4:]: v.float() for k, v in read_state_dict(path).items() if k.startswith("vae.")}
+    sd = take_prefix({k: v.float() for k, v in read_state_dict(path).items()}, "vae.")
     vae = VQVAE(vcfg)
     load_strict(vae, sd, f"{path} [vae.*]")
     return vae.eval().requires_grad_(False)
