@@ -4,6 +4,7 @@ compute accounting), and the `Generator` contract on every registered generator 
 import numpy as np
 import pytest
 import torch
+from helpers_generator import rows, run
 
 from search.base import SearchPlan
 from ttsvar.core.generator import Generator, GenState, Rows, SamplingConfig, mix64
@@ -36,17 +37,6 @@ def gen():
         for p in list(g.model.parameters()) + list(g.text_encoder.parameters()):
             p.copy_(torch.randn(p.shape, generator=gen_) * 0.05)
     return g
-
-
-def run(gen, state, until=None):
-    until = gen.num_scales if until is None else until
-    while state.scale < until:
-        state = gen.step(state)
-    return state
-
-
-def rows(prompt_idx, cand, seed=7):
-    return Rows(prompt_idx, cand, [seed] * len(prompt_idx))
 
 
 def test_batch_composition_invariance(gen):
@@ -288,10 +278,7 @@ def test_every_registered_generator_is_in_the_contract_tests():
 
 
 def _finish(gen: Generator, r: Rows, prompts) -> torch.Tensor:
-    state = gen.start(prompts, r)
-    while state.scale < gen.num_scales:
-        state = gen.step(state)
-    return gen.finish(state)
+    return gen.finish(run(gen, gen.start(prompts, r)))
 
 
 class TestGeneratorContract:
@@ -355,8 +342,7 @@ class TestGeneratorContract:
         assert cheap.shape[-1] * final[1] == full.shape[-1] * grid[1]
         assert g.preview(state, size=16, cheap=True).shape == (2, 3, 16, 16)
         torch.testing.assert_close(g.preview(state, rows=[1], cheap=True), cheap[1:], rtol=0, atol=1e-5)
-        while state.scale < g.num_scales:
-            state = g.step(state)
+        state = run(g, state)
         assert g.preview_grid(g.num_scales, cheap=True) == g.preview_grid(g.num_scales)
         torch.testing.assert_close(g.preview(state, cheap=True), g.finish(state), rtol=0, atol=0)
         with pytest.raises(ValueError, match="preview_grid"):

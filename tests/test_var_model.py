@@ -4,10 +4,11 @@ generator's row bookkeeping, strict checkpoints and class-index prompts."""
 import numpy as np
 import pytest
 import torch
+from helpers_generator import rows, run
 
 from ttsvar.core.checkpoint import CheckpointError, load_strict, read_state_dict
 from ttsvar.core.errors import ConfigError, PromptError
-from ttsvar.core.generator import Rows, SamplingConfig
+from ttsvar.core.generator import SamplingConfig
 from ttsvar.models.registry import create_generator
 from ttsvar.models.var.builders import tiny_random
 from ttsvar.models.var.generator import cfg_weights
@@ -21,17 +22,6 @@ SAMPLING = SamplingConfig(cfg=3.0, tau=1.0, top_k=0, top_p=0.0)
 @pytest.fixture(scope="module", params=[False, True], ids=["ada_lin", "shared_aln"])
 def gen(request):
     return tiny_random(seed=0, sampling=SAMPLING, shared_aln=request.param)
-
-
-def run(gen, state, until=None):
-    until = gen.num_scales if until is None else until
-    while state.scale < until:
-        state = gen.step(state)
-    return state
-
-
-def rows(prompt_idx, cand, seed=7):
-    return Rows(prompt_idx, cand, [seed] * len(prompt_idx))
 
 
 def _image(B=3, size=16, seed=0):
