@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/bench_report.py [--prompts 2212] [--keep DIR]
 
-The runs are fabricated without a model (tests/helpers_report.py: the real Coordinator and strategies on random
-rewards and features, so the traces are those of a 13-scale Infinity job; tiny PNGs), then reported:
+The runs are fabricated without a model (`ttsvar.testing.fabricate_run`: the real Coordinator and strategies on
+random rewards and features, so the traces are those of a 13-scale Infinity job; tiny PNGs), then reported:
 
 * tts-var N=4, images linked: the case of a real Infinity run (1024 px images are far too big to embed);
 * tts-var N=4 with `output.save_previews` strips and 32 px images, embedded (the shapes testbed's size);
@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from helpers_report import chromium, dump_dom, fabricate_run  # noqa: E402
 
 from ttsvar.report import build_report  # noqa: E402
+from ttsvar.report.browser import chromium, dump_dom  # noqa: E402
+from ttsvar.testing import fabricate_run  # noqa: E402
 
 
 def rows_per_prompt(run: Path) -> float:

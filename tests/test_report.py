@@ -19,7 +19,7 @@ from pathlib import Path
 
 import helpers_components  # noqa: F401 - registers test-pixels
 import pytest
-from helpers_report import NO_BROWSER, Elements, chromium, dump_dom, fabricate_run, screenshot
+from helpers_report import Elements
 from PIL import Image
 
 from search import list_strategies
@@ -27,7 +27,9 @@ from ttsvar.cli import main
 from ttsvar.core.errors import ConfigError, OutputError
 from ttsvar.output import OutputDir
 from ttsvar.report import build_report
+from ttsvar.report.browser import NO_BROWSER, chromium, dump_dom, screenshot
 from ttsvar.testbed.model import weights_available
+from ttsvar.testing import fabricate_run
 
 FAST = ["reward.name=helpers_components:redness", "search.features=test-pixels", "runtime.quiet=true"]
 # CI (.ci/run installs chromium) sets TTSVAR_REQUIRE_BROWSER: there a missing browser fails the tests instead

@@ -8,11 +8,11 @@ import pickle
 
 import numpy as np
 import pytest
-from helpers_components import strategy_test_options
 from scipy import stats
 
 from search import Observation, SearchPlan, create_strategy, list_strategies
 from search.potentials import normalize_log_weights
+from ttsvar.testing import strategy_options
 
 F_DIM = 8
 
@@ -50,7 +50,7 @@ CASES = [(6, 1), (10, 2), (13, 3)]
 
 def make(name: str):
     """The registered strategy with its defaults, plus what it cannot run without (a value file for `value`)."""
-    return create_strategy(name, **strategy_test_options(name, F_DIM))
+    return create_strategy(name, **strategy_options(name, F_DIM))
 
 
 @pytest.mark.parametrize("num_scales,n", CASES)

@@ -8,7 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from helpers_components import write_value_file
 
 from search import Observation, create_strategy
 from search.value import load_value
@@ -17,6 +16,7 @@ from ttsvar.config import load_config
 from ttsvar.core.errors import ConfigError
 from ttsvar.jobs import run_job
 from ttsvar.testbed import world
+from ttsvar.testing import write_value_file
 from ttsvar.value import load_search_data, run_fit_value, within_prompt
 
 PROMPTS = world.eval_prompts(1, seed=0, split="train")[:3]  # GenEval metadata: the exact evaluator judges them
