@@ -8,7 +8,7 @@
     python bench/bench_engine.py packing  [--prompts 16]
 
 quality: every strategy (random; Best-of-N 2-16; TTS-VAR 1-8; its two ablations; IS; beam; FK; beam-wc;
-density; confidence) on the same GenEval-style prompt set (shapes world; held-out split by default; tune on
+density; confidence; dts 2-8) on the same GenEval-style prompt set (shapes world; held-out split by default; tune on
 `--split train`), steered by the model's default reward unless `--set reward.name=...`, judged by the exact
 evaluator; `--only name:n ...` runs those pairs instead (any registered strategy). Score = mean of tags
 (GenEval's overall), mean +- standard error over job seeds; per tag; compute per prompt (token-forwards,
@@ -42,7 +42,7 @@ CONFIGS = [
     ("random", 1), ("best-of-n", 2), ("best-of-n", 4), ("best-of-n", 8), ("best-of-n", 16),
     ("tts-var", 1), ("tts-var", 2), ("tts-var", 4), ("tts-var", 8),
     ("cluster-only", 2), ("resample-only", 2), ("importance", 4), ("beam", 4), ("fk", 4),
-    ("beam-wc", 4), ("density", 4), ("confidence", 4),
+    ("beam-wc", 4), ("density", 4), ("confidence", 4), ("dts", 2), ("dts", 4), ("dts", 8),
 ]
 TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 

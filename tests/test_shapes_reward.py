@@ -13,7 +13,16 @@ from rewards import CheckpointError, RewardInputError, create_reward
 from rewards.config import RewardConfig, reward_score_scale
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
-from ttsvar.testbed.reward import DEFAULT_WEIGHTS, load_shapes_reward, save_shapes_reward
+from ttsvar.testbed.reward import (
+    DEFAULT_WEIGHTS,
+    N_COLORS,
+    N_SLOTS,
+    PAIRS,
+    SLOT_FEATURES,
+    load_shapes_reward,
+    pair_features,
+    save_shapes_reward,
+)
 from ttsvar.testbed.train_reward import (
     RewardTrainConfig,
     build_model,
@@ -87,8 +96,9 @@ def test_ranking_loss_prefers_the_right_order():
     assert ranking_loss(torch.zeros(1, 3), torch.ones(1, 3)) == 0  # no pair differs
 
 
-def test_checkpoint_round_trip_and_strict_loading(tmp_path):
-    tc = RewardTrainConfig(width=32, det_width=8, fusion_layers=1)
+@pytest.mark.parametrize("pair_tokens", [False, True])
+def test_checkpoint_round_trip_and_strict_loading(tmp_path, pair_tokens):
+    tc = RewardTrainConfig(width=32, det_width=8, fusion_layers=1, pair_tokens=pair_tokens)
     model = build_model(tc, _rendered_data(2, 2)["images"])
     path = tmp_path / "r.safetensors"
     save_shapes_reward(model, path, {"score_scale": 2.5})
@@ -104,6 +114,22 @@ def test_checkpoint_round_trip_and_strict_loading(tmp_path):
     save_file(sd, str(path))
     with pytest.raises(CheckpointError, match="head.bias"):
         load_shapes_reward(path)
+
+
+def test_pair_tokens_hold_the_offset_between_two_shapes():
+    """Each ordered pair of shapes gets a token whose features are the second's centre minus the first's, read
+    from the any-colour slots; mirroring the image (a symmetry of the world) flips the x offset's sign."""
+    feats = torch.rand(2, N_SLOTS, SLOT_FEATURES)
+    pf = pair_features(feats)
+    anyc = [s * (N_COLORS + 1) + N_COLORS for s in range(len(world.SHAPES))]
+    for k, (i, j) in enumerate(PAIRS):
+        torch.testing.assert_close(pf[:, k, :2], feats[:, anyc[j], 1:3] - feats[:, anyc[i], 1:3])
+    mirrored = feats.clone()
+    mirrored[..., 1] = 1 - mirrored[..., 1]
+    torch.testing.assert_close(pair_features(mirrored)[..., 0], -pf[..., 0])
+    model = build_model(RewardTrainConfig(width=32, det_width=8, fusion_layers=1, pair_tokens=True),
+                        _rendered_data(2, 2)["images"])
+    assert model.encode_slots(feats).shape == (2, N_SLOTS + len(PAIRS), 32)
 
 
 def test_unknown_words_are_a_clear_input_error(tmp_path):
@@ -343,3 +369,14 @@ def test_the_kept_weights_follow_select_by(monkeypatch, select_by, kept):
     assert any(f"keeping the weights of step {kept} " in x for x in lines), lines[-3:]
     with pytest.raises(ValueError, match="select_by"):
         train_reward(build_model(tc, data["images"]), data, RewardTrainConfig(select_by="loss"), log=lines.append)
+
+
+def test_trainer_overrides_are_parsed_by_type(capsys):
+    """`--set` reads booleans as words (bool("false") would be True) and names the field a bad value is for."""
+    from ttsvar.testbed.train_reward import main
+
+    assert main(["--set", "dev=maybe"]) == 2
+    assert "dev is true or false" in capsys.readouterr().err
+    assert main(["--set", "steps=x"]) == 2
+    assert "steps must be a int" in capsys.readouterr().err
+    assert main(["--set", "nope=1"]) == 2

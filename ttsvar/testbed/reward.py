@@ -14,6 +14,8 @@ grounds the image side first, the way GenEval itself reads images through a dete
   colour: soft count, density-weighted centre and spread, and covered area;
 * slots: each slot token is its (shape, colour) identity embedding plus an MLP of its features; the
   identity is the sum of a shape and a colour embedding, so an unseen (colour, shape) pair is still named;
+* optionally (`pair_tokens`, off in the shipped weights) one more token per ordered pair of shapes that holds
+  the offset between their centres (docs/testbed.md: it did not help position, the tag it was built for);
 * text tower: word embeddings of the closed vocabulary plus a [CLS] token, `text_layers` blocks;
 * fusion: `fusion_layers` blocks of text self-attention, text -> slot cross-attention and an MLP;
 * head: LayerNorm + Linear on [CLS]: the log-odds that the exact evaluator judges the image correct.
@@ -40,6 +42,8 @@ DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "shapes_reward.safetensors
 N_COLORS, N_SHAPES = 6, 3  # the shapes world's palette and shapes (world.PALETTE, world.SHAPES), in order
 N_SLOTS = N_SHAPES * (N_COLORS + 1)  # one per (shape, colour) and one per shape of any colour
 SLOT_FEATURES = 6  # count, centre x, centre y, spread x, spread y, area
+PAIRS = [(i, j) for i in range(N_SHAPES) for j in range(N_SHAPES) if i != j]  # ordered pairs of shapes
+PAIR_FEATURES = 6  # centre offset x, y (second minus first), the two counts, the two spreads' mean x, y
 GRID = 16  # side of the detector's output grid
 DENSITY_SCALE = 16.0  # the density head predicts density * this (keeps its targets near 1)
 
@@ -55,6 +59,9 @@ class ShapesRewardConfig:
     text_layers: int = 1
     fusion_layers: int = 2
     mlp_ratio: float = 3.0
+    # add one token per ordered pair of distinct shapes (any colour) that holds their centres' offset: a
+    # relation ("a circle below a triangle") then needs one look-up, not two looks and a difference
+    pair_tokens: bool = False
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel statistics of the world, [0, 1] units
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
 
@@ -110,6 +117,16 @@ def slot_features(dense: Tensor) -> Tensor:
     sy = ((mass * (t[:, None] - my[..., None, None]) ** 2).sum((-1, -2)) / norm).clamp(min=0).sqrt()
     area = cover.sum((-1, -2)) * (4 / GRID**2)
     return torch.stack([count, mx, my, sx, sy, area], -1).flatten(1, 2)  # [B, 21, 6]
+
+
+def pair_features(feats: Tensor) -> Tensor:
+    """slot features [B, N_SLOTS, SLOT_FEATURES] -> pair features [B, len(PAIRS), PAIR_FEATURES] of the
+    any-colour slot of each shape: where the second shape's centre is from the first's, both counts, and the
+    mean spread (the offset's yardstick)."""
+    anyc = feats[:, N_COLORS :: N_COLORS + 1]  # [B, N_SHAPES, F]: slot s * (N_COLORS + 1) + N_COLORS
+    i, j = (torch.tensor(x, device=feats.device) for x in zip(*PAIRS))
+    a, b = anyc[:, i], anyc[:, j]  # [B, len(PAIRS), F]
+    return torch.cat([b[..., 1:3] - a[..., 1:3], a[..., :1], b[..., :1], (a[..., 3:5] + b[..., 3:5]) / 2], -1)
 
 
 class Attention(nn.Module):
@@ -182,6 +199,11 @@ class ShapesRewardModel(nn.Module):
         self.slot_fc = nn.Linear(SLOT_FEATURES + 6, W)
         self.slot_proj = nn.Linear(W, W)
         self.ln_slots = nn.LayerNorm(W)
+        if cfg.pair_tokens:
+            self.pair_first = nn.Parameter(torch.randn(N_SHAPES, W) * 0.02)
+            self.pair_second = nn.Parameter(torch.randn(N_SHAPES, W) * 0.02)
+            self.pair_fc = nn.Linear(PAIR_FEATURES, W)
+            self.pair_proj = nn.Linear(W, W)
         self.word_embed = nn.Embedding(len(cfg.vocab), W)
         self.cls = nn.Parameter(torch.randn(1, 1, W) * 0.02)
         self.text_pos = nn.Parameter(torch.randn(1, cfg.context_length + 1, W) * 0.02)
@@ -201,11 +223,16 @@ class ShapesRewardModel(nn.Module):
         count = feats[..., :1]
         near = torch.exp(-((count - torch.arange(6, dtype=feats.dtype, device=feats.device)) ** 2) / 0.18)
         ident = (self.shape_embed + self.color_embed).flatten(0, 1)  # [N_SLOTS, W], shape-major like the slots
-        x = self.slot_proj(F.gelu(self.slot_fc(torch.cat([feats, near], -1))))
-        return self.ln_slots(ident + x)
+        x = ident + self.slot_proj(F.gelu(self.slot_fc(torch.cat([feats, near], -1))))
+        if self.cfg.pair_tokens:
+            i, j = zip(*PAIRS)
+            pair_ident = self.pair_first[list(i)] + self.pair_second[list(j)]  # [len(PAIRS), W]
+            pairs = pair_ident + self.pair_proj(F.gelu(self.pair_fc(pair_features(feats))))
+            x = torch.cat([x, pairs], 1)  # [B, N_SLOTS + len(PAIRS), W]
+        return self.ln_slots(x)
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """images [B, 3, 32, 32] in [0, 1] -> slot tokens [B, N_SLOTS, W]."""
+        """images [B, 3, 32, 32] in [0, 1] -> slot tokens [B, N_SLOTS (+ len(PAIRS)), W]."""
         return self.encode_slots(slot_features(self.detect(images)))
 
     def encode_text(self, ids: Tensor) -> tuple[Tensor, Tensor]:

@@ -86,6 +86,7 @@ class RewardTrainConfig:
     det_width: int = 32
     width: int = 96
     fusion_layers: int = 2
+    pair_tokens: bool = False  # ShapesRewardConfig.pair_tokens: relation tokens of shape pairs
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
     gen_batch: int = 384  # rows per generator forward while sampling
@@ -571,7 +572,8 @@ def ranking_metrics(scores: np.ndarray, correct: np.ndarray, tags: list[str], k:
 def build_model(tc: RewardTrainConfig, images_u8: np.ndarray) -> ShapesRewardModel:
     mean, std = pixel_stats(images_u8[:4096])
     cfg = ShapesRewardConfig(vocab=tuple(world.VOCAB), context_length=world.MAX_PROMPT_WORDS, width=tc.width,
-                             det_width=tc.det_width, fusion_layers=tc.fusion_layers, mean=mean, std=std)
+                             det_width=tc.det_width, fusion_layers=tc.fusion_layers,
+                             pair_tokens=tc.pair_tokens, mean=mean, std=std)
     torch.manual_seed(tc.seed)
     return ShapesRewardModel(cfg)
 
@@ -599,7 +601,18 @@ def main(argv: list[str] | None = None) -> int:
         if not sep or key not in types:
             print(f"error: --set {kv!r}: expected key=value with key in {sorted(types)}", file=sys.stderr)
             return 2
-        setattr(tc, key, type(getattr(tc, key))(val))
+        kind = type(getattr(tc, key))
+        if kind is bool:  # bool("false") is True
+            if val.lower() not in ("true", "false", "1", "0"):
+                print(f"error: --set {kv!r}: {key} is true or false", file=sys.stderr)
+                return 2
+            setattr(tc, key, val.lower() in ("true", "1"))
+        else:
+            try:
+                setattr(tc, key, kind(val))
+            except ValueError:
+                print(f"error: --set {kv!r}: {key} must be a {kind.__name__}", file=sys.stderr)
+                return 2
     from .model import load_shapes_tiny
 
     t_start = time.perf_counter()
