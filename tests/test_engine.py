@@ -372,3 +372,36 @@ def test_the_coordinator_owns_the_retry_policy():
     assert coord.fail(other, ValueError("x"), transient=True).action is Action.RETRY  # the caller knows better
     assert coord.lost(single).action is Action.RETRY
     assert coord.lost(single).action is Action.ABANDON  # max_losses=2
+
+
+def test_a_selection_frees_the_rows_it_drops_before_the_next_step(tmp_path, monkeypatch):
+    """The caches before a selection hold the KV blocks of the rows it dropped; the worker lets them go before it
+    steps on (it kept them until the next decision; docs/benchmarks.md, memory during a run)."""
+    import gc
+    import weakref
+
+    from ttsvar.models.infinity.generator import InfinityGenerator
+
+    before_select: list[weakref.ref] = []
+    alive_at_step: list[bool] = []
+    select, step = InfinityGenerator.select, InfinityGenerator.step
+
+    def tracked_select(self, state, *args, **kwargs):
+        if state.caches is not None:
+            before_select.append(weakref.ref(state.caches))
+        return select(self, state, *args, **kwargs)
+
+    def tracked_step(self, state):
+        gc.collect()
+        alive_at_step.extend(r() is not None for r in before_select)
+        before_select.clear()
+        return step(self, state)
+
+    monkeypatch.setattr(InfinityGenerator, "select", tracked_select)
+    monkeypatch.setattr(InfinityGenerator, "step", tracked_step)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a red circle\na photo of two blue squares\n")
+    run_job(load_config(None, [f"prompts={prompts}", f"output.dir={tmp_path / 'out'}", "runtime.quiet=true",
+                               "model.name=infinity-tiny-random", "search.strategy=tts-var", "search.n=2",
+                               "search.features=test-pixels", "reward.name=helpers_components:ScaledRedness"]))
+    assert alive_at_step and not any(alive_at_step)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from ttsvar.config import ConfigError, load_config
 from ttsvar.core.generator import Rows, SamplingConfig
 from ttsvar.jobs import resolve_batch_invariant
-from ttsvar.models.invariant import CONV_BATCH, batch_invariant
+from ttsvar.models.invariant import CONV_1X1_MAX_BATCH, CONV_BATCH, batch_invariant, reference_conv2d
 from ttsvar.models.var.builders import tiny_random as var_tiny
 from ttsvar.testbed.model import load_shapes_tiny
 
@@ -54,6 +54,21 @@ def test_conv_images_do_not_depend_on_the_batch(threads):
             last = x.to(memory_format=torch.channels_last)[:3]
             assert torch.equal(F.conv2d(last, w, padding=k // 2), ref[:3])
     assert CONV_BATCH >= 2
+
+
+@pytest.mark.parametrize("k,stride,channels,size", [(3, 1, (8, 96), 2), (3, 1, (96, 96), 3), (3, 1, (96, 48), 8),
+                                                     (3, 1, (48, 3), 32), (3, 2, (48, 48), 9), (1, 1, (96, 48), 6)])
+def test_conv_route_gives_the_bits_of_calls_of_four_images(threads, k, stride, channels, size):
+    """The route runs a batch in one call (a lone image padded to two; 1x1 kernels in calls of up to
+    CONV_1X1_MAX_BATCH) and must equal calls of exactly CONV_BATCH images, which the golden outputs were made with."""
+    g = torch.Generator().manual_seed(k * 100 + size)
+    c_in, c_out = channels
+    x = torch.randn(64, c_in, size, size, generator=g)
+    w, b = torch.randn(c_out, c_in, k, k, generator=g), torch.randn(c_out, generator=g)
+    ref = reference_conv2d(x, w, b, stride=stride, padding=k // 2)
+    with batch_invariant():
+        for n in [*range(1, 2 * CONV_1X1_MAX_BATCH + 2), 33, 64]:
+            assert torch.equal(F.conv2d(x[:n], w, b, stride=stride, padding=k // 2), ref[:n]), n
 
 
 def test_masked_attention_equals_attention_over_each_rows_own_keys(threads):

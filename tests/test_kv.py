@@ -84,3 +84,28 @@ def test_generator_duplicates_hold_no_extra_kv():
     assert dup.caches.copied_nbytes() == before
     assert all(torch.equal(x, y) for x, y in zip(gen.kv_rows(dup), [t[[1, 1, 1, 1, 5, 5, 5, 5]]
                                                                      for t in gen.kv_rows(state)], strict=True))
+
+
+def _storage_bytes(kv: SharedKV) -> int:
+    storages = {}
+    for b in kv.blocks():
+        for k, v in b.layers:
+            for t in (k, v):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+def test_blocks_hold_only_their_own_keys_and_values():
+    """A model's values are views of its fused qkv output; a block keeps a copy of just them, so the memory a cache
+    holds is what `nbytes` counts (it held the queries too: 2x), for both generators."""
+    from ttsvar.models.infinity.builders import tiny_random as infinity_tiny
+
+    sampling = SamplingConfig(cfg=4.0, tau=1.0, top_k=0, top_p=0.0)
+    for gen, prompts in ((var_tiny(seed=0, sampling=sampling), {0: "3", 1: "7"}),
+                         (infinity_tiny(0, sampling=sampling), {0: "a red circle", 1: "two squares"})):
+        state = gen.step(gen.step(gen.start(prompts, Rows.for_prompts(2, [5, 6], [0, 1]))))
+        assert _storage_bytes(state.caches) == state.caches.nbytes(), type(gen).__name__
+    qkv = torch.randn(3, 5, 3, 2, 4)  # [B,L,3,H,hd] as a projection leaves it
+    k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)[1:]
+    kv = SharedKV.empty(3).extend([(k, v)])
+    assert _storage_bytes(kv) == kv.nbytes() and torch.equal(kv.layer(0)[1], v)

@@ -15,6 +15,7 @@ from ttsvar.models.infinity.vae import (
     BSQVAEConfig,
     list_vae_presets,
     load_bsq_vae,
+    upsample2x_nearest,
     vae_state_dict_to_official,
 )
 from ttsvar.testbed.train_vae import evaluate_vae, train_vae
@@ -181,6 +182,56 @@ def test_resizes_are_the_2d_equivalents():
     y = torch.randn(2, 8, 8, 8, dtype=torch.float64)
     torch.testing.assert_close(model.downsample_codes(y, (3, 3)), F.adaptive_avg_pool2d(y, (3, 3)))
     torch.testing.assert_close(model.downsample_codes(y, (4, 4)), F.avg_pool2d(y, 2))
+
+
+def _official_block(blk, x):
+    def sw(t):
+        return t * torch.sigmoid(t)
+    h = blk.conv2(sw(blk.norm2(blk.conv1(sw(blk.norm1(x))))))
+    return (x if blk.nin_shortcut is None else blk.nin_shortcut(x)) + h
+
+
+def _official_decoder(dec, z):
+    """The official decoder's ops (x * sigmoid(x), nearest F.interpolate, x + h), each into a new tensor."""
+    h = dec.conv_in(z)
+    h = _official_block(dec.mid.block_2, _official_block(dec.mid.block_1, h))
+    for level in reversed(dec.up):
+        for blk in level.block:
+            h = _official_block(blk, h)
+        if hasattr(level, "upsample"):
+            h = level.upsample.conv(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+    return dec.conv_out(dec.norm_out(h) * torch.sigmoid(dec.norm_out(h)))
+
+
+@pytest.mark.parametrize("shape", [(4, 96, 8, 8), (3, 16, 1, 1), (1, 1, 4, 4), (2, 8, 3, 5)])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_upsample_is_nearest_interpolation_values_and_layout(shape, fmt):
+    x = torch.randn(*shape).contiguous(memory_format=fmt)
+    ref = F.interpolate(x, scale_factor=2.0, mode="nearest")
+    out = upsample2x_nearest(x)
+    assert torch.equal(out, ref) and out.stride() == ref.stride()
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_inference_decoder_is_the_official_one_bit_for_bit(name):
+    """Without autograd the decoder works in place and repeats pixels instead of calling F.interpolate: the same
+    values to the bit; with autograd it takes the out-of-place ops and gradients flow."""
+    cfg, size, _ = CASES[name]
+    model = _randomised(cfg())
+    p = model.config.patch_size
+    z = torch.randn(3, model.codebook_dim, size // p, size // p, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        ref = _official_decoder(model.decoder, z)
+        assert torch.equal(model.decode(z, clamp=False), ref)
+        # the generator's latents are channels-last views (codes permuted from [B,h,w,d]): the decoder then runs
+        # channels-last kernels, which round differently, and must keep doing so
+        last = z.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+        assert torch.equal(model.decode(last, clamp=False), _official_decoder(model.decoder, last))
+    zg = z.clone().requires_grad_(True)
+    out = model.decoder(zg)
+    assert torch.equal(out.detach(), ref)
+    out.square().mean().backward()
+    assert zg.grad is not None and zg.grad.abs().sum() > 0
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -186,6 +186,8 @@ class Worker:
         full = self.gen.concat(u.chunks) if len(u.chunks) > 1 else u.chunks[0]
         state = self.gen.select(full, np.concatenate(index), np.concatenate(row_ids))
         u.chunks, u.sizes, u.row_ids = self.gen.split(state, self._chunk_sizes(len(state))), sizes, row_ids
+        # the states before the selection hold the KV blocks of the rows it dropped: let them go before stepping on
+        del full, state
         return self._advance(u)
 
     def collect(self, unit_id: int, picks: dict[int, int], keep_all: bool = False) -> UnitImages:

@@ -8,8 +8,10 @@ the tests run):
 
 * `linear` / `matmul`: a row's output is the same for every row count M >= 12 (1-3 rows take another path;
   with 2 or 8 threads 5-7 and 9-11 rows do too). Its position within the batch never matters.
-* `conv2d`: 3x3 kernels take another path for a batch of 1 image; 1x1 kernels (the VAE's shortcuts) for every
-  batch below 16 with 1 thread, and differently with 2. Within calls of one shape the position never matters.
+* `conv2d`: 3x3 kernels take another path for a batch of 1 image; every batch of 2 or more gives an image the
+  same bits (1 and 2 threads, 2x2 to 32x32 inputs, 8 to 96 channels, strides 1 and 2). 1x1 kernels (the VAE's
+  shortcuts) change path at 16 images with 1 thread and at 2 with 2 threads: batches of 2 to 15 agree with both.
+  Within calls of one shape the position never matters.
 * `scaled_dot_product_attention`: invariant to the batch, but a key-padding mask is not the same as fewer
   keys: padding a prompt's text to a longer prompt's length (what packing prompts does) changes its
   cross-attention in the last bits.
@@ -17,7 +19,8 @@ the tests run):
 
 `BatchInvariant` is a `TorchFunctionMode` that routes those three op families through shape-independent
 calls: linears and matmuls get at least `MIN_ROWS` rows (zero rows appended and dropped), convolutions run
-in calls of exactly `CONV_BATCH` images, and attention under a per-row prefix mask ([B,1,1,T] bool, True on
+in calls of `CONV_MIN_BATCH` or more images (a lone image gets a zero partner; 1x1 kernels in calls of at most
+`CONV_1X1_MAX_BATCH`), and attention under a per-row prefix mask ([B,1,1,T] bool, True on
 the first len_b keys) runs per group of rows of equal length on exactly those keys, unmasked. Text encoders
 run one prompt per call in this mode (`InfinityGenerator.start`), since their own batching pads. What the
 mode costs is in docs/benchmarks.md (`bench/bench_invariant.py`).
@@ -38,7 +41,9 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 MIN_ROWS = 16  # rows from which every linear/matmul row count measured agrees (12, with margin)
-CONV_BATCH = 4  # images in every conv2d call (a batch runs in chunks of 4, the last one padded)
+CONV_BATCH = 4  # the reference call size: every conv route gives the bits of calls of exactly 4 images
+CONV_MIN_BATCH = 2  # the smallest conv2d call whose bits agree with CONV_BATCH (a batch of 1 runs another path)
+CONV_1X1_MAX_BATCH = 8  # 1x1 kernels switch path at 16 images with 1 thread: calls stay well below
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
@@ -63,10 +68,28 @@ def _matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _conv2d(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-    # oneDNN picks its algorithm by batch size and memory format (a channels-last slice runs another kernel), with
-    # no threshold above which all agree for 1x1 kernels: every call gets the same shape instead
+    # oneDNN picks its algorithm by batch size and memory format (a channels-last slice runs another kernel), so
+    # every call gets a contiguous input of a batch size whose bits are those of CONV_BATCH (module doc). Earlier
+    # this ran every batch in chunks of exactly 4 images: the same bits, but a single image paid for 4 and a
+    # small-grid decode paid a call (and a weight reorder) per 4 images
     if x.dim() != 4:
         return F.conv2d(x, *args, **kwargs)
+    weight = args[0] if args else kwargs["weight"]
+    B = x.shape[0]
+    x = x.contiguous()
+    step = CONV_1X1_MAX_BATCH if tuple(weight.shape[-2:]) == (1, 1) else max(B, CONV_MIN_BATCH)
+    outs = []
+    for c in x.split(step):
+        n = c.shape[0]
+        if n < CONV_MIN_BATCH:
+            c = torch.cat((c, c.new_zeros(CONV_MIN_BATCH - n, *c.shape[1:])))
+        outs.append(F.conv2d(c, *args, **kwargs)[:n])
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+def reference_conv2d(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """conv2d in calls of exactly CONV_BATCH images (the last one zero-padded): what `_conv2d` must equal bit for
+    bit (tests)."""
     B = x.shape[0]
     x = x.contiguous()
     if B % CONV_BATCH:

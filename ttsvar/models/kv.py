@@ -97,6 +97,16 @@ class ScaleKV:
         return ScaleKV((KVBlock(layers),), torch.zeros_like(inverse), inverse)
 
 
+def _owned(t: torch.Tensor) -> torch.Tensor:
+    """t itself if it is all of its storage, else a copy of just it. A model's values come out of its fused qkv
+    projection as a view ([B,L,3,H,hd] permuted and unbound), and a block that kept that view would keep the
+    queries and the pre-normalisation keys alive with it: 3x the values' bytes for as long as any row reads them.
+    Reads copy rows out (`ScaleKV.gather`), so the copy changes no value anyone sees."""
+    if t.is_contiguous() and t.untyped_storage().nbytes() == t.numel() * t.element_size():
+        return t
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 class SharedKV:
     """The past keys and values of R rows, one `ScaleKV` per sampled scale (module docstring). Immutable: every
     operation returns a new object that shares the blocks."""
@@ -119,7 +129,8 @@ class SharedKV:
         if R != self.num_rows:
             raise ValueError(f"new keys/values have {R} rows, the cache {self.num_rows}")
         idx = torch.arange(R, device=layers[0][0].device)
-        return SharedKV((*self.scales, ScaleKV((KVBlock(list(layers)),), torch.zeros_like(idx), idx)), R)
+        owned = [(_owned(k), _owned(v)) for k, v in layers]
+        return SharedKV((*self.scales, ScaleKV((KVBlock(owned),), torch.zeros_like(idx), idx)), R)
 
     def with_past(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> KV:
         """This step's k, v [R,H,l,hd] of `layer` preceded by every past scale's: [R,H,L_past + l,hd] each."""
