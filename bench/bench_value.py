@@ -16,11 +16,17 @@ a target (the tree of a tts-var run), so a prompt contributes at scale k only if
 survived and their targets differ; the count is the `groups` column. `--set key=value ...` adds job overrides
 (e.g. a wider schedule that lets more lineages survive: `search.options.batch_schedule=[8,7,6,6,6,6]
 search.options.lam=0`).
+
+`--folds K` instead evaluates by K-fold cross-validation over the prompt texts: every prompt is once in the test
+fold, V_k is fitted on the other folds only (its early stopping on a split of those), so every prompt's groups
+count. The table then gives mean +- standard error over groups, and the paired difference V_k - raw reward
+per group (mean +- SE): what "V_k beats the raw reward at scale k" needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import shutil
@@ -61,6 +67,73 @@ def collect(a) -> list[Path]:
     return runs
 
 
+def _subset(data, mask: np.ndarray):
+    return dataclasses.replace(data, x=data.x[mask], y=data.y[mask], scale=data.scale[mask], group=data.group[mask],
+                               prompt=[q for q, m in zip(data.prompt, mask) if m])
+
+
+def _mean_se(v) -> tuple[float, float]:
+    v = np.asarray(v, dtype=float)
+    return (float(v.mean()), float(v.std(ddof=1) / np.sqrt(len(v)))) if len(v) > 1 else (float("nan"), float("nan"))
+
+
+def cross_validated(a, dv, dr) -> list[dict]:
+    """K folds over the distinct prompt texts: fit both V_k on K-1 folds, score the held-out fold's rows; per
+    scale, every score's per-group rho and concordance pooled over folds."""
+    distinct = sorted(set(dv.prompt))
+    order = np.random.default_rng(a.fit_seed).permutation(len(distinct))
+    fold_of = {distinct[i]: j % a.folds for j, i in enumerate(order)}
+    fold = np.asarray([fold_of[q] for q in dv.prompt])
+    pooled: dict[int, dict[str, dict[int, tuple[float, float]]]] = {}
+    for f in range(a.folds):
+        test = fold == f
+        fits = {}
+        for name, data in (("verdict", dv), ("reward", dr)):
+            models, metrics = fit_value(_subset(data, ~test), epochs=a.epochs, seed=a.fit_seed, threads=a.threads)
+            path, _ = save_value(Path(a.out) / f"value_{name}_fold{f}.safetensors", data, models, metrics,
+                                 {"epochs": a.epochs, "seed": a.fit_seed, "fold": f, "folds": a.folds})
+            fits[name] = load_value(path)
+        for k in sorted(set(dv.scale.tolist())):
+            va = test & (dv.scale == k)
+            scores = {"raw reward": dv.x[va, -3]}
+            for name, vm in fits.items():
+                if k in vm.scales:
+                    scores[f"V_k ({name})"] = vm.predict_inputs(k, dv.x[va])
+            for label, sc in scores.items():
+                for g, rho, conc in within_prompt(sc, dv.y[va], dv.group[va])["per_group"]:
+                    pooled.setdefault(k, {}).setdefault(label, {})[g] = (rho, conc)
+    rows = []
+    for k, by_label in sorted(pooled.items()):
+        raw = by_label["raw reward"]
+        row = {"scale": k, "groups": len(raw)}
+        for label, per in by_label.items():
+            gs = sorted(per)
+            row[label] = {"rho": _mean_se([per[g][0] for g in gs]), "concordance": _mean_se([per[g][1] for g in gs])}
+            if label != "raw reward":
+                row[label]["rho_minus_raw"] = _mean_se([per[g][0] - raw[g][0] for g in gs])
+                row[label]["concordance_minus_raw"] = _mean_se([per[g][1] - raw[g][1] for g in gs])
+        rows.append(row)
+    return rows
+
+
+def print_cross_validated(a, rows: list[dict], dv, n_runs: int, t_runs: float) -> None:
+    labels = ["V_k (verdict)", "V_k (reward)"]
+    cmd = "PYTHONPATH=. .venv/bin/python " + " ".join(shlex.quote(x) for x in ["bench/bench_value.py", *sys.argv[1:]])
+    print(f"`{cmd}`  \n{len(set(dv.prompt))} training prompts x {n_runs} seeds, tts-var n={a.n}; {a.folds}-fold "
+          f"cross-validation over prompt texts; runs {t_runs:.0f} s ({a.threads} thread(s)); mean ± SE over groups\n")
+    fmt = lambda m: "-" if m is None else f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
+    print("| scale | groups | rho raw reward | " + " | ".join(f"rho {x} | {x} − raw" for x in labels)
+          + " | AUROC raw reward | " + " | ".join(f"AUROC {x} | {x} − raw" for x in labels) + " |")
+    print("|---" * (3 + 4 * len(labels) + 1) + "|")
+    for r in rows:
+        cells = [str(r["scale"]), str(r["groups"]), fmt(r["raw reward"]["rho"])]
+        cells += [c for x in labels for c in ((fmt(r[x]["rho"]), fmt(r[x]["rho_minus_raw"])) if x in r else ("-", "-"))]
+        cells.append(fmt(r["raw reward"]["concordance"]))
+        cells += [c for x in labels for c in ((fmt(r[x]["concordance"]), fmt(r[x]["concordance_minus_raw"]))
+                                              if x in r else ("-", "-"))]
+        print("| " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--per-tag", type=int, default=6)
@@ -74,6 +147,7 @@ def main() -> None:
     p.add_argument("--json", default=None)
     p.add_argument("--reuse", action="store_true", help="keep runs already in --out")
     p.add_argument("--set", nargs="*", default=[], help="job overrides key=value for the collection runs")
+    p.add_argument("--folds", type=int, default=0, help="K-fold cross-validation over prompts (0: one 20%% split)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
@@ -82,6 +156,12 @@ def main() -> None:
     dv = load_search_data(runs, "verdict")
     dr = load_search_data(runs, "reward")
     assert np.array_equal(dv.scale, dr.scale) and np.array_equal(dv.group, dr.group)  # the same rows
+    if a.folds:
+        rows = cross_validated(a, dv, dr)
+        print_cross_validated(a, rows, dv, len(runs), t_runs)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+        return
     t1 = time.perf_counter()
     fits = {}
     for name, data in (("verdict", dv), ("reward", dr)):

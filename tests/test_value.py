@@ -195,6 +195,7 @@ def test_within_prompt_rank_correlation_and_concordance():
     group = np.array([0, 0, 0, 1, 1, 2, 2])
     target = np.array([0.0, 1.0, 2.0, 1.0, 1.0, 0.0, 1.0])  # group 1: constant target, skipped
     good = within_prompt(np.array([1.0, 2.0, 3.0, 5.0, 0.0, 0.0, 1.0]), target, group)
-    assert good == {"rho": 1.0, "concordance": 1.0, "groups": 2}
+    assert [g for g, _, _ in good.pop("per_group")] == [0, 2]
+    assert good == pytest.approx({"rho": 1.0, "concordance": 1.0, "groups": 2})
     flat = within_prompt(np.zeros(7), target, group)
-    assert flat == {"rho": 0.0, "concordance": 0.5, "groups": 2}
+    assert flat == {"rho": 0.0, "concordance": 0.5, "groups": 2, "per_group": [(0, 0.0, 0.5), (2, 0.0, 0.5)]}

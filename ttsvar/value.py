@@ -150,14 +150,17 @@ def split_prompts(prompts: list[str], fraction: float = 0.2, seed: int = 0) -> s
 def within_prompt(score: np.ndarray, target: np.ndarray, group: np.ndarray) -> dict:
     """Mean over groups of the Spearman rank correlation of `score` with `target`, and of the pairwise
     concordance P(score_i > score_j | target_i > target_j) (ties half; the AUROC for 0/1 targets). Groups with
-    fewer than 2 rows or a constant target are skipped; a score constant within a group counts as 0 / 0.5."""
+    fewer than 2 rows or a constant target are skipped; a score constant within a group counts as 0 / 0.5.
+    `per_group` lists (group id, rho, concordance) of the counted groups: paired comparisons of two scores and
+    standard errors over groups read them."""
     from scipy.stats import rankdata
 
-    rhos, concs = [], []
+    rhos, concs, ids = [], [], []
     for g in np.unique(group):
         s, t = score[group == g], target[group == g]
         if len(t) < 2 or np.ptp(t) == 0:
             continue
+        ids.append(int(g))
         if np.ptp(s) == 0:
             rhos.append(0.0)
         else:
@@ -166,7 +169,8 @@ def within_prompt(score: np.ndarray, target: np.ndarray, group: np.ndarray) -> d
         diff = s[:, None] - s[None, :]
         concs.append(float(((diff > 0) + 0.5 * (diff == 0))[gt].mean()))
     return {"rho": float(np.mean(rhos)) if rhos else float("nan"),
-            "concordance": float(np.mean(concs)) if concs else float("nan"), "groups": len(rhos)}
+            "concordance": float(np.mean(concs)) if concs else float("nan"), "groups": len(rhos),
+            "per_group": list(zip(ids, rhos, concs))}
 
 
 def fit_value(data: SearchData, hidden: int = 32, epochs: int = 400, lr: float = 3e-3, weight_decay: float = 1e-3,
@@ -236,8 +240,9 @@ def fit_value(data: SearchData, hidden: int = 32, epochs: int = 400, lr: float =
             with torch.no_grad():
                 out = net(xv)[:, 0].numpy().astype(np.float64)
             v = 1 / (1 + np.exp(-out)) if data.target == "verdict" else y_mean + y_std * out
-            entry["value"] = within_prompt(v, data.y[va], data.group[va])
-            entry["raw_reward"] = within_prompt(data.x[va, -3], data.y[va], data.group[va])
+            for name, score in (("value", v), ("raw_reward", data.x[va, -3])):
+                m = within_prompt(score, data.y[va], data.group[va])
+                entry[name] = {key: m[key] for key in ("rho", "concordance", "groups")}
         metrics["scales"][str(k)] = entry
     if not models:
         raise InputError("too few decision rows to fit a value model (fewer than 2 training rows at every scale)")
