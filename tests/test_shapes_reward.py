@@ -58,14 +58,15 @@ def _rendered_data(n_prompts: int = 12, per_prompt: int = 6, seed: int = 0) -> d
             **label_matrix(images, own, mds)}
 
 
-@pytest.mark.parametrize("augment", [0.0, 0.75])
-def test_training_on_a_tiny_budget_lowers_the_loss(augment):
+@pytest.mark.parametrize("augment, hard", [(0.0, False), (0.75, False), (0.75, True)])
+def test_training_on_a_tiny_budget_lowers_the_loss(augment, hard):
     """With the symmetries (a harder, noisier objective) too. Measured ratios of the last to the first fusion
-    losses at 80 steps: 0.74 without symmetries, 0.78 with them (the detector's count loss on, so its path runs too)."""
+    losses at 80 steps: 0.74 without symmetries, 0.78 with them, 0.70 with them and hard negatives (the detector's
+    count loss on, so its path runs too)."""
     data = _rendered_data()
     tc = RewardTrainConfig(steps=80, prompts_per_batch=6, images_per_prompt=4,
                            extra_prompts=3, width=32, det_width=8, det_steps=40, det_batch=16, fusion_layers=1,
-                           warmup=5, lr=3e-3, augment=augment, det_count_weight=1.0)
+                           warmup=5, lr=3e-3, augment=augment, det_count_weight=1.0, hard_negatives=hard)
     model = build_model(tc, data["images"])
     curves = train_reward(model, data, tc, log=lambda *_: None)
     det, fusion = curves["detector"], curves["fusion"]
@@ -380,3 +381,13 @@ def test_trainer_overrides_are_parsed_by_type(capsys):
     assert main(["--set", "steps=x"]) == 2
     assert "steps must be a int" in capsys.readouterr().err
     assert main(["--set", "nope=1"]) == 2
+
+
+def test_hard_negatives_are_the_prompts_one_word_away():
+    from ttsvar.testbed.train_reward import one_word_neighbours
+
+    prompts = ["a photo of a circle left of a square", "a photo of a circle right of a square",
+               "a photo of a square left of a circle", "a photo of three circles", "a photo of four circles"]
+    near = one_word_neighbours(prompts, np.arange(len(prompts)))
+    assert [list(n) for n in near] == [[1], [0], [], [4], [3]]
+    assert list(one_word_neighbours(prompts, np.array([0, 2, 3]))[1]) == [0]  # only prompts in the pool

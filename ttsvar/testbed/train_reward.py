@@ -87,6 +87,9 @@ class RewardTrainConfig:
     width: int = 96
     fusion_layers: int = 2
     pair_tokens: bool = False  # ShapesRewardConfig.pair_tokens: relation tokens of shape pairs
+    # the near-miss half of each image's extra prompts: training prompts one word away from its own ("left" for
+    # "right", "three" for "four") instead of any prompt of its tag, where it has such neighbours
+    hard_negatives: bool = False
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
     gen_batch: int = 384  # rows per generator forward while sampling
@@ -406,6 +409,8 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     by_prompt = [np.nonzero(own == p)[0] for p in range(n_prompts)]
     tags = [tag_of(p) for p in data["prompts"]]
     same_tag = [np.array([q for q in pool if tags[q] == tags[p] and q != p] or [p]) for p in range(n_prompts)]
+    if tc.hard_negatives:
+        same_tag = [n if len(n) else st for n, st in zip(one_word_neighbours(list(data["prompts"]), pool), same_tag)]
     keep = [p for p, b in enumerate(by_prompt) if len(b) and trainable[p]]
     n_tag = {t: sum(tags[p] == t for p in keep) for t in set(tags)}
     w = np.array([n_tag[tags[p]] ** -tc.tag_balance for p in keep])
@@ -488,6 +493,14 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
         log(f"  keeping the weights of step {best[1]} (validation {tc.select_by} {best[0]:.3f})")
         model.load_state_dict(best[2])
     return {"detector": det_losses, "fusion": losses}
+
+
+def one_word_neighbours(prompts: list[str], pool: np.ndarray) -> list[np.ndarray]:
+    """For each prompt, the indices in `pool` of the other prompts one word away from it (same length, one word
+    changed: the relation, a count, a colour or a shape): the hardest negatives a prompt has in the list."""
+    words = [p.split() for p in prompts]
+    return [np.array([q for q in pool if q != p and len(words[q]) == len(words[p])
+                      and sum(x != y for x, y in zip(words[q], words[p])) == 1], np.int64) for p in range(len(prompts))]
 
 
 def dev_mask(prompts: list[str]) -> np.ndarray:
