@@ -9,8 +9,8 @@ job on the training prompts runs in a fresh process (1 torch thread) while a thr
 * live malloc bytes (glibc `mallinfo2`: bytes in use in the heap plus mmapped chunks): what the process holds.
 
 Both are reported as peak growth over their value when the first unit starts (models loaded). Before each decode
-the unit's own state is weighed: its KV blocks' bytes (`KVBlock.nbytes`, each block once) and the
-storages behind them. At the end,
+the unit's own state is weighed: its KV blocks' bytes (`KVBlock.nbytes`, each block once), the
+storages behind them, and the storages of its text conditioning. At the end,
 RSS again after `malloc_trim(0)` (memory the allocator kept after it was freed, handed back).
 """
 
@@ -56,7 +56,8 @@ def child(n: int, ppu: int, prompts: int, out: str) -> dict:
         m = libc.mallinfo2()
         return m.uordblks + m.hblkhd
 
-    st = {"rss0": None, "live0": None, "rss": 0, "live": 0, "stop": False, "kv": 0, "kv_storage": 0}
+    st = {"rss0": None, "live0": None, "rss": 0, "live": 0, "stop": False, "kv": 0, "kv_storage": 0,
+          "text": 0}
 
     def sample() -> None:
         while not st["stop"]:
@@ -77,6 +78,14 @@ def child(n: int, ppu: int, prompts: int, out: str) -> dict:
                     for b in blocks.values() for layer in b.layers for t in layer}
         st["kv"] = max(st["kv"], sum(b.nbytes for b in blocks.values()))
         st["kv_storage"] = max(st["kv_storage"], sum(storages.values()))
+        # the text conditioning the chunks hold (each storage once): per row before it was shared per prompt
+        texts = {}
+        for c in u.chunks:
+            t = c.cond
+            for x in [t.cond_BD, t.gss, t.text_mask, getattr(t, "rows", None), *(y for kv in t.ca_kv for y in kv)]:
+                if x is not None:
+                    texts[x.untyped_storage().data_ptr()] = x.untyped_storage().nbytes()
+        st["text"] = max(st["text"], sum(texts.values()))
         return orig_decode(self, u, final)
 
     E.Worker.start, E.Worker._decode_unique = start, decode
@@ -91,7 +100,8 @@ def child(n: int, ppu: int, prompts: int, out: str) -> dict:
     end = rss()
     libc.malloc_trim(0)
     return {"rss_growth": (st["rss"] - st["rss0"]) * MB, "live_growth": (st["live"] - st["live0"]) * MB,
-            "kv": st["kv"] * MB, "kv_storage": st["kv_storage"] * MB, "end_growth": (end - st["rss0"]) * MB,
+            "kv": st["kv"] * MB, "kv_storage": st["kv_storage"] * MB, "text": st["text"] * MB,
+            "end_growth": (end - st["rss0"]) * MB,
             "trimmed_growth": (rss() - st["rss0"]) * MB, "wall": wall}
 
 
@@ -110,8 +120,8 @@ def main() -> None:
     print(f"shapes-tiny, TTS-VAR N={a.n}, {a.prompts} training prompts, 1 thread; MB, growth over the first unit's "
           "start")
     print("| tree | prompts per unit | peak RSS growth | peak live malloc growth | peak KV counted | its storages "
-          "| RSS growth at the end | after malloc_trim | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| text conditioning | RSS growth at the end | after malloc_trim | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for ppu in a.ppu:
         for tree in (Path(t).resolve() for t in a.trees):
             env = {**os.environ, "PYTHONPATH": f"{tree}{os.pathsep}{HERE}", "OMP_NUM_THREADS": "1"}
@@ -121,7 +131,8 @@ def main() -> None:
                 raise RuntimeError(r.stderr[-3000:])
             m = json.loads(r.stdout.strip().splitlines()[-1])
             print(f"| {tree.name} | {ppu} | {m['rss_growth']:.0f} | {m['live_growth']:.0f} | {m['kv']:.0f} | "
-                  f"{m['kv_storage']:.0f} | {m['end_growth']:.0f} | {m['trimmed_growth']:.0f} | {m['wall']:.1f} |",
+                  f"{m['kv_storage']:.0f} | {m['text']:.1f} | {m['end_growth']:.0f} | {m['trimmed_growth']:.0f} | "
+                  f"{m['wall']:.1f} |",
                   flush=True)
 
 

@@ -3,6 +3,7 @@ blocks instead of copying them, dead blocks are dropped or compacted, concat kee
 generators' own checks (teacher-forced logits against cached ones, select equivalence, concat/split) are in
 tests/test_generator.py, tests/test_var_model.py and tests/test_infinity_model.py."""
 
+import numpy as np
 import torch
 
 from ttsvar.core.generator import Rows, SamplingConfig
@@ -109,3 +110,28 @@ def test_blocks_hold_only_their_own_keys_and_values():
     k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)[1:]
     kv = SharedKV.empty(3).extend([(k, v)])
     assert _storage_bytes(kv) == kv.nbytes() and torch.equal(kv.layer(0)[1], v)
+
+
+def test_rows_of_one_prompt_share_its_text_conditioning():
+    """The cross-attention keys of a prompt are held once, not per row: a selection moves the row-to-text index,
+    concatenation keeps each text once, and texts no row keeps are dropped. The images are what per-row copies
+    give (`test_golden_outputs`), so only the storage is checked here."""
+    from ttsvar.models.infinity.builders import tiny_random as infinity_tiny
+
+    gen = infinity_tiny(0, sampling=SamplingConfig(cfg=4.0, tau=1.0, top_k=0, top_p=0.0))
+    prompts = {0: "a red circle", 1: "two squares"}
+    state = gen.step(gen.start(prompts, Rows.for_prompts(8, [5, 6], [0, 1])))  # 16 rows, 32 with the uncond ones
+    cond = state.cond
+    assert len(cond) == 32 and len(cond.cond_BD) == 4  # 2 prompts + their 2 unconditional texts
+    k0 = cond.ca_kv[0][0]
+    picked = gen.select(state, np.array([3, 3, 3, 3, 9, 9]))  # both prompts kept, duplicated
+    assert len(picked.cond) == 12 and picked.cond.ca_kv[0][0].data_ptr() == k0.data_ptr()
+    one = gen.select(state, np.array([0, 1, 2]))  # only the first prompt: its texts alone stay
+    assert len(one.cond.cond_BD) == 2
+    both = gen.concat([one, gen.select(state, np.array([8, 9]))])
+    assert len(both.cond) == 10 and len(both.cond.cond_BD) == 4
+    # each row still sees its own prompt's (or uncond text's) keys, cond rows first
+    k = [both.cond.per_row(t) for t in both.cond.ca_kv[0]][0]
+    full = [state.cond.per_row(t) for t in state.cond.ca_kv[0]][0]
+    for r, src in enumerate([0, 1, 2, 8, 9]):
+        assert torch.equal(k[r], full[src]) and torch.equal(k[5 + r], full[16 + src])

@@ -90,7 +90,13 @@ class RewardTrainConfig:
     # the near-miss half of each image's extra prompts: training prompts one word away from its own ("left" for
     # "right", "three" for "four") instead of any prompt of its tag, where it has such neighbours
     hard_negatives: bool = False
+    # position prompts' images also seen mirrored across their relation's axis, labelled by the evaluator for the
+    # same prompt: pairs that differ only in which side each shape is on (the direction the fusion misses)
+    mirror_pairs: bool = False
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
+    # extra sampling weight per tag, "position=4,counting=2" (the rest 1): where the reward needs more steps
+    # than the tag's share of the batches gives it (docs/testbed.md, "Where the dev split's misses come from")
+    tag_weights: str = ""
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
     gen_batch: int = 384  # rows per generator forward while sampling
     augment: float = 0.75  # share of prompt groups seen under a random symmetry of the world (`symmetries`)
@@ -334,7 +340,30 @@ def tag_of(prompt: str) -> str:
     return _TAGS.get(prompt, "other")
 
 
-_TAGS = {m["prompt"]: m["tag"] for ms in world.ALL_PROMPTS.values() for m in ms}
+_META = {m["prompt"]: m for ms in world.ALL_PROMPTS.values() for m in ms}
+_TAGS = {p: m["tag"] for p, m in _META.items()}
+
+
+def mirror_images(images: np.ndarray, prompts: list[str], own: np.ndarray) -> dict:
+    """The images of position prompts mirrored across their relation's axis (x for left/right, y for
+    above/below), with the evaluator's verdict and partial credit for their own prompt: an image correct for
+    "A left of B" usually becomes wrong, and a wrong one whose shapes are on the wrong sides becomes correct.
+    Returns ``rows`` int64 [K] (the source images), ``images`` uint8 [K,H,W,3], ``correct`` int8 [K], ``partial``
+    float32 [K]."""
+    ev = ShapesEvaluator()
+    rows, out, correct, partial = [], [], [], []
+    for n in range(len(images)):
+        md = _META.get(prompts[own[n]])
+        if md is None or md["tag"] != "position":
+            continue
+        rel = md["include"][1]["position"][0]
+        im = np.ascontiguousarray(images[n][:, ::-1] if rel in ("left of", "right of") else images[n][::-1])
+        d = ev.detect(im)
+        ok = check_metadata(d, md)[0]
+        rows.append(n), out.append(im), correct.append(ok), partial.append(1.0 if ok else partial_credit(d, md))
+    shape = images.shape[1:]
+    return {"rows": np.asarray(rows, np.int64), "images": np.stack(out) if out else np.zeros((0, *shape), np.uint8),
+            "correct": np.asarray(correct, np.int8), "partial": np.asarray(partial, np.float32)}
 
 
 def train_detector(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, log=print) -> list[float]:
@@ -412,12 +441,18 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     if tc.hard_negatives:
         same_tag = [n if len(n) else st for n, st in zip(one_word_neighbours(list(data["prompts"]), pool), same_tag)]
     keep = [p for p, b in enumerate(by_prompt) if len(b) and trainable[p]]
-    n_tag = {t: sum(tags[p] == t for p in keep) for t in set(tags)}
-    w = np.array([n_tag[tags[p]] ** -tc.tag_balance for p in keep])
-    w /= w.sum()
+    w = prompt_weights([tags[p] for p in keep], tc)
     ids_all = model.tokenize(list(data["prompts"]))  # [P, L]
     sym = symmetries(list(data["prompts"]), 256, tc.seed + 3)
     sym["prompt"][:, ~trainable] = -1  # no symmetry may lead to a held-back prompt
+    mirror_at = np.full(len(own), -1)  # image -> its row in `mirror`, -1: none
+    if tc.mirror_pairs:
+        mirror = mirror_images(data["images"], list(data["prompts"]), own)
+        mirror_at[mirror["rows"]] = np.arange(len(mirror["rows"]))
+        mirror_feats = image_features(model, mirror["images"])
+        log(f"  mirror pairs: {len(mirror['rows'])} position images, own-prompt accuracy "
+            f"{data['correct'][mirror['rows'], own[mirror['rows']]].mean():.3f} -> mirrored "
+            f"{mirror['correct'].mean():.3f}")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     amp = {"bf16": torch.bfloat16, "fp32": None}[tc.amp]
@@ -459,9 +494,28 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
         weight = torch.ones(P)
         weight[0] = 2.0  # an image's own prompt is what search ranks by
         pair_w = weight * valid
-        bce = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * pair_w).sum() / pair_w.sum()
+        bce_sum = (F.binary_cross_entropy_with_logits(s, correct, reduction="none") * pair_w).sum()
+        bce_n = pair_w.sum()
         graded = (correct[:, 0] + 0.5 * partial[:, 0]).view(G, M)  # correct first, then closer misses
         rank = ranking_loss(s[:, 0].view(G, M), graded)
+        sel = np.nonzero(mirror_at[idx] >= 0)[0]  # whole groups: the images of position prompts
+        if len(sel):
+            m_rows = mirror_at[idx[sel]]
+            mf = mirror_feats[m_rows]
+            with autocast(correct.device, amp):
+                ms = model.score_tokens(model.encode_slots(apply_symmetry(mf, sym, t_img[sel]) if t.any() else mf),
+                                        None, torch.arange(len(sel)), text=text,
+                                        text_index=torch.from_numpy(inverse.reshape(B, P)[sel, 0])).float()
+            mc = torch.from_numpy(mirror["correct"][m_rows]).float()
+            bce_sum = bce_sum + 2.0 * F.binary_cross_entropy_with_logits(ms, mc, reduction="sum")
+            bce_n = bce_n + 2.0 * len(sel)
+            gsel = torch.from_numpy(sel[::M] // M)  # the groups with mirrors, in batch order
+            m_graded = (mc + 0.5 * torch.from_numpy(mirror["partial"][m_rows])).view(-1, M)
+            # each image ranked against its group's images and their mirrors
+            rank_m = ranking_loss(torch.cat((s[:, 0].view(G, M)[gsel], ms.view(-1, M)), 1),
+                                  torch.cat((graded[gsel], m_graded), 1))
+            rank = rank + rank_m * len(gsel) / G
+        bce = bce_sum / bce_n
         loss = bce + tc.rank_weight * rank
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -493,6 +547,32 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
         log(f"  keeping the weights of step {best[1]} (validation {tc.select_by} {best[0]:.3f})")
         model.load_state_dict(best[2])
     return {"detector": det_losses, "fusion": losses}
+
+
+def prompt_weights(tags: list[str], tc: RewardTrainConfig) -> np.ndarray:
+    """The probability that a batch draws each prompt (given by its tag): ~ (prompts of its tag)^-tag_balance,
+    times its tag's `tag_weights`."""
+    n_tag = {t: tags.count(t) for t in set(tags)}
+    boost = parse_tag_weights(tc.tag_weights)
+    w = np.array([n_tag[t] ** -tc.tag_balance * boost.get(t, 1.0) for t in tags])
+    return w / w.sum()
+
+
+def parse_tag_weights(spec: str) -> dict[str, float]:
+    """`RewardTrainConfig.tag_weights` ("position=4,counting=2") as {tag: weight}; a ValueError names the
+    bad part."""
+    out: dict[str, float] = {}
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        tag, sep, val = part.partition("=")
+        if not sep or tag not in world.TAGS:
+            raise ValueError(f"tag_weights: {part!r} is not tag=weight with a tag in {sorted(world.TAGS)}")
+        try:
+            out[tag] = float(val)
+        except ValueError:
+            raise ValueError(f"tag_weights: {part!r}: the weight must be a number") from None
+        if not out[tag] > 0:
+            raise ValueError(f"tag_weights: {part!r}: the weight must be above 0")
+    return out
 
 
 def one_word_neighbours(prompts: list[str], pool: np.ndarray) -> list[np.ndarray]:
@@ -626,6 +706,11 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 print(f"error: --set {kv!r}: {key} must be a {kind.__name__}", file=sys.stderr)
                 return 2
+    try:
+        parse_tag_weights(tc.tag_weights)
+    except ValueError as e:
+        print(f"error: --set {e}", file=sys.stderr)
+        return 2
     from .model import load_shapes_tiny
 
     t_start = time.perf_counter()

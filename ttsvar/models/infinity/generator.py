@@ -49,7 +49,14 @@ class InfinityState(GenState):
 
 
 def _gather_cond(c: TextCond, idx: torch.Tensor) -> TextCond:
-    return TextCond(c.cond_BD[idx], c.gss[idx], [(k[idx], v[idx]) for k, v in c.ca_kv], c.text_mask[idx])
+    """Rows `idx` of `c`: only the row-to-text index moves, and the texts no row keeps are dropped (a copy of
+    the kept texts' tensors, per text, not per row)."""
+    rows = idx if c.rows is None else c.rows[idx]
+    used, rows = torch.unique(rows, return_inverse=True)
+    if len(used) == len(c.cond_BD):
+        return TextCond(c.cond_BD, c.gss, c.ca_kv, c.text_mask, rows)
+    return TextCond(c.cond_BD[used], c.gss[used], [(k[used], v[used]) for k, v in c.ca_kv], c.text_mask[used],
+                    rows)
 
 
 def _pad_T(x: torch.Tensor, T: int, dim: int, value=0) -> torch.Tensor:
@@ -59,14 +66,21 @@ def _pad_T(x: torch.Tensor, T: int, dim: int, value=0) -> torch.Tensor:
     return F.pad(x, pad, value=value)
 
 
-def _cat_cond(parts: Sequence[TextCond]) -> TextCond:
+def _cat_cond(parts: Sequence[TextCond], cfg_pairs: bool) -> TextCond:
+    """The texts of all parts, once each; rows in part order, or with `cfg_pairs` (each part's rows are its cond
+    rows, then its uncond rows) all parts' cond rows, then all their uncond rows."""
     T = max(c.text_mask.shape[1] for c in parts)
     ca_kv = []
     for i in range(len(parts[0].ca_kv)):
         ca_kv.append((torch.cat([_pad_T(c.ca_kv[i][0], T, 2) for c in parts]),
                       torch.cat([_pad_T(c.ca_kv[i][1], T, 2) for c in parts])))
+    offsets = np.cumsum([0] + [len(c.cond_BD) for c in parts[:-1]])
+    rows = [(torch.arange(len(c), device=c.cond_BD.device) if c.rows is None else c.rows) + int(o)
+            for c, o in zip(parts, offsets)]
+    if cfg_pairs:
+        rows = [r[:len(r) // 2] for r in rows] + [r[len(r) // 2:] for r in rows]
     return TextCond(torch.cat([c.cond_BD for c in parts]), torch.cat([c.gss for c in parts]), ca_kv,
-                    torch.cat([_pad_T(c.text_mask, T, 1, False) for c in parts]))
+                    torch.cat([_pad_T(c.text_mask, T, 1, False) for c in parts]), torch.cat(rows))
 
 
 def scale_input(vae, summed: torch.Tensor, vae_size: tuple[int, int], patchify: bool) -> torch.Tensor:
@@ -139,15 +153,16 @@ class InfinityGenerator(Generator):
         texts = [prompts[int(i)] for i in rows.prompt_index]
         uniq = list(dict.fromkeys(texts))
         feats, mask = self._encode(uniq)
-        where = torch.tensor([uniq.index(t) for t in texts], device=feats.device)
-        feats, mask = feats[where].to(self.device), mask[where].to(self.device)
+        feats, mask = feats.to(self.device), mask.to(self.device)
+        where = torch.tensor([uniq.index(t) for t in texts], device=self.device)
         cfg_pairs = self._cfg_pairs()
-        if cfg_pairs:
-            lens = mask.sum(1)
-            un = self.model.uncond_text(lens, feats.shape[1]).to(feats.dtype)
+        if cfg_pairs:  # texts: the prompts, then their unconditional texts (the same lengths)
+            un = self.model.uncond_text(mask.sum(1), feats.shape[1]).to(feats.dtype)
             feats, mask = torch.cat((feats, un)), torch.cat((mask, mask))
+            where = torch.cat((where, where + len(uniq)))
         with batch_invariant(self.batch_invariant):
             cond = self.model.encode_text(feats, mask)
+        cond.rows = where
         return InfinityState(rows, 0, cond, None, None, cfg_pairs)
 
     def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -255,21 +270,15 @@ class InfinityGenerator(Generator):
         full = paired(idx, B, state.cfg_pairs)
         caches = select_caches(state.caches, full, compact)
         summed = None if state.summed_codes is None else state.summed_codes[idx]
-        return InfinityState(state.rows.select(index, candidate_id), state.scale, _gather_cond(state.cond, full),
+        return InfinityState(state.rows.select(index, candidate_id), state.scale,
+                             _gather_cond(state.cond, full),
                              caches, summed, state.cfg_pairs, gather_rows(state.confidence, idx))
 
     def concat(self, states: Sequence[InfinityState]) -> InfinityState:
         check_concat(states)
         if len(states) == 1:
             return states[0]
-        conds = [s.cond for s in states]
-        if states[0].cfg_pairs:  # reorder so all cond rows precede all uncond rows
-            firsts = [_gather_cond(c, torch.arange(len(s.rows), device=self.device)) for c, s in zip(conds, states)]
-            seconds = [_gather_cond(c, torch.arange(len(s.rows), 2 * len(s.rows), device=self.device))
-                       for c, s in zip(conds, states)]
-            cond = _cat_cond(firsts + seconds)
-        else:
-            cond = _cat_cond(conds)
+        cond = _cat_cond([s.cond for s in states], states[0].cfg_pairs)
         caches = concat_caches(states, states[0].cfg_pairs)
         summed = None if states[0].summed_codes is None else torch.cat([s.summed_codes for s in states])
         return InfinityState(Rows.concat([s.rows for s in states]), states[0].scale, cond, caches, summed,

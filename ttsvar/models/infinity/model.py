@@ -317,12 +317,22 @@ class InfinityConfig:
 
 @dataclass
 class TextCond:
-    """Per-row text conditioning, computed once per prompt and carried by the sampler's state."""
+    """Text conditioning, computed once per distinct text and carried by the sampler's state. `rows` maps each
+    batch row to its text, so the rows of one prompt share one copy: a selection moves indices, not keys, and
+    `forward_scale` gathers a block's keys per row only while that block runs."""
 
-    cond_BD: torch.Tensor  # [B,D] pooled text: start token and head AdaLN input
-    gss: torch.Tensor  # [B,1,6,C] shared AdaLN output
-    ca_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block (k, v) [B,H,T,hd] of the cross-attention
-    text_mask: torch.Tensor  # [B,T] bool
+    cond_BD: torch.Tensor  # [U,D] pooled text: start token and head AdaLN input
+    gss: torch.Tensor  # [U,1,6,C] shared AdaLN output
+    ca_kv: list[tuple[torch.Tensor, torch.Tensor]]  # per block (k, v) [U,H,T,hd] of the cross-attention
+    text_mask: torch.Tensor  # [U,T] bool
+    rows: torch.Tensor | None = None  # [B] long: the text of each row; None: row i has text i
+
+    def __len__(self) -> int:
+        return len(self.cond_BD) if self.rows is None else len(self.rows)
+
+    def per_row(self, t: torch.Tensor) -> torch.Tensor:
+        """One of the per-text tensors above, gathered to the rows ([U,...] -> [B,...])."""
+        return t if self.rows is None else t[self.rows]
 
 
 class Infinity(nn.Module):
@@ -386,7 +396,7 @@ class Infinity(nn.Module):
         return self.word_embed(x.to(self.word_embed.weight.dtype)).float()
 
     def sos(self, cond: TextCond) -> torch.Tensor:
-        return (cond.cond_BD.unsqueeze(1) + self.pos_start).float()  # [B,1,C]
+        return (cond.per_row(cond.cond_BD).unsqueeze(1) + self.pos_start).float()  # [B,1,C]
 
     def forward_scale(self, x: torch.Tensor, si: int, schedule, cond: TextCond, caches: SharedKV | None,
                       keep: bool = True):
@@ -401,14 +411,16 @@ class Infinity(nn.Module):
         cos, sin = cos[start:start + h * w], sin[start:start + h * w]
         x = x + self.lvl_embed.weight[si].float()
         new = []
+        gss, mask = cond.per_row(cond.gss), cond.per_row(cond.text_mask)
         for i, b in enumerate(self.blocks):
             past = None if caches is None else partial(caches.with_past, i)
-            x, kv = b(x, cond.gss, *cond.ca_kv[i], cond.text_mask, cos, sin, past)
+            k, v = cond.ca_kv[i]
+            x, kv = b(x, gss, cond.per_row(k), cond.per_row(v), mask, cos, sin, past)
             if keep:
                 new.append(kv)
         if keep:
             caches = (caches if caches is not None else SharedKV.empty(x.shape[0])).extend(new)
-        return self.logits(x, cond.cond_BD), caches
+        return self.logits(x, cond.per_row(cond.cond_BD)), caches
 
     def logits(self, x: torch.Tensor, cond_BD: torch.Tensor) -> torch.Tensor:
         h = self.head_nm(x.float(), cond_BD)
