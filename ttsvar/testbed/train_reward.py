@@ -98,7 +98,7 @@ class RewardTrainConfig:
     mirror_pairs: bool = False
     tag_balance: float = 0.5  # prompt sampling weight ~ (prompts of its tag)^-tag_balance: 0 uniform, 1 per tag
     # extra sampling weight per tag, "position=4,counting=2" (the rest 1): where the reward needs more steps
-    # than the tag's share of the batches gives it (docs/testbed.md, "Where the dev split's misses come from")
+    # than the tag's share of the batches gives it (docs/testbed.md, "More position steps teach the direction")
     tag_weights: str = "position=4"
     amp: str = "fp32"  # "bf16" autocast: 7x slower than fp32 for this model on the 2-core CPU machine
     gen_batch: int = 384  # rows per generator forward while sampling
