@@ -428,3 +428,33 @@ def test_mirrored_position_images_are_labelled_by_the_evaluator():
     for k, md in enumerate(mds[:4]):
         horizontal = md["include"][1]["position"][0] in ("left of", "right of")
         assert np.array_equal(m["images"][k], images[k][:, ::-1] if horizontal else images[k][::-1])
+
+
+def test_position_direction_compares_a_prompt_with_its_flipped_relation():
+    """`position_direction`: the share of images correct for a position prompt that score above the flipped
+    relation; a reward that prefers the asked relation gets 1, one that prefers the flipped one 0, and a prompt
+    whose flipped text is held out is never scored."""
+    from ttsvar.testbed.train_reward import position_direction
+
+    class Stub:
+        def __init__(self, prefer_asked: bool):
+            self.prefer_asked, self.seen = prefer_asked, []
+
+        def tokenize(self, prompts):
+            self.seen += prompts
+            return prompts
+
+        def __call__(self, x, prompts):
+            asked = torch.tensor([p in asked_prompts for p in prompts])
+            return (asked == self.prefer_asked).float() - 0.5
+
+    asked_prompts = ["a photo of a circle left of a triangle", "a photo of a circle above a triangle"]
+    prompts = [*asked_prompts, "a photo of two circles"]
+    images = np.zeros((3, 4, 32, 32, 3), np.uint8)
+    correct = np.array([[1, 1, 0, 1], [1, 0, 0, 0], [1, 1, 1, 1]], np.int8)
+    good, bad = Stub(True), Stub(False)
+    assert position_direction(good, images, correct, prompts) == {"direction": 1.0, "pairs": 3}
+    assert position_direction(bad, images, correct, prompts)["direction"] == 0.0
+    # "circle below triangle" is a held-out prompt: the second prompt is skipped, its flip never tokenized
+    assert "a photo of a circle below a triangle" in {m["prompt"] for m in world.prompts_of("heldout")}
+    assert set(good.seen) == {asked_prompts[0], "a photo of a circle right of a triangle"}

@@ -634,6 +634,30 @@ def score_grid(model: ShapesRewardModel, images_u8: np.ndarray, prompts: list[st
     return torch.cat(out).float().numpy().reshape(P, K)
 
 
+_FLIP = {"left": "right", "right": "left", "above": "below", "below": "above"}
+
+
+@torch.no_grad()
+def position_direction(model, images_u8: np.ndarray, correct: np.ndarray, prompts: list[str]) -> dict:
+    """Whether the reward reads which side each shape is on: over the images correct for a position prompt
+    (images [P, k, H, W, 3], correct [P, k]), the share that score above the same prompt with the relation
+    flipped. A pair whose flipped text is a held-out prompt is left out (no held-out text is scored). Returns
+    {"direction": share or nan, "pairs": n} (docs/testbed.md, "More position steps teach the direction")."""
+    held = {m["prompt"] for m in world.prompts_of("heldout")}
+    above = total = 0
+    for i, p in enumerate(prompts):
+        flipped = " ".join(_FLIP.get(w, w) for w in p.split())
+        ok = correct[i].astype(bool)
+        if tag_of(p) != "position" or flipped in held or not ok.any():
+            continue
+        x = to_tensor(images_u8[i][ok])
+        s_p = model(x, model.tokenize([p] * len(x)))
+        s_q = model(x, model.tokenize([flipped] * len(x)))
+        above += int((s_p > s_q).sum())
+        total += len(x)
+    return {"direction": above / total if total else float("nan"), "pairs": total}
+
+
 def auroc(pos: np.ndarray, neg: np.ndarray) -> float:
     """P(score of a positive > score of a negative), ties count half."""
     if len(pos) == 0 or len(neg) == 0:
@@ -753,11 +777,13 @@ def main(argv: list[str] | None = None) -> int:
     metrics = ranking_metrics(scores, val["correct"], val["tags"], k=min(8, tc.val_per_prompt))
     metrics["score_scale"] = float(scores.std())  # over all generated samples of all prompts, like ImageReward's
     metrics["within_prompt_std"] = float(scores.std(1).mean())
+    metrics["position_direction"] = position_direction(model, val["images"], val["correct"], val["prompts"])
     timings["total_s"] = time.perf_counter() - t_start
     print(f"validation (fresh samples of training prompts): prompt AUROC {metrics['prompt_auroc']:.3f}, "
           f"best-of-{min(8, tc.val_per_prompt)} {metrics[f'best_of_{min(8, tc.val_per_prompt)}']:.3f} "
           f"(random {metrics['random']:.3f}, oracle {metrics[f'oracle_best_of_{min(8, tc.val_per_prompt)}']:.3f}, "
-          f"gap closed {metrics['gap_closed']:.2f}); score scale {metrics['score_scale']:.3f}")
+          f"gap closed {metrics['gap_closed']:.2f}); score scale {metrics['score_scale']:.3f}; position direction "
+          f"{metrics['position_direction']['direction']:.3f} over {metrics['position_direction']['pairs']} images")
     print(f"time: {json.dumps({k: round(v) for k, v in timings.items()})}")
     meta = {"score_scale": metrics["score_scale"], "metrics": metrics, "detector_metrics": det,
             "train_config": asdict(tc),
