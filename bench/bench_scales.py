@@ -65,7 +65,7 @@ from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.evaluator import ShapesEvaluator
 from ttsvar.testbed.model import load_shapes_tiny
-from ttsvar.testbed.train_reward import auroc
+from ttsvar.testbed.reward_metrics import auroc
 
 PREVIEW_SIZE = 32
 
