@@ -31,13 +31,18 @@ class ShapesReward(Reward):
     name = "shapes-reward"
     input_size = 32
 
-    def __init__(self, weights: str | None = None, *, device: str | torch.device = "cpu", dtype: str = "float32"):
+    def __init__(self, weights: str | None = None, *, views: int | None = None, device: str | torch.device = "cpu",
+                 dtype: str = "float32"):
+        """`views`: symmetric views averaged per score (None: the weights' own, 8 for the shipped ones; 1: the
+        image and prompt as given). docs/testbed.md, "Symmetric views"."""
         super().__init__()
         from ttsvar.testbed.reward import declared_scale, load_shapes_reward
 
+        _check_views(views)
         self.model, meta = load_shapes_reward(_weights_path(weights), device)
         self.model.to(parse_dtype(dtype))
-        self.score_scale = declared_scale(meta)  # instance value read from the JSON; shadows the class default
+        self.views = self.model.cfg.views if views is None else views
+        self.score_scale = declared_scale(meta, self.views)  # read from the JSON; shadows the class default
 
     @classmethod
     def declared_score_scale(cls, **options: Any) -> float | None:
@@ -46,13 +51,20 @@ class ShapesReward(Reward):
             return None
         from ttsvar.testbed.reward import declared_scale
 
-        return declared_scale(json.loads(meta.read_text()))
+        _check_views(options.get("views"))
+        return declared_scale(json.loads(meta.read_text()), options.get("views"))
 
     def _score(self, images: Tensor, prompts: list[str] | None) -> Tensor:
-        try:
-            ids = self.model.tokenize(prompts or [])
+        try:  # unknown words are the caller's error: say so before any view maps them
+            self.model.tokenize(prompts or [])
         except ValueError as e:
             raise RewardInputError(str(e)) from None
         dev, dt = self.model.head.weight.device, self.model.head.weight.dtype
         x = self.model.prepare(images.to(dev)).to(dt)
-        return self.model(x, ids.to(dev)).float()
+        return self.model.score(x, list(prompts or []), self.views).float()
+
+
+def _check_views(views: Any) -> None:
+    if views is not None and (not isinstance(views, int) or isinstance(views, bool) or views < 1):
+        raise ValueError(f"shapes-reward: views={views!r}: use an integer >= 1 (1 scores the image and prompt as "
+                         "given; leave it unset for the weights' own number)")

@@ -73,6 +73,7 @@ def test_training_on_a_tiny_budget_lowers_the_loss(augment, hard, mirror):
     curves = train_reward(model, data, tc, log=lambda *_: None)
     det, fusion = curves["detector"], curves["fusion"]
     assert len(det) == 40 and len(fusion) == tc.steps
+    assert set(model.cfg.trained_prompts) == set(data["prompts"]) and model.cfg.views == tc.views == 8
     assert np.mean(det[-8:]) < 0.7 * np.mean(det[:4]), det
     assert np.mean(fusion[-8:]) < 0.9 * np.mean(fusion[:4]), fusion
 
@@ -155,6 +156,73 @@ def test_declared_score_scale_is_read_without_building(tmp_path):
     assert reward_score_scale(RewardConfig(name="clip-score")) == (1.0, False)
     with pytest.raises(ValueError, match="reward.score_scale"):
         reward_score_scale(RewardConfig(name="clip-score", score_scale=-1.0))
+
+
+def _views_model(trained: list[str], views: int = 4):
+    model = build_model(RewardTrainConfig(width=32, det_width=8, fusion_layers=1), _rendered_data(2, 2)["images"])
+    model.cfg.trained_prompts, model.cfg.views = tuple(trained), views
+    return model.eval()
+
+
+def test_views_map_a_prompt_onto_trained_prompts_by_colour_and_mirror_symmetries():
+    """A view relabels colours and mirrors (never shapes), maps the prompt's words alike, and lands on a trained
+    prompt; a trained prompt's first view is itself, and with no such symmetry the pair is scored as given."""
+    from ttsvar.testbed.reward import map_prompt
+
+    train = [m["prompt"] for m in world.prompts_of("train")]
+    unseen = "a photo of a red circle"
+    below = "a photo of a circle below a triangle"  # a held-out relation: its words only, nothing is scored
+    model = _views_model([p for p in train if p != unseen])
+    table = model._table()
+    trained = set(model.cfg.trained_prompts)
+    for p in (train[5], unseen, below):
+        v = model.views_of(p, 4)
+        assert 1 <= len(v) <= 4
+        assert all(q in trained and table["keeps_shapes"][t] and map_prompt(p, table["words"][t]) == q for t, q in v)
+    assert model.views_of(train[5], 4)[0] == (0, train[5])
+    assert all(t != 0 for t, _ in model.views_of(unseen, 4)) and len(model.views_of(unseen, 4)) == 4
+    assert {q for _, q in model.views_of(below, 4)} == {"a photo of a circle above a triangle"}
+    assert all(table["flip"][t, 1] for t, _ in model.views_of(below, 4))
+    # no colour relabelling or mirror turns four triangles into a trained prompt: scored as given
+    assert model.views_of("a photo of four triangles", 4) == [(0, "a photo of four triangles")]
+    assert model.views_of(unseen, 1) == [(0, unseen)]
+    assert _views_model([]).views_of(unseen, 8) == [(0, unseen)]
+
+
+def test_a_view_average_is_the_mean_of_its_views():
+    """`score` against a direct reference: each view's slots permuted and mirrored (`apply_symmetry`), its
+    mapped prompt tokenized, scored one at a time and averaged; one view is the plain forward."""
+    from ttsvar.testbed.reward import apply_symmetry, slot_features
+
+    train = [m["prompt"] for m in world.prompts_of("train")]
+    prompts = ["a photo of a red circle", "a photo of a circle below a triangle", train[40],
+               "a photo of four triangles"]
+    torch.manual_seed(0)
+    model = _views_model([p for p in train if p != prompts[0]])
+    x = torch.rand(4, 3, 32, 32)
+    got = model.score(x, prompts)
+    feats = slot_features(model.detect(x))
+    for b, p in enumerate(prompts):
+        ref = [model.score_tokens(model.encode_slots(apply_symmetry(feats[b:b + 1], model._table(), torch.tensor([t]))),
+                                  model.tokenize([q])) for t, q in model.views_of(p, 4)]
+        torch.testing.assert_close(got[b], torch.cat(ref).mean(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.score(x, prompts, views=1), model(x, model.tokenize(prompts)), atol=1e-6, rtol=0)
+    assert not torch.allclose(got[:3], model(x, model.tokenize(prompts))[:3], atol=1e-3)
+
+
+@shipped
+def test_shipped_reward_scores_with_views_and_declares_a_scale_per_views():
+    _, meta = load_shapes_reward()
+    assert meta["config"]["views"] == 8
+    assert set(meta["config"]["trained_prompts"]) == {m["prompt"] for m in world.prompts_of("train")}
+    assert create_reward("shapes-reward").views == 8
+    one = create_reward("shapes-reward", views=1)
+    assert one.score_scale == pytest.approx(meta["score_scales"]["1"]) != meta["score_scale"]
+    assert reward_score_scale(RewardConfig(name="shapes-reward", options={"views": 1}))[0] == one.score_scale
+    with pytest.raises(ValueError, match="views=0"):
+        create_reward("shapes-reward", views=0)
+    with pytest.raises(ValueError, match="views=0"):
+        reward_score_scale(RewardConfig(name="shapes-reward", options={"views": 0}))
 
 
 @shipped
@@ -312,8 +380,8 @@ def test_symmetries_keep_the_evaluators_verdict():
 def test_apply_symmetry_equals_the_read_out_of_the_transformed_maps():
     """Permuting the detector's colour and shape channels and mirroring its grid, then reading slots, must equal
     `apply_symmetry` of the original slots: the trainer may transform cached features instead of images."""
-    from ttsvar.testbed.reward import N_COLORS, N_SHAPES, slot_features
-    from ttsvar.testbed.train_reward import apply_symmetry, symmetries
+    from ttsvar.testbed.reward import N_COLORS, N_SHAPES, apply_symmetry, slot_features
+    from ttsvar.testbed.train_reward import symmetries
 
     texts = [m["prompt"] for m in world.prompts_of("train")]
     sym = symmetries(texts, 16, seed=1)
@@ -440,11 +508,8 @@ def test_position_direction_compares_a_prompt_with_its_flipped_relation():
         def __init__(self, prefer_asked: bool):
             self.prefer_asked, self.seen = prefer_asked, []
 
-        def tokenize(self, prompts):
+        def score(self, x, prompts):
             self.seen += prompts
-            return prompts
-
-        def __call__(self, x, prompts):
             asked = torch.tensor([p in asked_prompts for p in prompts])
             return (asked == self.prefer_asked).float() - 0.5
 
@@ -455,6 +520,21 @@ def test_position_direction_compares_a_prompt_with_its_flipped_relation():
     good, bad = Stub(True), Stub(False)
     assert position_direction(good, images, correct, prompts) == {"direction": 1.0, "pairs": 3}
     assert position_direction(bad, images, correct, prompts)["direction"] == 0.0
-    # "circle below triangle" is a held-out prompt: the second prompt is skipped, its flip never tokenized
+    # "circle below triangle" is a held-out prompt: the second prompt is skipped, its flip never scored
     assert "a photo of a circle below a triangle" in {m["prompt"] for m in world.prompts_of("heldout")}
     assert set(good.seen) == {asked_prompts[0], "a photo of a circle right of a triangle"}
+
+
+@pytest.mark.slow
+def test_sampling_in_worker_processes_gives_the_same_images():
+    """The trainer's data stage may sample in several processes (`--workers`); rows carry their own seeds and
+    the CPU forward is batch-invariant, so the split changes no image."""
+    from ttsvar.testbed.model import load_shapes_tiny
+    from ttsvar.testbed.train_reward import sample_settings
+
+    texts = [m["prompt"] for m in world.prompts_of("train")][:5]
+    jobs = [(3.0, 1.0, 2, [11, 12, 13, 14, 15]), (2.0, 1.0, 1, [21, 22, 23, 24, 25])]
+    serial = sample_settings(load_shapes_tiny(), jobs, texts, 384, workers=1)
+    split = sample_settings(None, jobs, texts, 384, workers=2)
+    assert [x.shape for x in serial] == [(5, 2, 32, 32, 3), (5, 1, 32, 32, 3)]
+    assert all(np.array_equal(a, b) for a, b in zip(serial, split))

@@ -18,7 +18,10 @@ grounds the image side first, the way GenEval itself reads images through a dete
   the offset between their centres (docs/testbed.md: it did not help position, the tag it was built for);
 * text tower: word embeddings of the closed vocabulary plus a [CLS] token, `text_layers` blocks;
 * fusion: `fusion_layers` blocks of text self-attention, text -> slot cross-attention and an MLP;
-* head: LayerNorm + Linear on [CLS]: the log-odds that the exact evaluator judges the image correct.
+* head: LayerNorm + Linear on [CLS]: the log-odds that the exact evaluator judges the image correct;
+* symmetric views (`ShapesRewardModel.score`, `views_of`): the head averaged over colour relabellings and
+  mirrors of the slots and the prompt alike that land on a prompt stage 2 trained on; the verdict is the same
+  under each, and the fusion is more reliable on combinations it has seen.
 
 Everything is learned: the detector from the evaluator's view of generated images, and how counts, colours
 and positions decide a prompt from the verdicts (`python -m ttsvar.testbed.train_reward`). The vocabulary and
@@ -32,6 +35,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -64,10 +68,19 @@ class ShapesRewardConfig:
     pair_tokens: bool = False
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)  # pixel statistics of the world, [0, 1] units
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    # symmetric views (`ShapesRewardModel.views_of`): a score averages the fusion over up to `views` symmetries
+    # of the world that map the prompt onto one of `trained_prompts`, the prompts stage 2 trained on; 1 scores
+    # the pair as given. The fusion is reliable on the combinations it was trained on, and a symmetry moves an
+    # unseen combination onto them with the verdict unchanged (docs/testbed.md, "Symmetric views")
+    views: int = 1
+    trained_prompts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.vocab = tuple(self.vocab)
         self.mean, self.std = tuple(self.mean), tuple(self.std)
+        self.trained_prompts = tuple(self.trained_prompts)
+        if not isinstance(self.views, int) or isinstance(self.views, bool) or self.views < 1:
+            raise ValueError(f"shapes-reward: views={self.views!r}: the number of symmetric views is an integer >= 1")
 
 
 class Detector(nn.Module):
@@ -127,6 +140,67 @@ def pair_features(feats: Tensor) -> Tensor:
     i, j = (torch.tensor(x, device=feats.device) for x in zip(*PAIRS))
     a, b = anyc[:, i], anyc[:, j]  # [B, len(PAIRS), F]
     return torch.cat([b[..., 1:3] - a[..., 1:3], a[..., :1], b[..., :1], (a[..., 3:5] + b[..., 3:5]) / 2], -1)
+
+
+VIEW_TABLE, VIEW_SEED = 512, 7  # the symmetries `views_of` scans, in a fixed order (index 0: the identity)
+
+
+def symmetry_table(n: int, seed: int) -> dict:
+    """`n` symmetries of the shapes world: index 0 is the identity, the rest are drawn with `seed`. Relabelling
+    colours (a permutation of the palette) or shapes in the image and the prompt alike, or mirroring the image
+    and swapping "left"/"right" ("above"/"below") in the prompt, leaves the exact evaluator's verdict unchanged.
+
+    Returns ``slots`` int64 [n, N_SLOTS] (new slot j reads old slot ``slots[t, j]``), ``flip`` bool [n, 2]
+    (mirror x, mirror y), ``keeps_shapes`` bool [n] (the symmetry relabels no shape) and ``words``: n dicts
+    mapping each prompt word to its image under the symmetry (`map_prompt`)."""
+    from . import world
+
+    colors, shapes = list(world.PALETTE), list(world.SHAPES)
+    nc = len(colors) + 1
+    rng = np.random.default_rng(seed)
+    slots = np.zeros((n, len(shapes) * nc), np.int64)
+    flip = np.zeros((n, 2), bool)
+    keeps = np.zeros(n, bool)
+    words_of = []
+    for t in range(n):
+        pc = np.arange(len(colors)) if t == 0 else rng.permutation(len(colors))
+        ps = np.arange(len(shapes)) if t == 0 else rng.permutation(len(shapes))
+        fx, fy = (False, False) if t == 0 else (bool(rng.integers(2)), bool(rng.integers(2)))
+        for s_old in range(len(shapes)):
+            for c_old in range(nc):
+                c_new = pc[c_old] if c_old < len(colors) else c_old
+                slots[t, ps[s_old] * nc + c_new] = s_old * nc + c_old
+        words = {colors[i]: colors[pc[i]] for i in range(len(colors))}
+        words.update({shapes[i]: shapes[ps[i]] for i in range(len(shapes))})
+        words.update({world.PLURALS[shapes[i]]: world.PLURALS[shapes[ps[i]]] for i in range(len(shapes))})
+        if fx:
+            words.update(left="right", right="left")
+        if fy:
+            words.update(above="below", below="above")
+        flip[t] = fx, fy
+        keeps[t] = (ps == np.arange(len(shapes))).all()
+        words_of.append(words)
+    return {"slots": torch.from_numpy(slots), "flip": torch.from_numpy(flip), "keeps_shapes": torch.from_numpy(keeps),
+            "words": words_of}
+
+
+def map_prompt(prompt: str, words: dict[str, str]) -> str:
+    """A prompt under a symmetry of `symmetry_table` (its ``words``)."""
+    return " ".join(words.get(w, w) for w in prompt.split())
+
+
+def apply_symmetry(feats: Tensor, sym: dict, t: Tensor) -> Tensor:
+    """Slot features [B, N_SLOTS, F] seen under symmetry `t` [B] of `symmetry_table`. Mirroring maps a slot's
+    centre c to 1 - c (its mass-weighted mean of 1 - cell centre: count / max(count, 1e-3) - c, exact for
+    the near-empty slots too); counts, spreads and areas do not change."""
+    slots, flip = sym["slots"].to(feats.device), sym["flip"].to(feats.device)
+    t = t.to(feats.device)
+    out = feats[torch.arange(len(t), device=feats.device)[:, None], slots[t]].clone()  # [B, N_SLOTS, F]
+    full = out[..., 0] / out[..., 0].clamp(min=1e-3)
+    for axis in (0, 1):
+        m = flip[t, axis][:, None]  # [B, 1]
+        out[..., 1 + axis] = torch.where(m, full - out[..., 1 + axis], out[..., 1 + axis])
+    return out
 
 
 class Attention(nn.Module):
@@ -258,7 +332,67 @@ class ShapesRewardModel(nn.Module):
         return self.head(self.ln_f(x[:, 0]))[:, 0]
 
     def forward(self, images: Tensor, ids: Tensor) -> Tensor:
+        """The pair as given (one view): images [B, 3, 32, 32] in [0, 1], ids [B, L] -> log-odds [B]."""
         return self.score_tokens(self.encode_images(images), ids)
+
+    def score(self, images: Tensor, prompts: list[str], views: int | None = None) -> Tensor:
+        """What the reward calls: images [B, 3, 32, 32] in [0, 1] and each row's prompt -> log-odds [B],
+        averaged over the prompt's symmetric views (`views_of`; `views` None: the config's)."""
+        return self.score_features(slot_features(self.detect(images)), prompts, views)
+
+    def score_features(self, feats: Tensor, prompts: list[str], views: int | None = None) -> Tensor:
+        """`score` from slot features [B, N_SLOTS, SLOT_FEATURES] (the trainer caches them). The detector
+        runs once per image; each view permutes and mirrors the slots and maps the prompt's words."""
+        views = self.cfg.views if views is None else views
+        rows, ts, texts = [], [], []
+        for b, p in enumerate(prompts):
+            for t, q in self.views_of(p, views):
+                rows.append(b), ts.append(t), texts.append(q)
+        rows_t = torch.tensor(rows, device=feats.device)
+        x = feats[rows_t]  # [B * views, N_SLOTS, F]
+        if any(ts):
+            x = apply_symmetry(x, self._table(), torch.tensor(ts))
+        uniq = sorted(set(texts))
+        at = {q: i for i, q in enumerate(uniq)}
+        text = self.encode_text(self.tokenize(uniq).to(feats.device))
+        s = self.score_tokens(self.encode_slots(x), None, text=text,
+                              text_index=torch.tensor([at[q] for q in texts], device=feats.device))
+        n = torch.zeros(len(prompts), dtype=s.dtype, device=s.device).index_add_(0, rows_t, torch.ones_like(s))
+        return torch.zeros(len(prompts), dtype=s.dtype, device=s.device).index_add_(0, rows_t, s) / n
+
+    def views_of(self, prompt: str, views: int) -> list[tuple[int, str]]:
+        """The (symmetry, mapped prompt) pairs a score of `prompt` averages: the first `views` symmetries of
+        the fixed table (`symmetry_table(VIEW_TABLE, VIEW_SEED)`) that relabel colours and mirror, and map the
+        prompt onto a trained prompt; the identity comes first when the prompt itself was trained on. One view,
+        no trained prompts, or no symmetry that reaches one: the pair as given.
+
+        Shapes are not relabelled: the detector reads the three shapes with different errors (touching squares
+        merge), so a view that swaps them moves the image into another error regime, and on the dev split it
+        cost counting what it gained elsewhere (docs/testbed.md, "Symmetric views")."""
+        if views <= 1 or not self.cfg.trained_prompts:
+            return [(0, prompt)]
+        if getattr(self, "_views_for", None) is not self.cfg.trained_prompts:  # a new training list: forget
+            self._views_for, self._views_cache = self.cfg.trained_prompts, {}
+            self._trained = frozenset(self.cfg.trained_prompts)
+        key = (prompt, views)
+        if key not in self._views_cache:
+            found = []
+            table = self._table()
+            for t, words in enumerate(table["words"]):
+                if not table["keeps_shapes"][t]:
+                    continue
+                q = map_prompt(prompt, words)
+                if q in self._trained:
+                    found.append((t, q))
+                    if len(found) == views:
+                        break
+            self._views_cache[key] = found or [(0, prompt)]
+        return self._views_cache[key]
+
+    def _table(self) -> dict:
+        if getattr(self, "_sym", None) is None:
+            self._sym = symmetry_table(VIEW_TABLE, VIEW_SEED)
+        return self._sym
 
     def tokenize(self, prompts: list[str]) -> Tensor:
         """Word ids [B, context_length] (0 = pad). Unknown words and long prompts raise ValueError naming them."""
@@ -309,11 +443,13 @@ def load_shapes_reward(path: str | Path | None = None,
     return model.to(device).eval().requires_grad_(False), meta
 
 
-def declared_scale(meta: dict) -> float:
-    """The reward's scale: std of its scores over generated samples, measured at training (see docs)."""
-    s = float(meta.get("score_scale", 1.0))
+def declared_scale(meta: dict, views: int | None = None) -> float:
+    """The reward's scale: the std of its scores over generated samples, measured at training (see docs) for
+    the number of views it scores with (``score_scales``; `views` None: the config's)."""
+    views = meta.get("config", {}).get("views", 1) if views is None else views
+    s = float(meta.get("score_scales", {}).get(str(views), meta.get("score_scale", 1.0)))
     return s if math.isfinite(s) and s > 0 else 1.0
 
 
-__all__ = ["DEFAULT_WEIGHTS", "ShapesRewardConfig", "ShapesRewardModel", "declared_scale", "load_shapes_reward",
-           "save_shapes_reward"]
+__all__ = ["DEFAULT_WEIGHTS", "ShapesRewardConfig", "ShapesRewardModel", "apply_symmetry", "declared_scale",
+           "load_shapes_reward", "map_prompt", "save_shapes_reward", "symmetry_table"]

@@ -1,7 +1,7 @@
 """Train `shapes-reward` on samples of the embedded generator, labelled by the exact evaluator.
 
-    python -m ttsvar.testbed.train_reward [--threads 2] [--seed 0] [--out PATH] [--data CACHE.npz]
-                                          [--set steps=1200 det_steps=1500 ...] [--quick]
+    python -m ttsvar.testbed.train_reward [--threads 2] [--out PATH] [--data CACHE.npz]
+                                          [--set seed=1 steps=1200 det_steps=1500 ...] [--quick]
 
 1. Data: `samples_per_prompt` images of `shapes-tiny` for every *training-split* prompt, spread over
    several (cfg, tau) settings so the reward sees the generator's typical mistakes at many rates. Held-out
@@ -22,7 +22,8 @@
    scored on their own images (`dev_metrics`): how the reward generalises, measured without held-out prompts.
 4. Metrics on fresh samples of training prompts (new seeds, never trained on): within-prompt AUROC, pair
    accuracy, Best-of-8 against random and oracle; the declared scale (std of the scores over generated
-   samples) that potentials divide by. Printed, and stored in the JSON beside the weights.
+   samples) that potentials divide by. Printed, and stored in the JSON beside the weights, with the prompts
+   stage 2 trained on: the model scores with `views` symmetric views onto them (ShapesRewardModel.views_of).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -50,8 +52,11 @@ from .reward import (
     N_SLOTS,
     ShapesRewardConfig,
     ShapesRewardModel,
+    apply_symmetry,
+    map_prompt,
     save_shapes_reward,
     slot_features,
+    symmetry_table,
 )
 from .reward_metrics import ranking_metrics
 from .train_vae import autocast
@@ -105,6 +110,9 @@ class RewardTrainConfig:
     gen_batch: int = 384  # rows per generator forward while sampling
     augment: float = 0.75  # share of prompt groups seen under a random symmetry of the world (`symmetries`)
     dev: bool = False  # hold `DEV_COMBOS` out of stage 2 and report the model's metrics on them (`dev_metrics`)
+    # symmetric views the trained reward averages (ShapesRewardConfig.views); validation, the kept weights and
+    # the declared scale use them (docs/testbed.md, "Symmetric views")
+    views: int = 8
 
 
 # A compositional dev split inside the training prompts, shaped like `world.HELDOUT`. With `dev=True` stage 2
@@ -122,6 +130,8 @@ DEV_COMBOS: dict[str, frozenset] = {
 
 def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256) -> np.ndarray:
     """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3]."""
+    if not prompts:
+        return np.zeros((0, k, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
     rows = Rows.for_prompts(k, seeds)
     out = []
     for s in range(0, len(rows), batch):
@@ -162,18 +172,55 @@ def label(ev: ShapesEvaluator, images: np.ndarray, metadata: list[dict]) -> tupl
     return correct, partial
 
 
-def make_data(gen, tc: RewardTrainConfig, log=print) -> dict:
-    """Samples of every training prompt under SETTINGS, with labels for their own and extra prompts."""
+_WORKER_GEN: dict = {}
+
+
+def _sample_part(gen, generator: str | None, cfg: float, tau: float, prompts: list[str], k: int, seeds: list[int],
+                 batch: int) -> np.ndarray:
+    """`sample_images` under one sampling setting; `gen` None (in a worker process): load `generator` first."""
+    if gen is None:
+        if generator not in _WORKER_GEN:  # once per worker process, not per task
+            from .model import load_shapes_tiny
+
+            torch.set_num_threads(1)
+            _WORKER_GEN[generator] = load_shapes_tiny(generator)
+        gen = _WORKER_GEN[generator]
+    gen.set_sampling(SamplingConfig(cfg=cfg, tau=tau, top_k=0, top_p=0.0))
+    return sample_images(gen, prompts, k, seeds, batch)
+
+
+def sample_settings(gen, jobs: list[tuple[float, float, int, list[int]]], prompts: list[str], batch: int,
+                    workers: int = 1, generator: str | None = None) -> list[np.ndarray]:
+    """`sample_images` of `prompts` for each (cfg, tau, k, seeds) job. With `workers` > 1 the prompts are split
+    among that many processes of one torch thread each (`generator`: the weights they load): on the 2-core
+    machine the generator's forward gains little from a second thread, and a second process nearly doubles the
+    rate. Rows carry their own seeds and the CPU forward is batch-invariant, so the images are the same for
+    any number of workers (tested)."""
+    if workers <= 1:
+        return [_sample_part(gen, generator, c, t, prompts, k, seeds, batch) for c, t, k, seeds in jobs]
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    cut = np.linspace(0, len(prompts), workers + 1).astype(int)
+    parts = [(a, b) for a, b in zip(cut[:-1], cut[1:])]
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [[pool.submit(_sample_part, None, generator, c, t, prompts[a:b], k, seeds[a:b], batch)
+                    for a, b in parts] for c, t, k, seeds in jobs]
+        return [np.concatenate([f.result() for f in fs]) for fs in futures]
+
+
+def make_data(gen, tc: RewardTrainConfig, log=print, workers: int = 1, generator: str | None = None) -> dict:
+    """Samples of every training prompt under SETTINGS, with labels for their own and extra prompts
+    (`workers`, `generator`: see `sample_settings`)."""
     train = world.prompts_of("train")
     texts = [m["prompt"] for m in train]
     rng = np.random.default_rng(tc.seed)
     images, prompt_idx, setting = [], [], []
     t0 = time.perf_counter()
-    for si, (cfg, tau, share) in enumerate(SETTINGS):
-        k = max(1, round(tc.samples_per_prompt * share))
-        gen.set_sampling(SamplingConfig(cfg=cfg, tau=tau, top_k=0, top_p=0.0))
-        seeds = [int(x) for x in rng.integers(0, 2**31, len(texts))]
-        imgs = sample_images(gen, texts, k, seeds, tc.gen_batch)
+    jobs = [(cfg, tau, max(1, round(tc.samples_per_prompt * share)),
+             [int(x) for x in rng.integers(0, 2**31, len(texts))]) for cfg, tau, share in SETTINGS]
+    for si, imgs in enumerate(sample_settings(gen, jobs, texts, tc.gen_batch, workers, generator)):
+        cfg, tau, k, _ = jobs[si]
         images.append(imgs.reshape(-1, *imgs.shape[2:]))
         prompt_idx.append(np.repeat(np.arange(len(texts)), k))
         setting.append(np.full(len(texts) * k, si))
@@ -202,13 +249,13 @@ def label_matrix(images: np.ndarray, own: np.ndarray, prompts: list[dict]) -> di
     return {"correct": correct, "partial": partial}
 
 
-def make_val(gen, tc: RewardTrainConfig, k: int, seed: int) -> dict:
+def make_val(gen, tc: RewardTrainConfig, k: int, seed: int, workers: int = 1, generator: str | None = None) -> dict:
     """Fresh samples of every training prompt at the default setting (new seeds): the metrics' data."""
     train = world.prompts_of("train")
     texts = [m["prompt"] for m in train]
-    gen.set_sampling(SamplingConfig(cfg=SETTINGS[0][0], tau=SETTINGS[0][1], top_k=0, top_p=0.0))
     seeds = [int(x) for x in np.random.default_rng([seed, 99]).integers(0, 2**31, len(texts))]
-    imgs = sample_images(gen, texts, k, seeds, tc.gen_batch)
+    imgs = sample_settings(gen, [(SETTINGS[0][0], SETTINGS[0][1], k, seeds)], texts, tc.gen_batch, workers,
+                           generator)[0]
     correct, partial = label(ShapesEvaluator(), imgs.reshape(-1, *imgs.shape[2:]), [m for m in train for _ in range(k)])
     return {"images": imgs, "correct": correct.reshape(len(texts), k), "partial": partial.reshape(len(texts), k),
             "prompts": texts, "tags": [m["tag"] for m in train]}
@@ -290,53 +337,18 @@ def ranking_loss(scores: torch.Tensor, graded: torch.Tensor) -> torch.Tensor:
 
 
 def symmetries(prompts: list[str], n: int, seed: int) -> dict[str, torch.Tensor]:
-    """`n` random symmetries of the shapes world (index 0 is the identity) and what they do to slot features
-    and prompts. Relabelling colours (a permutation of the palette) or shapes in both the image and the prompt,
-    or mirroring the image and swapping "left"/"right" ("above"/"below") in the prompt, leaves the exact
-    evaluator's verdict unchanged, so a transformed (image, prompt) pair keeps its label. Training on them
+    """`n` random symmetries of the shapes world (`symmetry_table`: index 0 is the identity) and what they do
+    to slot features and prompts. A transformed (image, prompt) pair keeps its label, so training on them
     teaches the fusion to match words to slots by identity instead of memorising which combinations occur.
 
-    Returns ``slots`` int64 [n, N_SLOTS] (new slot j reads old slot ``slots[t, j]``), ``flip`` bool [n, 2]
-    (mirror x, mirror y) and ``prompt`` int64 [n, P]: the index of each transformed prompt among `prompts`,
-    -1 where it is not one of them (a pair whose prompt leaves the list is not trained on, so the symmetries
-    never introduce a prompt outside the training list)."""
-    colors, shapes = list(world.PALETTE), list(world.SHAPES)
-    nc = len(colors) + 1
+    Returns ``slots`` int64 [n, N_SLOTS] and ``flip`` bool [n, 2] (for `apply_symmetry`) and ``prompt`` int64
+    [n, P]: the index of each transformed prompt among `prompts`, -1 where it is not one of them (a pair whose
+    prompt leaves the list is not trained on, so the symmetries never introduce a prompt outside the training
+    list)."""
+    table = symmetry_table(n, seed)
     index = {p: i for i, p in enumerate(prompts)}
-    rng = np.random.default_rng(seed)
-    slots = np.zeros((n, len(shapes) * nc), np.int64)
-    flip = np.zeros((n, 2), bool)
-    pmap = np.zeros((n, len(prompts)), np.int64)
-    for t in range(n):
-        pc = np.arange(len(colors)) if t == 0 else rng.permutation(len(colors))
-        ps = np.arange(len(shapes)) if t == 0 else rng.permutation(len(shapes))
-        fx, fy = (False, False) if t == 0 else (bool(rng.integers(2)), bool(rng.integers(2)))
-        for s_old in range(len(shapes)):
-            for c_old in range(nc):
-                c_new = pc[c_old] if c_old < len(colors) else c_old
-                slots[t, ps[s_old] * nc + c_new] = s_old * nc + c_old
-        words = {colors[i]: colors[pc[i]] for i in range(len(colors))}
-        words.update({shapes[i]: shapes[ps[i]] for i in range(len(shapes))})
-        words.update({world.PLURALS[shapes[i]]: world.PLURALS[shapes[ps[i]]] for i in range(len(shapes))})
-        if fx:
-            words.update(left="right", right="left")
-        if fy:
-            words.update(above="below", below="above")
-        flip[t] = fx, fy
-        pmap[t] = [index.get(" ".join(words.get(w, w) for w in p.split()), -1) for p in prompts]
-    return {"slots": torch.from_numpy(slots), "flip": torch.from_numpy(flip), "prompt": torch.from_numpy(pmap)}
-
-
-def apply_symmetry(feats: torch.Tensor, sym: dict[str, torch.Tensor], t: torch.Tensor) -> torch.Tensor:
-    """Slot features [B, N_SLOTS, F] seen under symmetry `t` [B] of `symmetries`. Mirroring maps a slot's
-    centre c to 1 - c (its mass-weighted mean of 1 - cell centre: count / max(count, 1e-3) - c, exact for
-    the near-empty slots too); counts, spreads and areas do not change."""
-    out = feats[torch.arange(len(t))[:, None], sym["slots"][t]].clone()  # [B, N_SLOTS, F]
-    full = out[..., 0] / out[..., 0].clamp(min=1e-3)
-    for axis in (0, 1):
-        m = sym["flip"][t, axis][:, None]  # [B, 1]
-        out[..., 1 + axis] = torch.where(m, full - out[..., 1 + axis], out[..., 1 + axis])
-    return out
+    pmap = [[index.get(map_prompt(p, words), -1) for p in prompts] for words in table["words"]]
+    return {"slots": table["slots"], "flip": table["flip"], "prompt": torch.tensor(pmap, dtype=torch.int64)}
 
 
 def tag_of(prompt: str) -> str:
@@ -445,6 +457,9 @@ def train_reward(model: ShapesRewardModel, data: dict, tc: RewardTrainConfig, lo
     if tc.hard_negatives:
         same_tag = [n if len(n) else st for n, st in zip(one_word_neighbours(list(data["prompts"]), pool), same_tag)]
     keep = [p for p, b in enumerate(by_prompt) if len(b) and trainable[p]]
+    # what the fusion is trained on: symmetric views map other prompts onto these (dev prompts stay unseen)
+    model.cfg.trained_prompts = tuple(str(data["prompts"][p]) for p in pool)
+    model.cfg.views = tc.views
     w = prompt_weights([tags[p] for p in keep], tc)
     ids_all = model.tokenize(list(data["prompts"]))  # [P, L]
     sym = symmetries(list(data["prompts"]), 256, tc.seed + 3)
@@ -615,10 +630,9 @@ def dev_metrics(model: ShapesRewardModel, feats: torch.Tensor, data: dict, k: in
 @torch.no_grad()
 def _score_features(model: ShapesRewardModel, feats: torch.Tensor, prompts: list[str], k: int,
                     batch: int = 1024) -> np.ndarray:
-    """Scores [P, k] of precomputed slot features [P * k, ...] for their own prompts [P]."""
-    ids = model.tokenize(prompts).repeat_interleave(k, 0)
-    out = [model.score_tokens(model.encode_slots(feats[s:s + batch]), ids[s:s + batch])
-           for s in range(0, len(ids), batch)]
+    """Scores [P, k] of precomputed slot features [P * k, ...] for their own prompts [P] (the model's views)."""
+    rows = [p for p in prompts for _ in range(k)]
+    out = [model.score_features(feats[s:s + batch], rows[s:s + batch]) for s in range(0, len(rows), batch)]
     return torch.cat(out).float().numpy().reshape(len(prompts), k)
 
 
@@ -626,12 +640,13 @@ def _score_features(model: ShapesRewardModel, feats: torch.Tensor, prompts: list
 
 
 @torch.no_grad()
-def score_grid(model: ShapesRewardModel, images_u8: np.ndarray, prompts: list[str], batch: int = 512) -> np.ndarray:
-    """Scores [P, K] of images [P, K, H, W, 3] for their own prompts [P]."""
+def score_grid(model: ShapesRewardModel, images_u8: np.ndarray, prompts: list[str], batch: int = 512,
+               views: int | None = None) -> np.ndarray:
+    """Scores [P, K] of images [P, K, H, W, 3] for their own prompts [P] (`views` None: the model's)."""
     P, K = images_u8.shape[:2]
     flat = images_u8.reshape(P * K, *images_u8.shape[2:])
-    ids = model.tokenize(prompts).repeat_interleave(K, 0)
-    out = [model(to_tensor(flat[s:s + batch]), ids[s:s + batch]) for s in range(0, P * K, batch)]
+    rows = [p for p in prompts for _ in range(K)]
+    out = [model.score(to_tensor(flat[s:s + batch]), rows[s:s + batch], views) for s in range(0, P * K, batch)]
     return torch.cat(out).float().numpy().reshape(P, K)
 
 
@@ -652,8 +667,8 @@ def position_direction(model, images_u8: np.ndarray, correct: np.ndarray, prompt
         if tag_of(p) != "position" or flipped in held or not ok.any():
             continue
         x = to_tensor(images_u8[i][ok])
-        s_p = model(x, model.tokenize([p] * len(x)))
-        s_q = model(x, model.tokenize([flipped] * len(x)))
+        s_p = model.score(x, [p] * len(x))
+        s_q = model.score(x, [flipped] * len(x))
         above += int((s_p > s_q).sum())
         total += len(x)
     return {"direction": above / total if total else float("nan"), "pairs": total}
@@ -677,10 +692,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(DEFAULT_WEIGHTS))
     p.add_argument("--generator", default=None, help="shapes-tiny weights (default: the shipped ones)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes that sample the data (one torch thread each; default: 2, or 1 on one core)")
     p.add_argument("--data", default=None, help="cache the generated data set in this .npz (reused if present)")
     p.add_argument("--quick", action="store_true", help="a tiny budget (smoke test)")
     p.add_argument("--set", nargs="*", default=[], help="RewardTrainConfig overrides, e.g. steps=100")
     a = p.parse_args(argv)
+    if a.workers < 1:
+        print(f"error: --workers {a.workers}: use 1 or more sampling processes", file=sys.stderr)
+        return 2
     if a.threads:
         torch.set_num_threads(a.threads)
     tc = RewardTrainConfig()
@@ -726,10 +746,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"data: {len(data['images'])} images (+ {val['images'].shape[:2]} validation) from {cache}")
     else:
         print(f"data: sampling shapes-tiny for {len(world.prompts_of('train'))} training prompts")
-        data = make_data(gen, tc)
+        data = make_data(gen, tc, workers=a.workers, generator=a.generator)
         timings["data_s"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        val = make_val(gen, tc, tc.val_per_prompt, tc.seed)
+        val = make_val(gen, tc, tc.val_per_prompt, tc.seed, a.workers, a.generator)
         timings["val_data_s"] = time.perf_counter() - t0
         data["prompts"] = [str(x) for x in data["prompts"]]
         if cache:
@@ -749,6 +769,9 @@ def main(argv: list[str] | None = None) -> int:
     scores = score_grid(model, val["images"], val["prompts"])
     metrics = ranking_metrics(scores, val["correct"], val["tags"], k=min(8, tc.val_per_prompt))
     metrics["score_scale"] = float(scores.std())  # over all generated samples of all prompts, like ImageReward's
+    # the scale of one view too, for a user who scores with views=1 (declared_scale picks by views)
+    score_scales = {str(tc.views): metrics["score_scale"],
+                    "1": float(score_grid(model, val["images"], val["prompts"], views=1).std())}
     metrics["within_prompt_std"] = float(scores.std(1).mean())
     metrics["position_direction"] = position_direction(model, val["images"], val["correct"], val["prompts"])
     timings["total_s"] = time.perf_counter() - t_start
@@ -758,8 +781,8 @@ def main(argv: list[str] | None = None) -> int:
           f"gap closed {metrics['gap_closed']:.2f}); score scale {metrics['score_scale']:.3f}; position direction "
           f"{metrics['position_direction']['direction']:.3f} over {metrics['position_direction']['pairs']} images")
     print(f"time: {json.dumps({k: round(v) for k, v in timings.items()})}")
-    meta = {"score_scale": metrics["score_scale"], "metrics": metrics, "detector_metrics": det,
-            "train_config": asdict(tc),
+    meta = {"score_scale": metrics["score_scale"], "score_scales": score_scales, "metrics": metrics,
+            "detector_metrics": det, "train_config": asdict(tc),
             "settings": [list(s) for s in SETTINGS], "loss": losses[:: max(1, len(losses) // 200)],
             "loss_first": losses[0], "loss_last": float(np.mean(losses[-20:])), "timings_s": timings,
             "detector_loss": curves["detector"][:: max(1, len(curves["detector"]) // 100)],
