@@ -478,6 +478,8 @@ def test_tag_weights_shift_the_batches_and_bad_ones_name_the_field(capsys):
             parse_tag_weights(bad)
     assert main(["--set", "tag_weights=position=-1"]) == 2
     assert "tag_weights: 'position=-1': the weight must be above 0" in capsys.readouterr().err
+    assert main(["--set", "views=0"]) == 2 and "views=0" in capsys.readouterr().err
+    assert main(["--workers", "0"]) == 2 and "--workers 0" in capsys.readouterr().err
 
 
 def test_mirrored_position_images_are_labelled_by_the_evaluator():

@@ -1,6 +1,6 @@
 """Train `shapes-reward` on samples of the embedded generator, labelled by the exact evaluator.
 
-    python -m ttsvar.testbed.train_reward [--threads 2] [--out PATH] [--data CACHE.npz]
+    python -m ttsvar.testbed.train_reward [--threads 2] [--workers 2] [--out PATH] [--data CACHE.npz]
                                           [--set seed=1 steps=1200 det_steps=1500 ...] [--quick]
 
 1. Data: `samples_per_prompt` images of `shapes-tiny` for every *training-split* prompt, spread over
@@ -191,11 +191,9 @@ def _sample_part(gen, generator: str | None, cfg: float, tau: float, prompts: li
 
 def sample_settings(gen, jobs: list[tuple[float, float, int, list[int]]], prompts: list[str], batch: int,
                     workers: int = 1, generator: str | None = None) -> list[np.ndarray]:
-    """`sample_images` of `prompts` for each (cfg, tau, k, seeds) job. With `workers` > 1 the prompts are split
-    among that many processes of one torch thread each (`generator`: the weights they load): on the 2-core
-    machine the generator's forward gains little from a second thread, and a second process nearly doubles the
-    rate. Rows carry their own seeds and the CPU forward is batch-invariant, so the images are the same for
-    any number of workers (tested)."""
+    """`sample_images` of `prompts` for each (cfg, tau, k, seeds) job; with `workers` > 1 split among that many
+    processes of one torch thread each (`generator`: the weights they load; 12% faster than two threads on the
+    2-core machine). Rows carry their own seeds and the CPU forward is batch-invariant: same images (tested)."""
     if workers <= 1:
         return [_sample_part(gen, generator, c, t, prompts, k, seeds, batch) for c, t, k, seeds in jobs]
     import multiprocessing as mp
@@ -730,6 +728,9 @@ def main(argv: list[str] | None = None) -> int:
         parse_tag_weights(tc.tag_weights)
     except ValueError as e:
         print(f"error: --set {e}", file=sys.stderr)
+        return 2
+    if tc.views < 1:
+        print(f"error: --set views={tc.views}: the symmetric views per score are 1 or more", file=sys.stderr)
         return 2
     from .model import load_shapes_tiny
 
