@@ -208,6 +208,7 @@ def test_a_view_average_is_the_mean_of_its_views():
         torch.testing.assert_close(got[b], torch.cat(ref).mean(), atol=1e-5, rtol=0)
     torch.testing.assert_close(model.score(x, prompts, views=1), model(x, model.tokenize(prompts)), atol=1e-6, rtol=0)
     assert not torch.allclose(got[:3], model(x, model.tokenize(prompts))[:3], atol=1e-3)
+    assert model.score(x[:0], []).shape == (0,)
 
 
 @shipped

@@ -344,6 +344,8 @@ class ShapesRewardModel(nn.Module):
         """`score` from slot features [B, N_SLOTS, SLOT_FEATURES] (the trainer caches them). The detector
         runs once per image; each view permutes and mirrors the slots and maps the prompt's words."""
         views = self.cfg.views if views is None else views
+        if not prompts:
+            return feats.new_zeros(0)
         rows, ts, texts = [], [], []
         for b, p in enumerate(prompts):
             for t, q in self.views_of(p, views):
