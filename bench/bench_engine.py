@@ -206,10 +206,12 @@ def _pareto(rows: list[dict], path: Path, title: str, model: str = "shapes-tiny"
     series = {}
     for r in rows:
         series.setdefault(r["strategy"], []).append(r)
-    for st, rs in series.items():
+    colors = plt.get_cmap("tab20").colors  # more series than the default cycle's 10 colours
+    for i, (st, rs) in enumerate(series.items()):
         rs = sorted(rs, key=lambda r: r["token_forwards"])
         x, y, e = ([r[k] for r in rs] for k in ("token_forwards", "mean", "se"))
-        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=st, linestyle="-" if len(rs) > 1 else "none")
+        ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=st, linestyle="-" if len(rs) > 1 else "none",
+                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
         for r in rs:
             ax.annotate(f"N={r['n']}", (r["token_forwards"], r["mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ttsvar.config import ConfigError, load_config
-from ttsvar.jobs import run_job
+from ttsvar.jobs import run_job, search_plan
 from ttsvar.output import atomic_write_bytes
 
 PROMPTS = ["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle",
@@ -55,14 +55,12 @@ def test_manifest_images_and_traces(tts_run):
         # the saved image scores (up to PNG rounding) what the manifest says
         x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
         assert float(helpers_components.redness(x, [r["prompt"]])) == pytest.approx(r["reward"], abs=2e-3)
-        assert len(r["candidates"]) == 2
+        assert len(r["candidates"]) == search_plan(j, 6)[1].batch_sizes[-1] == 4  # shapes-tiny's defaults: 2n rows
 
 
 def test_traces_follow_the_batch_schedule(tts_run):
-    from search.registry import build_strategy
-
     j, _, out = tts_run
-    plan = build_strategy(j.search).plan(6, 2)
+    plan = search_plan(j, 6)[1]  # the model's TTS-VAR defaults under the job's options, as the job ran
     trace = json.loads((out / "traces" / "0.json").read_text())
     scales = [d["scale"] for d in trace["decisions"]]
     assert scales == [*plan.decision_scales, 5]
@@ -132,10 +130,8 @@ def test_coordinator_keeps_the_strategys_trace_columns():
 
 
 def test_compute_accounting(tts_run):
-    from search.registry import build_strategy
-
     j, summary, out = tts_run
-    plan = build_strategy(j.search).plan(6, 2)
+    plan = search_plan(j, 6)[1]
     tokens = [1, 4, 9, 16, 36, 64]
     expected = sum(b * t for b, t in zip(plan.batch_sizes, tokens)) * 2  # CFG doubles the rows
     for r in manifest(out):

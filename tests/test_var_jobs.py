@@ -151,7 +151,25 @@ def test_var_defaults_and_tts_var_schedule(tmp_path):
     assert search_plan(job, 10)[1].decision_scales == (1, 2, 5)  # the job's options win
     fp = job_fingerprint(job)  # a resume sees the defaults that were used
     assert (fp["search.cluster_scales"], fp["search.resample_scales"]) == ((1, 2), [5])
-    assert job_fingerprint(load_config(None, ["model.name=shapes-tiny"]))["search.cluster_scales"] is None
+    assert job_fingerprint(load_config(None, ["model.name=infinity-2b"]))["search.cluster_scales"] is None
+
+
+def test_shapes_tiny_tts_var_defaults_are_the_testbed_schedule(tmp_path):
+    """shapes-tiny's TTS-VAR defaults (chosen on training prompts, docs/search.md): 2n rows to the end, lam 1;
+    the job's own options still win, and the paper's schedule is one override away."""
+    job = load_config(None, ["model.name=shapes-tiny", "search.n=2", f"prompts={tmp_path}"])
+    strategy, plan = search_plan(job, 6)
+    assert plan.batch_sizes == (8, 8, 6, 6, 4, 4) and plan.decision_scales == (1, 3, 4)
+    assert strategy.lam == 1.0
+    fp = job_fingerprint(job)
+    assert (fp["search.cluster_scales"], fp["search.resample_scales"], fp["search.lam"]) == ((1,), (3, 4), 1.0)
+    paper = load_config(None, ["model.name=shapes-tiny", "search.n=2", "search.options.batch_schedule=[8,6,4,2,1,1]",
+                               "search.options.cluster_scales=[1,2]", "search.options.lam=10"])
+    strategy, plan = search_plan(paper, 6)
+    assert plan.batch_sizes == (16, 16, 12, 8, 4, 2) and strategy.lam == 10.0
+    ablation = load_config(None, ["model.name=shapes-tiny", "search.strategy=cluster-only", "search.n=2"])
+    _, plan = search_plan(ablation, 6)
+    assert plan.batch_sizes == (8, 8, 6, 6, 6, 6)
 
 
 # ----------------------------------------------------------------------------- a whole job
