@@ -152,6 +152,29 @@ def packing_results(out: Path) -> dict[int, tuple]:
     return res
 
 
+def test_released_memory_changes_no_result(tmp_path, monkeypatch):
+    """`runtime.release_memory` (default on) trims the heap once per finished unit; off, it never does; the images,
+    candidates and traces are byte-identical either way."""
+    import platform
+
+    import ttsvar.engine as E
+    from ttsvar.core.memory import can_release_memory, release_free_memory
+
+    if platform.libc_ver()[0] == "glibc":
+        assert can_release_memory() and release_free_memory()
+    calls = []
+    monkeypatch.setattr(E, "release_free_memory", lambda: calls.append(1) or True)
+    common = ("search.strategy=tts-var", "search.n=1", "output.save_candidates=true", "runtime.prompts_per_unit=1")
+    on = job(tmp_path, *common, prompts=PROMPTS[:2], name="on")
+    assert on.runtime.release_memory is True
+    run_job(on)
+    assert len(calls) == 2  # one unit per prompt
+    calls.clear()
+    run_job(job(tmp_path, *common, "runtime.release_memory=false", prompts=PROMPTS[:2], name="off"))
+    assert calls == []
+    assert packing_results(tmp_path / "on") == packing_results(tmp_path / "off")
+
+
 @pytest.mark.parametrize("mode", ["auto", "false"])
 def test_results_do_not_depend_on_packing(tmp_path, mode):
     """One prompt per unit against four per unit with forwards cut into chunks of 5 rows: with the batch-invariant
@@ -265,6 +288,7 @@ def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
     ("runtime.kind=slurm", "runtime.kind"),
     ("runtime.max_rows_per_forward=0", "runtime.max_rows_per_forward"),
     ("runtime.preview=tiny", "runtime.preview='tiny'"),
+    ("runtime.release_memory=sometimes", "release_memory"),
     ("sampling.tau=0", "sampling.tau"),
     ("nonsense.key=1", "nonsense"),
 ])

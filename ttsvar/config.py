@@ -82,6 +82,9 @@ class RuntimeConfig:
     batch_invariant: Any = "auto"
     score_batch: int = 64  # images per reward / feature call; a reward call holds whole prompt groups (rewards.md)
     quiet: bool = False
+    # hand freed heap pages back to the OS after every finished unit (glibc malloc_trim): what a job holds between
+    # units stays near what it uses (ttsvar.core.memory, benchmarks.md). Results do not change.
+    release_memory: bool = True
     # ray only
     address: str | None = None  # None: start a local Ray; "auto" or "ray://host:port": join a cluster
     actors: int | None = None  # generator actors; None: one per GPU, or one on a CPU-only machine

@@ -29,6 +29,7 @@ from search.base import Observation, SearchPlan, Strategy
 
 from .core.errors import is_transient
 from .core.generator import Generator, GenState, Rows, mix64
+from .core.memory import release_free_memory
 
 # ----------------------------------------------------------------------------- messages (picklable)
 
@@ -136,12 +137,14 @@ class Worker:
     (the coordinator hands the strategy only what its plan asks for, and records the rest: `output.save_search_data`).
     `batch_invariant`: every reward and feature call holds one prompt group, so a group's scores do not depend on
     which groups share the unit (with a batch-invariant generator: `runtime.batch_invariant`).
+    `release_memory`: hand freed heap pages back to the OS when a unit is collected or dropped
+    (`ttsvar.core.memory`, glibc; `runtime.release_memory`). Results do not change.
     """
 
     def __init__(self, generator: Generator, reward, features, plan: SearchPlan, *,
                  max_rows_per_forward: int = 64, preview_size: int | None = None, preview: str = "full",
                  score_batch: int = 64, save_previews: bool = False, save_search_data: bool = False,
-                 batch_invariant: bool = False):
+                 batch_invariant: bool = False, release_memory: bool = False):
         if plan.num_scales != generator.num_scales:
             raise ValueError(f"search plan has {plan.num_scales} scales, model has {generator.num_scales}")
         self.gen, self.reward, self.features, self.plan = generator, reward, features, plan
@@ -154,6 +157,7 @@ class Worker:
         self.save_previews = bool(save_previews)
         self.save_search_data = bool(save_search_data)
         self.batch_invariant = bool(batch_invariant)
+        self.release_memory = bool(release_memory)
         self.units: dict[int, _Unit] = {}
         self.on_step = None  # optional callback(unit_id, scale) after every scale, e.g. for a progress bar
 
@@ -201,10 +205,14 @@ class Worker:
             out[p] = imgs[offset + np.asarray(order)]
             pos[p] = order
             offset += n
-        return UnitImages(unit_id, out, pos, u.previews)
+        previews = u.previews
+        del u, imgs
+        self._release()
+        return UnitImages(unit_id, out, pos, previews)
 
     def drop(self, unit_id: int) -> None:
         self.units.pop(unit_id, None)
+        self._release()
 
     # -- internals --------------------------------------------------------------------------------
 
@@ -255,6 +263,10 @@ class Worker:
             offset += n
         counters, u.counters = u.counters, {p: _new_counters() for p in u.unit.prompt_indices}
         return Report(u.unit.unit_id, k, final, groups, counters)
+
+    def _release(self) -> None:
+        if self.release_memory:
+            release_free_memory()
 
     def _confidence(self, u: _Unit) -> np.ndarray | None:
         """float32 [rows, 2] (mean log-prob, mean entropy of each row's tokens at the scale just sampled), in

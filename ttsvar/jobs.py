@@ -436,7 +436,7 @@ def make_worker(job: JobConfig, comp: Components) -> Worker:
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
                   preview_size=comp.preview_size, preview=rt.preview, score_batch=rt.score_batch,
                   save_previews=saves_previews(job), batch_invariant=comp.generator.batch_invariant,
-                  save_search_data=job.output.save_search_data)
+                  save_search_data=job.output.save_search_data, release_memory=rt.release_memory)
 
 
 def job_items(job: JobConfig) -> list[PromptItem]:
