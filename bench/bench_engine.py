@@ -211,7 +211,7 @@ def _pareto(rows: list[dict], path: Path, title: str, model: str = "shapes-tiny"
         rs = sorted(rs, key=lambda r: r["token_forwards"])
         x, y, e = ([r[k] for r in rs] for k in ("token_forwards", "mean", "se"))
         ax.errorbar(x, y, yerr=e, marker="o", capsize=3, label=st, linestyle="-" if len(rs) > 1 else "none",
-                    color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20])
+                    color=colors[2 * i % 20 + i // 10 % 2])  # dark shades first, then the light ones
         for r in rs:
             ax.annotate(f"N={r['n']}", (r["token_forwards"], r["mean"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7)
