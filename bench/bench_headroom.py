@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_engine import _mean_se as mean_se  # the same mean +- standard error as the quality tables
 
 from rewards import create_reward
 from ttsvar.core.generator import Rows
@@ -126,11 +127,6 @@ def policy(v: np.ndarray, R: np.ndarray, r: np.ndarray, kk: int, m: int, signal:
 
 def best_of(v: np.ndarray, R: np.ndarray, n: int) -> float:
     return float(np.mean([v[np.argmax(R[:n, j]), j] for j in range(v.shape[1])]))
-
-
-def mean_se(x) -> tuple[float, float]:
-    x = np.asarray(x, dtype=np.float64)
-    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
 
 
 def main() -> None:
