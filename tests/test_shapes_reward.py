@@ -541,3 +541,36 @@ def test_sampling_in_worker_processes_gives_the_same_images():
     split = sample_settings(None, jobs, texts, 384, workers=2)
     assert [x.shape for x in serial] == [(5, 2, 32, 32, 3), (5, 1, 32, 32, 3)]
     assert all(np.array_equal(a, b) for a, b in zip(serial, split))
+
+
+@pytest.mark.parametrize("fusion_layers", [1, 2])
+def test_fast_scoring_paths_equal_the_plain_transformer(fusion_layers):
+    """The trainer's and the reward's shortcuts are exact: trailing pad columns dropped, only the [CLS] row
+    computed in the last fusion block, and an image's keys shared by its prompt rows instead of copied to each.
+    The reference runs every block on every token, with the full padded length and a copied context."""
+    torch.manual_seed(0)
+    model = build_model(RewardTrainConfig(width=32, det_width=8, fusion_layers=fusion_layers),
+                        _rendered_data(2, 2)["images"]).eval()
+    n_img, prompts = 5, ["a photo of a red circle", "a photo of two squares", "a photo of a blue triangle"]
+    tokens = model.encode_slots(torch.rand(n_img, N_SLOTS, SLOT_FEATURES))
+    ids = model.tokenize(prompts)
+    assert ids.shape[1] > max(len(p.split()) for p in prompts)  # there is padding to drop
+    which = torch.arange(n_img).repeat_interleave(len(prompts))  # image-major, as the trainer builds it
+    text_index = torch.arange(len(prompts)).repeat(n_img)
+    with torch.no_grad():
+        fast = model.score_tokens(tokens, None, which, text=model.encode_text(ids), text_index=text_index)
+        # the reference: every token of the padded length through every block, the context copied per row
+        x = torch.cat([model.cls.expand(len(prompts), -1, -1), model.word_embed(ids)], 1) + model.text_pos
+        mask = torch.cat([torch.ones(len(prompts), 1, dtype=torch.bool), ids != 0], 1)
+        for blk in model.text_blocks:
+            x = blk(x, mask=mask)
+        x, mask, ctx = x[text_index], mask[text_index], tokens[which]
+        for blk in model.fusion_blocks:
+            x = blk(x, mask=mask, ctx=ctx)
+        ref = model.head(model.ln_f(x[:, 0]))[:, 0]
+    torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+    shuffled = torch.randperm(len(which))  # rows in any order take the copying path: the same scores
+    with torch.no_grad():
+        other = model.score_tokens(tokens, None, which[shuffled], text=model.encode_text(ids),
+                                   text_index=text_index[shuffled])
+    torch.testing.assert_close(other, ref[shuffled], atol=1e-5, rtol=1e-5)

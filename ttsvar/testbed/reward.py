@@ -220,8 +220,17 @@ class Attention(nn.Module):
         B, T, C = x.shape
         kv = x if kv is None else kv
         Tk, H = kv.shape[1], self.heads
-        q = self.q(x).view(B, T, H, C // H).transpose(1, 2)  # [B, H, T, C/H]
         kvp = self.kv(kv)  # [B or B_ctx, Tk, 2C]
+        Bk = kvp.shape[0]
+        if kv_index is not None and mask is None and B % Bk == 0 and torch.equal(
+                kv_index, torch.arange(Bk, device=kv_index.device).repeat_interleave(B // Bk)):
+            # consecutive query rows share a context (one image, several prompts): fold them into one query
+            # sequence per context instead of copying the context's keys and values to every row
+            q = self.q(x).reshape(Bk, (B // Bk) * T, H, C // H).transpose(1, 2)  # [Bk, H, (B/Bk)*T, C/H]
+            k, v = kvp.view(Bk, Tk, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x [Bk, H, Tk, C/H]
+            y = F.scaled_dot_product_attention(q, k, v)  # [Bk, H, (B/Bk)*T, C/H]
+            return self.proj(y.transpose(1, 2).reshape(B, T, C))
+        q = self.q(x).view(B, T, H, C // H).transpose(1, 2)  # [B, H, T, C/H]
         if kv_index is not None:
             kvp = kvp[kv_index]  # [B, Tk, 2C]
         k, v = kvp.view(B, Tk, 2, H, C // H).permute(2, 0, 3, 1, 4)  # 2 x [B, H, Tk, C/H]
@@ -253,8 +262,15 @@ class Block(nn.Module):
         self.mlp = MLP(width, mlp_ratio)
 
     def forward(self, x: Tensor, mask: Tensor | None = None, ctx: Tensor | None = None,
-                ctx_index: Tensor | None = None) -> Tensor:
-        x = x + self.attn(self.ln_1(x), mask=mask)
+                ctx_index: Tensor | None = None, first_only: bool = False) -> Tensor:
+        """x [B, T, W] -> [B, T, W], or [B, 1, W] with `first_only`: only the first token's output, which is
+        all the last block feeds the head; every token still serves as a key (the same numbers, T times less
+        query-side work)."""
+        if first_only:
+            h = self.ln_1(x)
+            x = x[:, :1] + self.attn(h[:, :1], kv=h, mask=mask)
+        else:
+            x = x + self.attn(self.ln_1(x), mask=mask)
         if self.cross is not None:
             x = x + self.cross(self.ln_x(x), kv=ctx, kv_index=ctx_index)
         return x + self.mlp(self.ln_2(x))
@@ -310,8 +326,12 @@ class ShapesRewardModel(nn.Module):
         return self.encode_slots(slot_features(self.detect(images)))
 
     def encode_text(self, ids: Tensor) -> tuple[Tensor, Tensor]:
-        """ids [B, L] (0 = pad) -> (tokens [B, 1 + L, W] after the text blocks, key mask [B, 1 + L])."""
+        """ids [B, L] (0 = pad) -> (tokens [B, 1 + L', W] after the text blocks, key mask [B, 1 + L']), L' <= L
+        the longest prompt's words."""
         B = ids.shape[0]
+        # trailing pad columns are masked keys everywhere and their own outputs are never read: drop them
+        used = (ids != 0).any(0).nonzero()
+        ids = ids[:, : int(used.max()) + 1 if len(used) else 0]
         x = torch.cat([self.cls.expand(B, -1, -1), self.word_embed(ids)], dim=1)  # [B, 1+L, W]
         x = x + self.text_pos[:, : x.shape[1]]
         mask = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=ids.device), ids != 0], dim=1)  # [B, 1+L]
@@ -327,8 +347,9 @@ class ShapesRewardModel(nn.Module):
         x, mask = text if text is not None else self.encode_text(ids)
         if text_index is not None:
             x, mask = x[text_index], mask[text_index]
-        for blk in self.fusion_blocks:
-            x = blk(x, mask=mask, ctx=image_tokens, ctx_index=image_index)
+        last = len(self.fusion_blocks) - 1
+        for i, blk in enumerate(self.fusion_blocks):
+            x = blk(x, mask=mask, ctx=image_tokens, ctx_index=image_index, first_only=i == last)
         return self.head(self.ln_f(x[:, 0]))[:, 0]
 
     def forward(self, images: Tensor, ids: Tensor) -> Tensor:
