@@ -62,10 +62,12 @@ PREVIEW = 32
 
 @torch.inference_mode()
 def sample(gen, reward, ev, md: list[dict], k: int, m_cont: int, scales: list[int], seed: int, chunk: int) -> dict:
-    """Per scale s: preview rewards r [P, K], continuation verdicts v and final rewards R [P, K, M]."""
+    """Per scale s: preview rewards r [P, K], continuation verdicts v and final rewards R [P, K, M], and the
+    previews themselves p (uint8 [P, K, PREVIEW, PREVIEW, 3]: another signal can score them later)."""
     prompts = [d["prompt"] for d in md]
     P, S = len(prompts), gen.num_scales
-    out = {s: {"r": np.zeros((P, k)), "v": np.zeros((P, k, m_cont)), "R": np.zeros((P, k, m_cont))} for s in scales}
+    out = {s: {"r": np.zeros((P, k)), "v": np.zeros((P, k, m_cont)), "R": np.zeros((P, k, m_cont)),
+               "p": np.zeros((P, k, PREVIEW, PREVIEW, 3), np.uint8)} for s in scales}
     for c0 in range(0, P, chunk):
         idx = list(range(c0, min(P, c0 + chunk)))
         rows = Rows.for_prompts(k, [seed + i for i in idx], prompt_indices=list(range(len(idx))))
@@ -92,6 +94,7 @@ def sample(gen, reward, ev, md: list[dict], k: int, m_cont: int, scales: list[in
                          dtype=np.float64)
             n = len(idx)
             out[sc]["r"][idx] = r.reshape(n, k)
+            out[sc]["p"][idx] = to_uint8(prev).reshape(n, k, *out[sc]["p"].shape[2:])
             out[sc]["v"][idx] = v.reshape(n, k, m_cont)
             out[sc]["R"][idx] = R.reshape(n, k, m_cont)
         print(f"  prompts {idx[-1] + 1}/{P}", file=sys.stderr, flush=True)
@@ -158,11 +161,11 @@ def main() -> None:
     md = world.eval_prompts(a.per_tag, seed=a.prompt_seed, split="train")
     if a.data and Path(a.data).is_file():  # re-tabulate without sampling again
         z = np.load(a.data)
-        data = {s: {x: z[f"{x}{s}"] for x in ("r", "v", "R")} for s in sorted(a.scales)}
+        data = {s: {x: z[f"{x}{s}"] for x in ("r", "v", "R", "p") if f"{x}{s}" in z} for s in sorted(a.scales)}
     else:
         data = sample(gen, reward, ShapesEvaluator(), md, a.k, a.m_cont, sorted(a.scales), a.seed, a.chunk)
         if a.data:
-            np.savez(a.data, **{f"{x}{s}": d[x] for s, d in data.items() for x in ("r", "v", "R")})
+            np.savez(a.data, **{f"{x}{s}": d[x] for s, d in data.items() for x in ("r", "v", "R", "p")})
     wall = time.perf_counter() - t0
 
     tokens = [gen.tokens_at_scale(s) for s in range(S)]
