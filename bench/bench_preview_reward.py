@@ -30,31 +30,10 @@ import torch
 from bench_engine import _mean_se as mean_se
 from bench_headroom import PREVIEW, best_of, policy
 
-from ttsvar.core.generator import Rows
-from ttsvar.output import to_uint8
 from ttsvar.testbed import world
 from ttsvar.testbed.model import load_shapes_tiny
 from ttsvar.testbed.reward import load_shapes_reward
-from ttsvar.testbed.train_reward import RewardTrainConfig, label_matrix, train_reward
-
-
-@torch.inference_mode()
-def sample_with_previews(gen, prompts: list[str], k: int, seeds: list[int], scales: list[int],
-                         batch: int = 384) -> tuple[dict[int, np.ndarray], np.ndarray]:
-    """`k` plain samples per prompt: previews {s: uint8 [P*k, PREVIEW, PREVIEW, 3]} after each scale s and the
-    final images uint8 [P*k, H, W, 3], prompt-major."""
-    rows = Rows.for_prompts(k, seeds)
-    prev: dict[int, list[np.ndarray]] = {s: [] for s in scales}
-    finals = []
-    for s0 in range(0, len(rows), batch):
-        sub = rows.select(np.arange(s0, min(len(rows), s0 + batch)))
-        state = gen.start(prompts, sub)
-        for sc in range(gen.num_scales):
-            state = gen.step(state)
-            if sc in prev:
-                prev[sc].append(to_uint8(gen.preview(state, PREVIEW).float().clamp(0, 1)))
-        finals.append(to_uint8(gen.finish(state).float().clamp(0, 1)))
-    return {s: np.concatenate(v) for s, v in prev.items()}, np.concatenate(finals)
+from ttsvar.testbed.train_reward import RewardTrainConfig, label_matrix, sample_images, train_reward
 
 
 def within_auroc(score: np.ndarray, target: np.ndarray) -> float:
@@ -97,7 +76,11 @@ def main() -> None:
         previews, finals = {s: d[f"p{s}"] for s in a.scales}, d["finals"]
     else:
         seeds = [int(x) for x in np.random.default_rng([a.seed, 99]).integers(0, 2**31, len(texts))]
-        previews, finals = sample_with_previews(gen, texts, a.per_prompt, seeds, a.scales)
+        prev: dict[int, list[np.ndarray]] = {s: [] for s in a.scales}
+        with torch.inference_mode():
+            finals = sample_images(gen, texts, a.per_prompt, seeds, 384, previews=prev, preview_size=PREVIEW)
+        finals = finals.reshape(-1, *finals.shape[2:])
+        previews = {s: np.concatenate(v) for s, v in prev.items()}
         if a.data:
             np.savez(a.data, finals=finals, **{f"p{s}": v for s, v in previews.items()})
     own = np.repeat(np.arange(len(texts)), a.per_prompt)

@@ -128,8 +128,10 @@ DEV_COMBOS: dict[str, frozenset] = {
 # ----------------------------------------------------------------------------------------------- data
 
 
-def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256) -> np.ndarray:
-    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3]."""
+def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256,
+                  previews: dict[int, list[np.ndarray]] | None = None, preview_size: int = 32) -> np.ndarray:
+    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3].
+    `previews` {scale: []}: each batch's uint8 previews after that scale [rows, size, size, 3] are appended."""
     if not prompts:
         return np.zeros((0, k, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
     rows = Rows.for_prompts(k, seeds)
@@ -137,8 +139,10 @@ def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int 
     for s in range(0, len(rows), batch):
         sub = rows.select(np.arange(s, min(len(rows), s + batch)))
         state = gen.start(prompts, sub)
-        for _ in range(gen.num_scales):
+        for sc in range(gen.num_scales):
             state = gen.step(state)
+            if previews is not None and sc in previews:
+                previews[sc].append(to_uint8(gen.preview(state, preview_size).float().clamp(0, 1)))
         out.append(to_uint8(gen.finish(state)))
     return np.concatenate(out).reshape(len(prompts), k, *out[0].shape[1:])
 
