@@ -130,8 +130,8 @@ DEV_COMBOS: dict[str, frozenset] = {
 
 def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256,
                   previews: dict[int, list[np.ndarray]] | None = None, preview_size: int = 32) -> np.ndarray:
-    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3].
-    `previews` {scale: []}: each batch's uint8 previews after that scale [rows, size, size, 3] are appended."""
+    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3]; with
+    `previews` {scale: []}, each batch's uint8 previews [rows, size, size, 3] after that scale are appended."""
     if not prompts:
         return np.zeros((0, k, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
     rows = Rows.for_prompts(k, seeds)
