@@ -574,3 +574,26 @@ def test_fast_scoring_paths_equal_the_plain_transformer(fusion_layers):
         other = model.score_tokens(tokens, None, which[shuffled], text=model.encode_text(ids),
                                    text_index=text_index[shuffled])
     torch.testing.assert_close(other, ref[shuffled], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("module", ["train", "train_var", "train_reward"])
+def test_every_testbed_trainer_rejects_bad_overrides_in_one_line(module, capsys):
+    """The three trainers share `apply_overrides`: an unknown key, a missing `=`, a value of the wrong type and
+    a boolean word are one-line errors (exit 2) before any data is built, not tracebacks."""
+    import importlib
+
+    from ttsvar.testbed.overrides import apply_overrides
+    from ttsvar.testbed.train import TestbedConfig
+
+    main = importlib.import_module(f"ttsvar.testbed.{module}").main
+    for bad, says in (["nope=1", "expected key=value with key in"], ["seed", "expected key=value"],
+                      ["seed=x", "seed must be a int"]):
+        assert main(["--set", bad]) == 2
+        err = capsys.readouterr().err
+        assert says in err and err.count("\n") == 1 and "Traceback" not in err
+    tc = TestbedConfig()
+    apply_overrides(tc, ["gen_steps=7", "gen_lr=0.5", "amp=fp32"])
+    assert (tc.gen_steps, tc.gen_lr, tc.amp) == (7, 0.5, "fp32")
+    rc = RewardTrainConfig()
+    apply_overrides(rc, ["dev=false", "hard_negatives=1"])  # bool("false") would be True
+    assert rc.dev is False and rc.hard_negatives is True

@@ -29,6 +29,7 @@ from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
+from .overrides import apply_overrides
 from .train_vae import (
     StepLog,
     adamw_no_decay_1d,
@@ -195,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     tc = TestbedConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
-    for kv in args.set:
-        k, v = kv.split("=", 1)
-        if not hasattr(tc, k):
-            raise SystemExit(f"unknown TestbedConfig field {k!r}; fields: {', '.join(asdict(tc))}")
-        setattr(tc, k, type(getattr(tc, k))(v))
-    amp_dtype(tc)  # a bad value fails here, not after the data is built
+    try:
+        apply_overrides(tc, args.set)
+        amp_dtype(tc)  # a bad value fails here, not after the data is built
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     out, device = Path(args.out), torch.device(args.device)
     command = "python -m ttsvar.testbed.train " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all = time.time()

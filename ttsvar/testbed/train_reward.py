@@ -34,7 +34,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,7 @@ from ..eval.geneval import check_metadata
 from ..output import to_uint8
 from . import world
 from .evaluator import ShapesEvaluator
+from .overrides import apply_overrides
 from .reward import (
     DEFAULT_WEIGHTS,
     DENSITY_SCALE,
@@ -710,24 +711,11 @@ def main(argv: list[str] | None = None) -> int:
         tc = RewardTrainConfig(samples_per_prompt=4, val_per_prompt=2, steps=3, prompts_per_batch=4,
                                images_per_prompt=2, width=32, det_width=8, fusion_layers=1, warmup=1,
                                det_steps=3, det_batch=4)
-    types = {f.name: f.type for f in fields(RewardTrainConfig)}
-    for kv in a.set:
-        key, sep, val = kv.partition("=")
-        if not sep or key not in types:
-            print(f"error: --set {kv!r}: expected key=value with key in {sorted(types)}", file=sys.stderr)
-            return 2
-        kind = type(getattr(tc, key))
-        if kind is bool:  # bool("false") is True
-            if val.lower() not in ("true", "false", "1", "0"):
-                print(f"error: --set {kv!r}: {key} is true or false", file=sys.stderr)
-                return 2
-            setattr(tc, key, val.lower() in ("true", "1"))
-        else:
-            try:
-                setattr(tc, key, kind(val))
-            except ValueError:
-                print(f"error: --set {kv!r}: {key} must be a {kind.__name__}", file=sys.stderr)
-                return 2
+    try:
+        apply_overrides(tc, a.set)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     try:
         parse_tag_weights(tc.tag_weights)
     except ValueError as e:

@@ -1,0 +1,31 @@
+"""`--set key=value` overrides of a training script's config dataclass (the testbed's three trainers)."""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+TRUE, FALSE = ("true", "1"), ("false", "0")
+
+
+def apply_overrides(cfg: Any, pairs: list[str]) -> None:
+    """Set each `key=value` of `pairs` on the dataclass instance `cfg`, converted to the type of the field's
+    current value (int, float, str; booleans read as true/false/1/0, since bool("false") is True). Called by a
+    trainer's `main` before anything is built; a bad pair raises ValueError with a one-line message naming it."""
+    names = sorted(f.name for f in fields(cfg))
+    for kv in pairs:
+        key, sep, val = kv.partition("=")
+        if not sep or key not in names:
+            raise ValueError(f"--set {kv!r}: expected key=value with key in {names}")
+        kind = type(getattr(cfg, key))
+        if kind is bool:
+            if val.lower() not in TRUE + FALSE:
+                raise ValueError(f"--set {kv!r}: {key} is true or false")
+            setattr(cfg, key, val.lower() in TRUE)
+        elif kind in (int, float, str):
+            try:
+                setattr(cfg, key, kind(val))
+            except ValueError:
+                raise ValueError(f"--set {kv!r}: {key} must be a {kind.__name__}") from None
+        else:
+            raise ValueError(f"--set {kv!r}: {key} holds a {kind.__name__}, which --set cannot write")
