@@ -25,6 +25,8 @@ scale s and T all of them. Signals:
           that is scored is never used to rank), ties broken by the preview reward: an upper bound for any
           preview reward or value model at that scale (up to the noise of M-1 samples).
   reward  the default reward of the scale-s preview (what TTS-VAR's resampling uses).
+  entropy the mean over scales 1..s of minus the mean token entropy of the row's sampled tokens (what the
+          reward-free `confidence` strategy prunes by; no preview, no reward).
   random  m of the K' prefixes uniformly at random (mean over 16 draws).
 Every policy value averages over the continuation index j (each j gives one independent outcome per prefix).
 Baselines on the same samples: Best-of-n = the first n prefixes with continuation j, picked by R.
@@ -67,17 +69,23 @@ def sample(gen, reward, ev, md: list[dict], k: int, m_cont: int, scales: list[in
     prompts = [d["prompt"] for d in md]
     P, S = len(prompts), gen.num_scales
     out = {s: {"r": np.zeros((P, k)), "v": np.zeros((P, k, m_cont)), "R": np.zeros((P, k, m_cont)),
-               "p": np.zeros((P, k, PREVIEW, PREVIEW, 3), np.uint8)} for s in scales}
+               "p": np.zeros((P, k, PREVIEW, PREVIEW, 3), np.uint8), "e": np.full((P, k), np.nan)} for s in scales}
     for c0 in range(0, P, chunk):
         idx = list(range(c0, min(P, c0 + chunk)))
         rows = Rows.for_prompts(k, [seed + i for i in idx], prompt_indices=list(range(len(idx))))
         sub_prompts = [prompts[i] for i in idx]
         row_prompts = [sub_prompts[i] for i in rows.prompt_index.tolist()]
         state = gen.start(sub_prompts, rows)
+        neg_entropy = []  # per scale from 1 on: -(mean token entropy) of each row, the `confidence` signal
         for sc in range(max(scales) + 1):
             state = gen.step(state)
+            conf = gen.confidence(state)
+            if sc >= 1 and conf is not None:
+                neg_entropy.append(-conf[:, 1].astype(np.float64))
             if sc not in scales:
                 continue
+            if neg_entropy:  # the mean over scales 1..sc, as `confidence` averages over its prune scales
+                out[sc]["e"][idx] = np.mean(neg_entropy, axis=0).reshape(len(idx), k)
             prev = gen.preview(state, PREVIEW).float().clamp(0, 1)
             r = reward.score(prev, row_prompts).float().cpu().numpy()
             rep = np.repeat(np.arange(len(rows)), m_cont)
@@ -161,11 +169,11 @@ def main() -> None:
     md = world.eval_prompts(a.per_tag, seed=a.prompt_seed, split="train")
     if a.data and Path(a.data).is_file():  # re-tabulate without sampling again
         z = np.load(a.data)
-        data = {s: {x: z[f"{x}{s}"] for x in ("r", "v", "R", "p") if f"{x}{s}" in z} for s in sorted(a.scales)}
+        data = {s: {x: z[f"{x}{s}"] for x in ("r", "v", "R", "p", "e") if f"{x}{s}" in z} for s in sorted(a.scales)}
     else:
         data = sample(gen, reward, ShapesEvaluator(), md, a.k, a.m_cont, sorted(a.scales), a.seed, a.chunk)
         if a.data:
-            np.savez(a.data, **{f"{x}{s}": d[x] for s, d in data.items() for x in ("r", "v", "R", "p")})
+            np.savez(a.data, **{f"{x}{s}": d[x] for s, d in data.items() for x in ("r", "v", "R", "p", "e")})
     wall = time.perf_counter() - t0
 
     tokens = [gen.tokens_at_scale(s) for s in range(S)]
@@ -184,8 +192,11 @@ def main() -> None:
            if n <= a.k}
     print("| Best-of-n | " + " | ".join(f"{n}: {m:.3f} ± {se:.3f}" for n, (m, se) in bon.items()) + " |\n")
     res["best_of"] = {str(n): v for n, v in bon.items()}
-    head = ["s", "grid", "determined", "oracle (K', m)", "oracle score", "reward (K', m)", "reward score",
-            "random (K', m)", "random score", f"Best-of-{a.budget_of}"]
+    # `entropy` (the reward-free `confidence` signal) where the samples recorded it (older caches did not)
+    sigs = ["oracle", "reward"] + (["entropy"] if all("e" in data[s] and not np.isnan(data[s]["e"]).any()
+                                                     for s in a.scales) else []) + ["random"]
+    head = ["s", "grid", "determined"] + [c for sig in sigs for c in (f"{sig} (K', m)", f"{sig} score")] + [
+        f"Best-of-{a.budget_of}"]
     print("| " + " | ".join(head) + " |")
     print("|" + "|".join("---" for _ in head) + "|")
     for s in sorted(a.scales):
@@ -195,13 +206,15 @@ def main() -> None:
         det = [x for x in det if not math.isnan(x)]
         row = {"determined": mean_se(det), "policies": {}}
         best = {}
-        for sig in ("oracle", "reward", "random"):
+        for sig in sigs:
+            score = d["e"] if sig == "entropy" else d["r"]  # what ranks the prefixes (the oracle's tie-break)
             for kk in range(2, a.k + 1):
                 for m in range(1, kk):
                     cost = kk * cum + m * (T - cum)
                     if cost > budget:
                         continue
-                    sc = mean_se([policy(d["v"][p], d["R"][p], d["r"][p], kk, m, sig, rng) for p in range(P)])
+                    how = "reward" if sig == "entropy" else sig
+                    sc = mean_se([policy(d["v"][p], d["R"][p], score[p], kk, m, how, rng) for p in range(P)])
                     row["policies"][f"{sig}:{kk}:{m}"] = {"score": sc, "tokens": cost}
                     if sig not in best or sc[0] > best[sig][2][0]:
                         best[sig] = (kk, m, sc)
@@ -209,7 +222,7 @@ def main() -> None:
         res["scales"][str(s)] = row
         h, w = gen.scale_schedule[s]
         cells = [str(s), f"{h}x{w}", f"{row['determined'][0]:.3f} ± {row['determined'][1]:.3f}"]
-        for sig in ("oracle", "reward", "random"):
+        for sig in sigs:
             kk, m, (mu, se) = best[sig]
             cells += [f"({kk}, {m})", f"{mu:.3f} ± {se:.3f}"]
         cells.append(f"{bon[a.budget_of][0]:.3f}" if a.budget_of in bon else "n/a")
