@@ -136,6 +136,25 @@ def policy(v: np.ndarray, R: np.ndarray, r: np.ndarray, kk: int, m: int, signal:
     return float(np.mean([v[keep[np.argmax(R[keep, j])], j] for j, keep in enumerate(orders)]))
 
 
+def best_policy(v: np.ndarray, R: np.ndarray, score: np.ndarray, how: str, cum: int, T: int, budget: float,
+                rng) -> tuple[tuple[int, int, tuple[float, float]], dict]:
+    """Every single-decision policy (K', m) under `budget` tokens for all prompts (v, R [P, K, M]; score [P, K]
+    ranks the prefixes, `how` as `policy`'s signal; `cum` tokens up to the decision, `T` in all): the best
+    (K', m, (mean, se)) and {"K':m": {"score", "tokens"}} for each one tried."""
+    P, K = score.shape
+    best, tried = None, {}
+    for kk in range(2, K + 1):
+        for m in range(1, kk):
+            cost = kk * cum + m * (T - cum)
+            if cost > budget:
+                continue
+            sc = mean_se([policy(v[p], R[p], score[p], kk, m, how, rng) for p in range(P)])
+            tried[f"{kk}:{m}"] = {"score": sc, "tokens": cost}
+            if best is None or sc[0] > best[2][0]:
+                best = (kk, m, sc)
+    return best, tried
+
+
 def best_of(v: np.ndarray, R: np.ndarray, n: int) -> float:
     return float(np.mean([v[np.argmax(R[:n, j]), j] for j in range(v.shape[1])]))
 
@@ -208,16 +227,9 @@ def main() -> None:
         best = {}
         for sig in sigs:
             score = d["e"] if sig == "entropy" else d["r"]  # what ranks the prefixes (the oracle's tie-break)
-            for kk in range(2, a.k + 1):
-                for m in range(1, kk):
-                    cost = kk * cum + m * (T - cum)
-                    if cost > budget:
-                        continue
-                    how = "reward" if sig == "entropy" else sig
-                    sc = mean_se([policy(d["v"][p], d["R"][p], score[p], kk, m, how, rng) for p in range(P)])
-                    row["policies"][f"{sig}:{kk}:{m}"] = {"score": sc, "tokens": cost}
-                    if sig not in best or sc[0] > best[sig][2][0]:
-                        best[sig] = (kk, m, sc)
+            best[sig], tried = best_policy(d["v"], d["R"], score, "reward" if sig == "entropy" else sig, cum, T,
+                                           budget, rng)
+            row["policies"].update({f"{sig}:{k}": x for k, x in tried.items()})
         row["best"] = {sig: {"k": b[0], "m": b[1], "score": b[2]} for sig, b in best.items()}
         res["scales"][str(s)] = row
         h, w = gen.scale_schedule[s]

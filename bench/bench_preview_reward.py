@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from bench_engine import _mean_se as mean_se
-from bench_headroom import PREVIEW, best_of, policy
+from bench_headroom import PREVIEW, best_of, best_policy
 
 from ttsvar.testbed import world
 from ttsvar.testbed.model import load_shapes_tiny
@@ -90,7 +90,8 @@ def main() -> None:
           f"{labels['correct'][np.arange(len(own)), own].mean():.3f} ({t_data:.0f} s)", file=sys.stderr)
 
     md = world.eval_prompts(a.per_tag, seed=0, split="train")
-    T = sum(gen.tokens_at_scale(s) for s in range(gen.num_scales))
+    tokens = [gen.tokens_at_scale(x) for x in range(gen.num_scales)]
+    T = sum(tokens)
     budget = a.budget_frac * a.budget_of * T
     shipped, meta = load_shapes_reward()
     shipped.eval()
@@ -125,17 +126,9 @@ def main() -> None:
         au = {n: [within_auroc(r[i], target[i]) for i in range(P)] for n, r in (("shipped", r_ship), ("new", r_new))}
         ok = [i for i in range(P) if not np.isnan(au["shipped"][i])]
         diff = mean_se([au["new"][i] - au["shipped"][i] for i in ok])
-        tokens = [gen.tokens_at_scale(x) for x in range(gen.num_scales)]
         cum = sum(tokens[: s + 1])
-        best = {}
-        for name, r, sig in (("shipped", r_ship, "reward"), ("new", r_new, "reward"), ("oracle", r_ship, "oracle")):
-            for kk in range(2, K + 1):
-                for m in range(1, kk):
-                    if kk * cum + m * (T - cum) > budget:
-                        continue
-                    sc = mean_se([policy(v[i], R[i], r[i], kk, m, sig, rng) for i in range(P)])
-                    if name not in best or sc[0] > best[name][2][0]:
-                        best[name] = (kk, m, sc)
+        signals = (("shipped", r_ship, "reward"), ("new", r_new, "reward"), ("oracle", r_ship, "oracle"))
+        best = {name: best_policy(v, R, r, sig, cum, T, budget, rng)[0] for name, r, sig in signals}
         bon = mean_se([best_of(v[i], R[i], a.budget_of) for i in range(P)])
         row = {"auroc_shipped": mean_se([au["shipped"][i] for i in ok]),
                "auroc_new": mean_se([au["new"][i] for i in ok]), "difference": diff, "groups": len(ok),
