@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.generator import Generator, GenState
+from .invariant import batch_invariant
 from .kv import SharedKV
 
 Caches = SharedKV | None
@@ -110,3 +112,58 @@ def gather_rows(x: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | Non
 def concat_rows(xs: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
     """Concatenate per-candidate-row values of states; None unless every state has them."""
     return None if any(x is None for x in xs) else torch.cat(list(xs))
+
+
+class PairedRowsGenerator(Generator):
+    """The part of a built-in family's generator (Infinity, VAR) that only moves rows: CFG as cond/uncond
+    pairs, KV caches in `SharedKV` blocks, the batch-invariant mode around every forward.
+
+    A subclass holds its model and implements `start`, `_step` (one scale, already inside the batch-invariant
+    mode), `_preview`, `_select` (with `compact`), `concat` and `row_keys`; its state has `caches`, `scale`
+    and `cfg_pairs`. `set_sampling` must set `cfg_list`.
+    """
+
+    cfg_list: list[float]
+
+    def _cfg_pairs(self) -> bool:
+        # one answer for all scales: if any scale guides, the unconditional rows need their caches from scale 0
+        return any(c != 1 for c in self.cfg_list)
+
+    def forward_rows_per_candidate(self, k: int) -> int:
+        return 2 if self._cfg_pairs() else 1
+
+    @torch.inference_mode()
+    def step(self, state: GenState) -> GenState:
+        with batch_invariant(self.batch_invariant):
+            return self._step(state)
+
+    def _step(self, state: GenState) -> GenState:
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def preview(self, state: GenState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
+        with batch_invariant(self.batch_invariant):
+            return self._preview(state, size, rows, cheap)
+
+    def _preview(self, state: GenState, size: int | None, rows, cheap: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finish(self, state: GenState, rows=None) -> torch.Tensor:
+        check_finished(state.scale, self.num_scales)
+        return self.preview(state, rows=rows)
+
+    def kv_rows(self, state: GenState) -> list[torch.Tensor]:
+        """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
+        kv = state.caches
+        return [] if kv is None else [t for i in range(kv.num_layers) for t in kv.layer(i)]
+
+    def select(self, state: GenState, index, candidate_id: np.ndarray | None = None) -> GenState:
+        return self._select(state, index, candidate_id)
+
+    def _select(self, state: GenState, index, candidate_id: np.ndarray | None = None,
+                compact: bool = True) -> GenState:
+        """`select`; duplicates share their caches' blocks (`ttsvar.models.kv`), `compact` frees dead ones."""
+        raise NotImplementedError
+
+    def split(self, state: GenState, sizes: Sequence[int]) -> list[GenState]:
+        return split_rows(self._select, state, sizes)

@@ -16,12 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig
+from ...core.generator import GenState, Prompts, Rows, SamplingConfig
 from ..invariant import batch_invariant
 from ..kv import SharedKV
 from ..rows import (
+    PairedRowsGenerator,
     check_concat,
-    check_finished,
     check_index,
     concat_caches,
     concat_rows,
@@ -29,7 +29,6 @@ from ..rows import (
     paired,
     row_hashes,
     select_caches,
-    split_rows,
     to_unit_images,
 )
 from ..sampling import row_uniforms, sample_with_confidence
@@ -93,7 +92,7 @@ def scale_input(vae, summed: torch.Tensor, vae_size: tuple[int, int], patchify: 
     return x.flatten(2).transpose(1, 2)  # [B,h*w,d_vae]
 
 
-class InfinityGenerator(Generator):
+class InfinityGenerator(PairedRowsGenerator):
     """Drives an `Infinity` transformer and a BSQ-VAE scale by scale.
 
     vae: any object with `bits_to_codes(bits [B,h,w,d]) -> [B,d,h,w]`, `upsample_codes(codes, size)`
@@ -122,13 +121,6 @@ class InfinityGenerator(Generator):
         """Called once per job (like a scheduler's set_timesteps) before `start`."""
         cfg, tau = sampling.per_scale(self.num_scales)  # validate first: a bad config leaves the old one in place
         self.sampling, self.cfg_list, self.tau_list = sampling, cfg, tau
-
-    def _cfg_pairs(self) -> bool:
-        # one answer for all scales: if any scale guides, the unconditional rows need their caches from scale 0
-        return any(c != 1 for c in self.cfg_list)
-
-    def forward_rows_per_candidate(self, k: int) -> int:
-        return 2 if self._cfg_pairs() else 1
 
     def check_prompt(self, prompt: str) -> None:
         check = getattr(self.text_encoder, "check_prompt", None)
@@ -174,11 +166,6 @@ class InfinityGenerator(Generator):
         T = max(f.shape[1] for f, _ in parts)
         return (torch.cat([_pad_T(f, T, 1) for f, _ in parts]),
                 torch.cat([_pad_T(m, T, 1, False) for _, m in parts]))
-
-    @torch.inference_mode()
-    def step(self, state: InfinityState) -> InfinityState:
-        with batch_invariant(self.batch_invariant):
-            return self._step(state)
 
     def _step(self, state: InfinityState) -> InfinityState:
         si, B = state.scale, len(state.rows)
@@ -230,11 +217,6 @@ class InfinityGenerator(Generator):
             raise ValueError(f"preview_grid needs a sampled scale in [1, {self.num_scales}], got {scale}")
         return self.vae_schedule[scale - 1 if cheap else -1]
 
-    @torch.inference_mode()
-    def preview(self, state: InfinityState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
-        with batch_invariant(self.batch_invariant):
-            return self._preview(state, size, rows, cheap)
-
     def _preview(self, state: InfinityState, size: int | None, rows, cheap: bool) -> torch.Tensor:
         if state.summed_codes is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
@@ -244,26 +226,13 @@ class InfinityGenerator(Generator):
             codes = self.vae.downsample_codes(codes, grid)  # [B,d,h',w']
         return to_unit_images(self.vae.decode(codes.to(next(iter(self.vae.parameters())).dtype)), size)
 
-    def finish(self, state: InfinityState, rows=None) -> torch.Tensor:
-        check_finished(state.scale, self.num_scales)
-        return self.preview(state, rows=rows)
-
     def row_keys(self, state: InfinityState) -> list[bytes] | None:
         return None if state.summed_codes is None else row_hashes(state.summed_codes)
 
-    def kv_rows(self, state: InfinityState) -> list[torch.Tensor]:
-        """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
-        kv = state.caches
-        return [] if kv is None else [t for i in range(kv.num_layers) for t in kv.layer(i)]
-
     # -- row bookkeeping ------------------------------------------------------------------------------
-
-    def select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None) -> InfinityState:
-        return self._select(state, index, candidate_id)
 
     def _select(self, state: InfinityState, index, candidate_id: np.ndarray | None = None,
                 compact: bool = True) -> InfinityState:
-        """`select`; duplicates share their caches' blocks (`ttsvar.models.kv`), `compact` frees dead ones."""
         B = len(state.rows)
         index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
@@ -283,6 +252,3 @@ class InfinityGenerator(Generator):
         summed = None if states[0].summed_codes is None else torch.cat([s.summed_codes for s in states])
         return InfinityState(Rows.concat([s.rows for s in states]), states[0].scale, cond, caches, summed,
                              states[0].cfg_pairs, concat_rows([s.confidence for s in states]))
-
-    def split(self, state: InfinityState, sizes: Sequence[int]) -> list[InfinityState]:
-        return split_rows(self._select, state, sizes)

@@ -25,12 +25,11 @@ import torch.nn.functional as F
 
 from ...core.classes import ClassList, imagenet_classes, parse_class_prompt
 from ...core.errors import PromptError
-from ...core.generator import Generator, GenState, Prompts, Rows, SamplingConfig, mix64
-from ..invariant import batch_invariant
+from ...core.generator import GenState, Prompts, Rows, SamplingConfig, mix64
 from ..kv import SharedKV
 from ..rows import (
+    PairedRowsGenerator,
     check_concat,
-    check_finished,
     check_index,
     concat_caches,
     concat_rows,
@@ -39,7 +38,6 @@ from ..rows import (
     paired,
     row_hashes,
     select_caches,
-    split_rows,
     to_unit_images,
 )
 from ..sampling import filter_logits, row_uniforms, sample_with_confidence, token_confidence
@@ -66,7 +64,7 @@ def cfg_weights(cfg: float | Sequence[float], num_scales: int) -> list[float]:
     return [float(c) for c in cfg]
 
 
-class VARGenerator(Generator):
+class VARGenerator(PairedRowsGenerator):
     """Drives a `VAR` transformer and its multi-scale `VQVAE` scale by scale.
 
     more_smooth: the official visualisation option; each scale's codes are a Gumbel-softmax mixture of the
@@ -96,13 +94,6 @@ class VARGenerator(Generator):
         """Called once per job (like a scheduler's set_timesteps) before `start`."""
         _, tau = sampling.per_scale(self.num_scales)  # validate first: a bad config leaves the old one in place
         self.sampling, self.cfg_list, self.tau_list = sampling, cfg_weights(sampling.cfg, self.num_scales), tau
-
-    def _cfg_pairs(self) -> bool:
-        # one answer for all scales: if any scale guides, the unconditional rows need their caches from scale 0
-        return any(c != 1 for c in self.cfg_list)
-
-    def forward_rows_per_candidate(self, k: int) -> int:
-        return 2 if self._cfg_pairs() else 1
 
     def class_of(self, prompt: str) -> int:
         """The class index a prompt names; raises `PromptError` unless it is an integer in [0, num_classes)."""
@@ -136,11 +127,6 @@ class VARGenerator(Generator):
         if cfg_pairs:
             labels = torch.cat((labels, torch.full_like(labels, self.num_classes)))
         return VARState(rows, 0, labels, None, None, cfg_pairs)
-
-    @torch.inference_mode()
-    def step(self, state: VARState) -> VARState:
-        with batch_invariant(self.batch_invariant):
-            return self._step(state)
 
     def _step(self, state: VARState) -> VARState:
         si, B = state.scale, len(state.rows)
@@ -189,11 +175,6 @@ class VARGenerator(Generator):
         pn = self.scale_schedule[si][0]
         return h.transpose(1, 2).reshape(B, -1, pn, pn), w  # [B,Cvae,pn,pn], [B,l,V]
 
-    @torch.inference_mode()
-    def preview(self, state: VARState, size: int | None = None, rows=None, cheap: bool = False) -> torch.Tensor:
-        with batch_invariant(self.batch_invariant):
-            return self._preview(state, size, rows, cheap)
-
     def _preview(self, state: VARState, size: int | None, rows, cheap: bool) -> torch.Tensor:
         if state.f_hat is None:
             raise ValueError("preview needs at least one sampled scale; call step() first")
@@ -203,26 +184,13 @@ class VARGenerator(Generator):
             f_hat = F.interpolate(f_hat, size=grid, mode="area")  # [B,Cvae,pn,pn]
         return to_unit_images(self.vae.fhat_to_img(f_hat), size)
 
-    def finish(self, state: VARState, rows=None) -> torch.Tensor:
-        check_finished(state.scale, self.num_scales)
-        return self.preview(state, rows=rows)
-
     def row_keys(self, state: VARState) -> list[bytes] | None:
         return None if state.f_hat is None else row_hashes(state.f_hat)
 
-    def kv_rows(self, state: VARState) -> list[torch.Tensor]:
-        """Every block's keys then values as each row sees them, [R,H,L,hd] (tests and benchmarks)."""
-        kv = state.caches
-        return [] if kv is None else [t for i in range(kv.num_layers) for t in kv.layer(i)]
-
     # -- row bookkeeping: the cond and uncond halves of labels and caches move together ---------------
-
-    def select(self, state: VARState, index, candidate_id: np.ndarray | None = None) -> VARState:
-        return self._select(state, index, candidate_id)
 
     def _select(self, state: VARState, index, candidate_id: np.ndarray | None = None,
                 compact: bool = True) -> VARState:
-        """`select`; duplicates share their caches' blocks (`ttsvar.models.kv`), `compact` frees dead ones."""
         B = len(state.rows)
         index = check_index(index, B)
         idx = torch.as_tensor(index, device=self.device)
@@ -242,6 +210,3 @@ class VARGenerator(Generator):
         return VARState(Rows.concat([s.rows for s in states]), states[0].scale,
                         cond_then_uncond([s.labels for s in states], pairs), caches, f_hat, pairs,
                         concat_rows([s.confidence for s in states]))
-
-    def split(self, state: VARState, sizes: Sequence[int]) -> list[VARState]:
-        return split_rows(self._select, state, sizes)
