@@ -76,6 +76,22 @@ def map_paper_by_side(sides: Sequence[int]) -> dict[str, tuple[int, ...]]:
     return {"batch_schedule": tuple(schedule), "cluster_scales": mapped[:nc], "resample_scales": mapped[nc:]}
 
 
+# which of a model's TTS-VAR options each strategy of the family reads; `value` shares the schedule and both
+# decision scales but not lam (its lam weighs the learned V_k, not the reward)
+FAMILY_KEYS = {
+    "tts-var": ("batch_schedule", "cluster_scales", "resample_scales", "lam"),
+    "cluster-only": ("batch_schedule", "cluster_scales"),
+    "resample-only": ("batch_schedule", "resample_scales", "lam"),
+    "value": ("batch_schedule", "cluster_scales", "resample_scales"),
+}
+
+
+def tts_var_family(options: dict) -> dict[str, dict]:
+    """A model's own TTS-VAR options (`ModelDefaults.search`) spread over TTS-VAR, its two ablations and `value`,
+    so that comparing them changes only the decisions, never the schedule."""
+    return {name: {k: options[k] for k in keys if k in options} for name, keys in FAMILY_KEYS.items()}
+
+
 def default_decisions(num_scales: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(cluster_scales, resample_scales) of the paper's default, mapped onto `num_scales` scales."""
     mapped = map_paper_scales(PAPER_CLUSTER_SCALES + PAPER_RESAMPLE_SCALES, num_scales)

@@ -52,6 +52,33 @@ def test_generate_and_evaluate(tmp_path, capsys):
     assert summary["n_images"] == 1 and 0.0 <= summary["overall"] <= 1.0
 
 
+def test_generate_reads_overrides_and_yaml_and_its_flags_win(tmp_path, capsys):
+    def manifest(out):
+        return json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+
+    # key=value and the YAML set what no flag names (the flags' defaults used to override them silently)
+    out = tmp_path / "from-overrides"
+    assert main(["generate", "a photo of a red circle", "search.strategy=best-of-n", "search.n=1",
+                 f"output.dir={out}", *FAST]) == 0
+    rec = manifest(out)
+    assert (rec["strategy"], rec["n"]) == ("best-of-n", 1) and (out / "prompts.txt").is_file()
+    yml = tmp_path / "job.yaml"
+    yml.write_text("search:\n  strategy: random\n  n: 3\n")
+    out = tmp_path / "from-yaml"
+    assert main(["generate", "a photo of a red circle", "--config", str(yml), "--out", str(out), *FAST]) == 0
+    assert (manifest(out)["strategy"], manifest(out)["n"]) == ("random", 3)
+    # a flag given on the line wins over both
+    out = tmp_path / "flags"
+    assert main(["generate", "a photo of a red circle", "--config", str(yml), "--n", "2", "search.n=1",
+                 "--out", str(out), *FAST]) == 0
+    assert (manifest(out)["strategy"], manifest(out)["n"]) == ("random", 2)
+
+
+def test_train_testbed_passes_its_options_to_the_trainer(capsys):
+    assert main(["train-testbed", "--set", "no_such_key=1"]) == 2  # the trainer's own one-line error
+    assert "no_such_key" in capsys.readouterr().err
+
+
 def test_config_prints_resolved_yaml(tmp_path, capsys):
     assert main(["config", "search.n=3", "seed=9"]) == 0
     out = capsys.readouterr().out

@@ -172,6 +172,24 @@ def test_shapes_tiny_tts_var_defaults_are_the_testbed_schedule(tmp_path):
     assert plan.batch_sizes == (8, 8, 6, 6, 6, 6)
 
 
+def test_value_and_the_ablations_take_each_models_own_tts_var_schedule():
+    from ttsvar.models.registry import list_generators
+
+    checked = 0
+    for name in list_generators():
+        d = model_defaults(name).search
+        if "tts-var" not in d:
+            continue
+        own = d["tts-var"]
+        for strategy, keys in (("cluster-only", ("batch_schedule", "cluster_scales")),
+                               ("resample-only", ("batch_schedule", "resample_scales")),
+                               ("value", ("batch_schedule", "cluster_scales", "resample_scales"))):
+            assert {k: d[strategy][k] for k in keys} == {k: own[k] for k in keys}, (name, strategy)
+        assert "lam" not in d["value"]  # value's lam weighs V_k, not the reward
+        checked += 1
+    assert checked >= 3  # shapes-tiny, var-tiny-random and the released VAR depths
+
+
 # ----------------------------------------------------------------------------- a whole job
 
 

@@ -78,18 +78,35 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0 if summary.get("prompts_failed", 0) == 0 else 1
 
 
+GENERATE_DEFAULTS = {"search": {"strategy": "tts-var", "n": 4}, "output": {"dir": "outputs/generate"}}
+
+
 def cmd_generate(ns: argparse.Namespace) -> int:
-    from .config import load_config
+    from omegaconf import OmegaConf
+
+    from .config import load_config, read_job_file
     from .core.errors import OutputError
     from .jobs import run_job
     from .output import OutputDir, atomic_write_bytes
 
-    out = Path(ns.out)
-    fields = {"prompts": str(out / "prompts.txt"), "output": {"dir": str(out)},
-              "search": {"strategy": ns.strategy, "n": ns.n}}
+    # precedence: generate's defaults < --config YAML < key=value overrides < the flags given on the line
+    base = OmegaConf.create(GENERATE_DEFAULTS)
+    if ns.config:
+        base = OmegaConf.merge(base, OmegaConf.create(read_job_file(ns.config)))
+    base = OmegaConf.to_container(base)
+    flags: dict = {}
+    for key, value in (("strategy", ns.strategy), ("n", ns.n)):
+        if value is not None:
+            flags.setdefault("search", {})[key] = value
     if ns.model:
-        fields["model"] = {"name": ns.model}
-    job = load_config(ns.config, list(ns.overrides) + _fresh(ns), **fields)  # bad options fail before any write
+        flags["model"] = {"name": ns.model}
+    overrides = list(ns.overrides) + _fresh(ns)
+    if ns.out is not None:
+        out = Path(ns.out)
+    else:  # output.dir from the YAML or an override; prompts.txt goes there
+        out = Path(load_config(base, overrides, prompts="prompts.txt", **flags).output.dir)
+    flags["output"] = {"dir": str(out)}
+    job = load_config(base, overrides, prompts=str(out / "prompts.txt"), **flags)  # bad options fail before a write
     od = OutputDir(out)
     try:
         atomic_write_bytes(od.root / "prompts.txt", (ns.prompt.replace("\n", " ") + "\n").encode("utf-8"))
@@ -219,10 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_run)
     s = sub.add_parser("generate", help="search for the best image for one prompt")
     s.add_argument("prompt")
-    s.add_argument("--n", type=int, default=4)
-    s.add_argument("--strategy", default="tts-var")
+    s.add_argument("--n", type=int, default=None, help="search.n (default 4)")
+    s.add_argument("--strategy", default=None, help="search.strategy (default tts-var)")
     s.add_argument("--model", default=None)
-    s.add_argument("--out", default="outputs/generate")
+    s.add_argument("--out", default=None, help="output.dir (default outputs/generate)")
     s.add_argument("--config", default=None, help="optional job YAML")
     s.add_argument("--fresh", action="store_true", help="delete an earlier result in --out and start over")
     s.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -293,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("config", help="print the resolved job config")
     s.add_argument("args", nargs="*")
     s.set_defaults(fn=cmd_config)
-    s = sub.add_parser("train-testbed", help="train the embedded testbed models from a seed")
+    s = sub.add_parser("train-testbed", help="train the embedded testbed models from a seed (the options of "
+                                             "python -m ttsvar.testbed.train: --out, --seed, --set ...)")
     s.add_argument("args", nargs=argparse.REMAINDER)
     s.set_defaults(fn=cmd_train_testbed)
     return p
@@ -359,6 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv or os.environ.get("TTSVAR_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    if argv[:1] == ["train-testbed"]:  # its trainer's own parser reads the rest (REMAINDER would not take options)
+        return cmd_train_testbed(argparse.Namespace(args=argv[1:]))
     ns, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`generate "p" --n 4 search.options.lam=5`): argparse leaves them over
     if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):

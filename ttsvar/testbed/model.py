@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from search.schedule import tts_var_family
+
 from ..core.checkpoint import load_parts, read_state_dict
 from ..core.device import resolve_device
 from ..core.errors import MissingFileError
@@ -65,8 +67,6 @@ SHAPES_TTS_VAR = {"batch_schedule": (4, 3, 3, 2, 2, 2), "cluster_scales": (1,), 
 
 @register_generator("shapes-tiny", ModelDefaults(
     reward="shapes-reward", features="shapes-clip", sampling=SHAPES_SAMPLING, reads=("weights", "device"),
-    search={"tts-var": SHAPES_TTS_VAR,
-            "cluster-only": {k: SHAPES_TTS_VAR[k] for k in ("batch_schedule", "cluster_scales")},
-            "resample-only": {k: SHAPES_TTS_VAR[k] for k in ("batch_schedule", "resample_scales", "lam")}}))
+    search=tts_var_family(SHAPES_TTS_VAR)))
 def shapes_tiny(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
     return load_shapes_tiny(cfg.weights, resolve_device(cfg.device), sampling)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from search.schedule import map_paper_by_side
+from search.schedule import map_paper_by_side, tts_var_family
 
 from ...core.checkpoint import load_strict, read_state_dict
 from ...core.classes import imagenet_classes
@@ -43,10 +43,7 @@ def _released(cfg: ModelConfig, sampling: SamplingConfig | None, depth: int, vae
 def tts_var_defaults(sides) -> dict:
     """TTS-VAR and its ablations on a VAR pyramid: the paper's decisions mapped by token-grid resolution
     (`search.schedule.map_paper_by_side`; docs/var.md says why)."""
-    full = map_paper_by_side(sides)
-    return {"tts-var": full,
-            "cluster-only": {k: full[k] for k in ("batch_schedule", "cluster_scales")},
-            "resample-only": {k: full[k] for k in ("batch_schedule", "resample_scales")}}
+    return tts_var_family(map_paper_by_side(sides))
 
 
 def _released_defaults(depth: int) -> ModelDefaults:
@@ -116,8 +113,6 @@ _TINY_TTS_VAR = {"batch_schedule": (4, 2, 1, 1), "cluster_scales": (1,), "resamp
 
 @register_generator("var-tiny-random", ModelDefaults(
     reward="classifier", features="dinov2", reads=("device",), classes=_tiny_classes,
-    search={"tts-var": _TINY_TTS_VAR,
-            "cluster-only": {k: _TINY_TTS_VAR[k] for k in ("batch_schedule", "cluster_scales")},
-            "resample-only": {k: _TINY_TTS_VAR[k] for k in ("batch_schedule", "resample_scales")}}))
+    search=tts_var_family(_TINY_TTS_VAR)))
 def var_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> VARGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)
