@@ -119,7 +119,7 @@ def manifest(out: Path) -> list[dict]:
 
 def snapshot(out: Path) -> dict[str, bytes]:
     return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.name not in ("job.json", "summary.json")}
+            if p.is_file() and p.name not in ("job.json", "summary.json", ".ttsvar.lock")}
 
 
 @pytest.fixture
@@ -246,7 +246,8 @@ CASES = [
     Case("search-schedule-vs-model", ("search.strategy=tts-var", "search.options.batch_schedule=[1,2]"),
          ConfigError, r"search\.options\.batch_schedule", before_model=False),
     Case("search-n-beyond-memory", ("search.n=60000", "search.strategy=tts-var"), ConfigError,
-         r"search.n=60000 with runtime.prompts_per_unit=4 needs .* GiB free .*lower search.n", before_model=False),
+         r"search.n=60000 with 4 prompts per work unit \(runtime.prompts_per_unit=4\) needs .* GiB free .*lower "
+         r"search.n", before_model=False),
     # model
     Case("model-unknown", ("model.name=nope",), ConfigError, r"model.name='nope' is unknown"),
     Case("model-option-unknown", ("model.options.pixels=1M",), ConfigError,

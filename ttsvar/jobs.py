@@ -225,22 +225,41 @@ def _without_device(options: dict | None) -> dict:
 
 
 def open_output(job: JobConfig) -> OutputDir:
-    """output.dir, checked before any model loads: writable (every folder the job writes to), a manifest whose
-    torn last line is repaired, and results of the same configuration (`job.json`), else an error."""
+    """output.dir, checked before any model loads: not in use by another job (a lock held until the job ends),
+    writable (every folder the job writes to), a manifest whose torn last line is repaired, and results of the
+    same configuration (`job.json`), else an error. With `output.overwrite` the earlier results are not touched
+    here: `ResultWriter` deletes them just before its first write, once the models loaded and the prompts passed
+    their checks, so a job that fails to start loses nothing."""
     out = OutputDir(job.output.dir)
-    if job.output.overwrite:
-        gone = out.clear()
-        if gone:
-            log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
-    subdirs = ("images",) + (("traces",) if job.output.traces else ()) + \
+    out.lock()
+    try:
+        out.check_writable(output_subdirs(job))
+        if not job.output.overwrite:
+            msg = out.repair_tail()
+            if msg:
+                log.warning("%s", msg)
+            out.check_fingerprint(job_fingerprint(job))
+    except BaseException:
+        out.unlock()
+        raise
+    return out
+
+
+def output_subdirs(job: JobConfig) -> tuple[str, ...]:
+    """The folders of output.dir this job writes files into."""
+    return ("images",) + (("traces",) if job.output.traces else ()) + \
         (("candidates",) if job.output.save_candidates else ()) + (("previews",) if saves_previews(job) else ()) + \
         (("search_data",) if job.output.save_search_data else ())
-    out.check_writable(subdirs)
-    msg = out.repair_tail()
-    if msg:
-        log.warning("%s", msg)
+
+
+def start_over(job: JobConfig, out: OutputDir) -> None:
+    """`output.overwrite`: delete what earlier jobs wrote in output.dir (`OutputDir.clear`), then set it up for
+    this one (its folders, its `job.json`)."""
+    gone = out.clear()
+    if gone:
+        log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
+    out.check_writable(output_subdirs(job))
     out.check_fingerprint(job_fingerprint(job))
-    return out
 
 
 def search_config(job: JobConfig):
@@ -273,10 +292,12 @@ def make_coordinator(job: JobConfig, num_scales: int, next_unit_id: int = 0) -> 
                        next_unit_id=next_unit_id, save_search_data=job.output.save_search_data)
 
 
-def build_components(job: JobConfig, generator=None, reward=None, features=None) -> Components:
+def build_components(job: JobConfig, generator=None, reward=None, features=None,
+                     unit_prompts: int | None = None) -> Components:
     """Everything a Worker needs, built once per process that runs units (the local runtime, each Ray
     generator actor). `generator`: a prebuilt one; `reward` / `features`: stand-ins that score elsewhere (the
-    Ray reward pool), so no reward or feature model loads here."""
+    Ray reward pool), so no reward or feature model loads here. `unit_prompts`: the most prompts a work unit
+    of this job holds (default `runtime.prompts_per_unit`), for the memory check."""
     from rewards.features import create_features
 
     gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
@@ -302,7 +323,7 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None)
     preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
     check_value_features(strategy, feats)
     comp = Components(gen, reward, feats, strategy, plan, preview)
-    check_memory(job, comp)
+    check_memory(job, comp, unit_prompts)
     return comp
 
 
@@ -348,7 +369,7 @@ def _free_memory(device) -> tuple[int | None, str]:
         return None, "cpu"
 
 
-def check_memory(job: JobConfig, comp: Components) -> None:
+def check_memory(job: JobConfig, comp: Components, unit_prompts: int | None = None) -> None:
     """Refuse a job whose work unit cannot fit: a unit holds the state of all its candidate rows at once
     (`runtime.prompts_per_unit` prompts x the rows of the batch schedule at each scale); raises `ConfigError`
     naming search.n and runtime.prompts_per_unit. Generators whose `state_bytes_per_row` is None are not
@@ -357,16 +378,20 @@ def check_memory(job: JobConfig, comp: Components) -> None:
     if any(b is None for b in per_row):
         return
     ppu = job.runtime.prompts_per_unit
-    need = max(b * ppu * r for b, r in zip(comp.plan.batch_sizes, per_row))
+    prompts = min(ppu, unit_prompts) if unit_prompts else ppu
+    need = max(b * prompts * r for b, r in zip(comp.plan.batch_sizes, per_row))
     free, where = _free_memory(comp.generator.device)
     if free is None or need <= 0.8 * free:
         return
-    rows = max(comp.plan.batch_sizes) * ppu
+    rows = max(comp.plan.batch_sizes) * prompts
     fit_n = int(job.search.n * 0.8 * free / need)
+    unit = f"{prompts} prompt{'s' if prompts > 1 else ''} per work unit (runtime.prompts_per_unit={ppu})"
+    fix = f"lower search.n (about {fit_n} fits)" if fit_n >= 1 else "lower search.n"
+    if prompts > 1:
+        fix += " or runtime.prompts_per_unit"
     raise ConfigError(
-        f"search.n={job.search.n} with runtime.prompts_per_unit={ppu} needs up to {rows} candidate rows in a work "
-        f"unit ({need / 2**30:.1f} GiB of model state), more than the {free / 2**30:.1f} GiB free on {where}: lower "
-        f"search.n (about {fit_n} fits) or runtime.prompts_per_unit")
+        f"search.n={job.search.n} with {unit} needs up to {rows} candidate rows in a work unit "
+        f"({need / 2**30:.1f} GiB of model state), more than the {free / 2**30:.1f} GiB free on {where}: {fix}")
 
 
 def prompt_problems(comp: Components, prompts: list[str], score_batch: int = 64,
@@ -458,6 +483,7 @@ class ResultWriter:
 
     def __init__(self, job: JobConfig, items: list[PromptItem], out: OutputDir | None = None):
         self.job, self.out = job, out if out is not None else open_output(job)
+        self._start_over = bool(job.output.overwrite)  # done before the first write (`start_over`)
         self.items = {it.index: it for it in items}
         self.totals: dict[str, float] = {}
         self.ok = self.failed = 0
@@ -467,6 +493,9 @@ class ResultWriter:
 
     def _submit(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
         self.check()
+        if self._start_over:
+            start_over(self.job, self.out)
+            self._start_over = False
         self._futures.append(self._io.submit(self._persist, files, records))
 
     def _persist(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
@@ -506,17 +535,20 @@ class ResultWriter:
             f.result()
 
     def close(self) -> None:
-        """Wait for the writes already submitted (on any exit: what was computed is kept); errors are logged."""
+        """Wait for the writes already submitted (on any exit: what was computed is kept; errors are logged), then
+        release output.dir."""
         for f in self._futures:
             try:
                 f.result()
             except Exception as e:  # noqa: BLE001 - the job is already stopping on another error
                 log.error("%s", e)
         self._futures = []
+        self.out.unlock()
 
     def pending(self) -> list[PromptItem]:
-        """Prompts without an ok manifest line for the same index and prompt text (an edited line is redone)."""
-        done = self.out.done()
+        """Prompts without an ok manifest line for the same index and prompt text (an edited line is redone); all
+        of them when the job starts over."""
+        done = {} if self._start_over else self.out.done()
         return [it for it in self.items.values()
                 if it.index not in done or done[it.index].get("prompt") != it.prompt]
 
@@ -576,6 +608,25 @@ class ResultWriter:
             self._submit([], [rec])
             self.failed += 1
 
+    def job_totals(self) -> dict:
+        """Every prompt of the job by its latest manifest line (for the same prompt text): how many are ok, failed
+        or not run yet, the mean reward and the summed compute of the ok ones."""
+        latest: dict[int, dict] = {}
+        for _, rec, _ in self.out.lines():
+            if rec is not None:
+                latest[rec["index"]] = rec
+        recs = [latest[i] for i, it in self.items.items() if i in latest and latest[i].get("prompt") == it.prompt]
+        ok = [r for r in recs if r.get("status") == "ok"]
+        rewards = [r["reward"] for r in ok if isinstance(r.get("reward"), (int, float))]
+        totals: dict[str, float] = {}
+        for r in ok:
+            for k, v in (r.get("compute") or {}).items():
+                if isinstance(v, (int, float)):
+                    totals[k] = totals.get(k, 0) + v
+        return {"prompts": len(self.items), "prompts_ok": len(ok), "prompts_failed": len(recs) - len(ok),
+                "prompts_not_run": len(self.items) - len(recs),
+                "mean_reward": float(np.mean(rewards)) if rewards else None, "compute": _rounded(totals)}
+
     def _count(self, rec: dict) -> None:
         self.ok += 1
         if rec["reward"] is not None:
@@ -584,12 +635,18 @@ class ResultWriter:
             self.totals[k] = self.totals.get(k, 0) + v
 
     def summary(self, wall: float, extra: dict | None = None) -> dict:
+        """This run's numbers (what `run_job` returns), and under `job` the totals over every prompt of the job
+        as the manifest holds them (earlier runs of a resumed job included); written to summary.json."""
+        if self._start_over:  # nothing was written: the earlier results still go, as asked
+            start_over(self.job, self.out)
+            self._start_over = False
         self.flush()
         s = {"prompts_ok": self.ok, "prompts_failed": self.failed, "wall_time_s": round(wall, 3),
              "prompts_per_s": round(self.ok / wall, 4) if wall > 0 else None,
              "mean_reward": float(np.mean(self.rewards)) if self.rewards else None,
-             "compute": {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.totals.items()}}
+             "compute": _rounded(self.totals)}
         s.update(extra or {})
+        s["job"] = self.job_totals()
         from .output import atomic_write_json
 
         try:
@@ -606,6 +663,10 @@ def _link_preview(trace: dict, scale: int, rel: str, tile: tuple[int, int]) -> N
     for entry in trace.get("decisions", []):
         if entry.get("scale") == scale and entry.get("info", {}).get("kind") != "final":
             entry["preview"], entry["preview_tile"] = rel, [int(tile[0]), int(tile[1])]
+
+
+def _rounded(totals: dict[str, float]) -> dict[str, float]:
+    return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in totals.items()}
 
 
 def error_text(e: BaseException) -> str:
@@ -658,7 +719,7 @@ def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
     extra = prep.extra("local")
     if not todo:
         return writer.summary(time.perf_counter() - t0, {**extra, "time_setup": 0.0, "time_decide": 0.0})
-    comp = build_components(job, generator)
+    comp = build_components(job, generator, unit_prompts=max(len(u.prompt_indices) for u in units))
     check_prompts(job, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
                                              reward_config(job).name))
     worker = make_worker(job, comp)

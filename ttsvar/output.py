@@ -7,9 +7,10 @@ Layout (a contract users' scripts rely on: extend, don't rename):
     previews/<index>_s<scale>.png  thumbnails of every row at each decision scale, one strip (optional)
     traces/<index>.json       per-prompt search trace
     search_data/<index>.npz   every decision row's features, rewards, token statistics, outcome (optional)
-    summary.json              job totals, rewritten at the end
+    summary.json              this run's totals, and the job's (`job`: every prompt, by the manifest), at the end
     job.json                  the fingerprint of the configuration that wrote the results (resume checks it)
     report.html               `ttsvar report` of this folder (when made here)
+    .ttsvar.lock              held (flock) by the job writing here; a second job on the folder is refused
 
 Every file is created with the permissions the umask gives (like the manifest), not tempfile's 0600.
 """
@@ -19,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,20 @@ from .core.errors import ManifestError, OutputError, ResumeError
 log = logging.getLogger("ttsvar")
 
 MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
-# what a job (and `ttsvar evaluate`) writes into output.dir: `output.overwrite=true` deletes exactly these
-# (and `ttsvar report`, by default)
-WRITTEN = (MANIFEST, "summary.json", JOB_FILE, "images", "traces", "candidates", "previews", "search_data",
-           "geneval_results.jsonl",
-           "geneval_summary.json", "report.html")
+# what a job (and `ttsvar evaluate`, and `ttsvar report` by default) writes into output.dir: files by name, and
+# in each folder the files of the names the job gives them (an atomic write's leftover `.NAME.*.tmp` too).
+# `output.overwrite=true` deletes exactly these, in a folder that holds a job's results, and nothing else.
+WRITTEN_FILES = (MANIFEST, "summary.json", JOB_FILE, "geneval_results.jsonl", "geneval_summary.json", "report.html")
+WRITTEN_DIRS = {
+    "images": re.compile(r"\d{5,}\.png"),
+    "traces": re.compile(r"\d+\.json"),
+    "candidates": re.compile(r"\d{5,}_\d+\.png"),
+    "previews": re.compile(r"\d{5,}_s\d+\.png"),
+    "search_data": re.compile(r"\d{5,}\.npz"),
+}
+WRITTEN = WRITTEN_FILES + tuple(WRITTEN_DIRS)
+LOCK_FILE = ".ttsvar.lock"
+_TMP = re.compile(r"\..+\.tmp")
 
 # Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
 # recorded with them are still of the same configuration.
@@ -167,22 +177,73 @@ class OutputDir:
         return self.manifest.is_file() and self.manifest.stat().st_size > 0
 
     def clear(self) -> list[str]:
-        """Delete what jobs write here (`WRITTEN`), nothing else; returns the names deleted."""
+        """Delete what jobs write here (`WRITTEN_FILES`, and the job-named files of `WRITTEN_DIRS`), nothing
+        else: a folder keeps any other file, and one that holds no job's results (no manifest or job.json) is
+        left alone. Returns what was deleted (a folder's name when any of its files went)."""
+        if not (self.manifest.is_file() or (self.root / JOB_FILE).is_file()):
+            return []
         gone = []
-        for name in WRITTEN:
-            path = self.root / name
+        for name in WRITTEN_FILES:
+            if self._remove(self.root / name):
+                gone.append(name)
+        for name, pattern in WRITTEN_DIRS.items():
+            d = self.root / name
+            if not d.is_dir() or d.is_symlink():
+                continue
+            hit = [self._remove(f) for f in sorted(d.iterdir())
+                   if (pattern.fullmatch(f.name) or _TMP.fullmatch(f.name)) and not f.is_dir()]
+            if any(hit):
+                gone.append(name)
             try:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                elif path.exists() or path.is_symlink():
-                    path.unlink()
-                else:
-                    continue
-            except OSError as e:
-                raise OutputError(f"cannot delete {path} to start over ({e.strerror or e}); fix its permissions "
-                                  "or choose another output.dir") from None
-            gone.append(name)
+                d.rmdir()  # only when nothing else is in it
+            except OSError:
+                pass
         return gone
+
+    def _remove(self, path: Path) -> bool:
+        try:
+            if not (path.exists() or path.is_symlink()) or (path.is_dir() and not path.is_symlink()):
+                return False
+            path.unlink()
+            return True
+        except OSError as e:
+            raise OutputError(f"cannot delete {path} to start over ({e.strerror or e}); fix its permissions "
+                              "or choose another output.dir") from None
+
+    def lock(self) -> None:
+        """Hold output.dir for this process until `unlock` (or exit): a second job on the same folder is refused
+        (`OutputError`) instead of interleaving its results with another configuration's. POSIX only."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            return
+        if getattr(self, "_lock", None) is not None:
+            return
+        path = self.root / LOCK_FILE
+        try:
+            f = open(path, "a+", encoding="ascii")
+        except OSError as e:
+            raise OutputError(f"cannot create {path} ({e.strerror or e}); fix its permissions or choose another "
+                              "output.dir") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            who = f.read().strip()
+            f.close()
+            raise OutputError(f"output.dir={str(self.root)!r} is in use by another ttsvar job"
+                              f"{f' ({who})' if who else ''}; wait for it to finish or choose another output.dir"
+                              ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._lock = f
+
+    def unlock(self) -> None:
+        f, self._lock = getattr(self, "_lock", None), None
+        if f is not None:
+            f.close()  # closing the file releases the flock
 
     def repair_tail(self) -> str | None:
         """A kill while a manifest line was being appended leaves it without its newline; the next append

@@ -42,28 +42,29 @@ def _tick(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
 
 
+# The job's totals come from its records (the manifest: every run of a resumed job), never from summary.json's
+# top level, which holds the last run's numbers only; the phases of a run as a whole (setup, decide) from the summary.
+def _total(run: Run, key: str) -> float | None:
+    vals = [(r.get("compute") or {}).get(key) for r in run.records]
+    vals = [v for v in vals if isinstance(v, (int, float))]
+    return sum(vals) if vals else None
+
+
 def _phase(run: Run, key: str) -> Any:
-    s = run.summary
-    return s.get(key) if key in s else (s.get("compute") or {}).get(key)
+    total = _total(run, key)
+    return total if total is not None else run.summary.get(key)
 
 
 def per_prompt_forwards(run: Run) -> float | None:
-    tf = (run.summary.get("compute") or {}).get("token_forwards")
-    if tf is None:
-        vals = [(r.get("compute") or {}).get("token_forwards") for r in run.records]
-        tf = sum(v for v in vals if isinstance(v, (int, float))) if vals else None
-    ok = run.summary.get("prompts_ok", len(run.records))
-    return tf / ok if tf is not None and ok else None
+    tf = _total(run, "token_forwards")
+    return tf / len(run.records) if tf is not None and run.records else None
 
 
 def quality(run: Run, use_geneval: bool) -> float | None:
     if use_geneval:
         return (run.geneval or {}).get("overall")
-    mean = run.summary.get("mean_reward")
-    if mean is None:
-        vals = [r["reward"] for r in run.records if isinstance(r.get("reward"), (int, float))]
-        mean = sum(vals) / len(vals) if vals else None
-    return mean
+    vals = [r["reward"] for r in run.records if isinstance(r.get("reward"), (int, float))]
+    return sum(vals) / len(vals) if vals else None
 
 
 def _rows(runs: list[Run]) -> list[tuple[str, list[Any], str]]:
@@ -91,7 +92,7 @@ def _rows(runs: list[Run]) -> list[tuple[str, list[Any], str]]:
     rows.append(("token forwards / prompt", [per_prompt_forwards(r) for r in runs], "compute"))
     for k in _COUNTERS:
         rows.append((k.replace("_", " "), [_phase(r, k) for r in runs], "compute"))
-    rows.append(("wall time (s)", [r.summary.get("wall_time_s") for r in runs], "compute"))
+    rows.append(("wall time, last run (s)", [r.summary.get("wall_time_s") for r in runs], "compute"))
     for k in _TIME_PHASES:
         rows.append((f"  {k[5:]} (s)", [_phase(r, k) for r in runs], "compute"))
     return rows

@@ -1,0 +1,110 @@
+"""output.dir safety: `--fresh` deletes only what jobs wrote, and only once the job has started for real; one
+job at a time per folder; summary.json's job totals over resumes; the memory check sized by the real units."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from test_bad_input import PROMPTS, make_job, manifest, snapshot
+
+import ttsvar.jobs
+from ttsvar.core.errors import ConfigError, OutputError, TtsvarError
+from ttsvar.jobs import check_memory, run_job
+from ttsvar.output import OutputDir
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    job = make_job(tmp)
+    run_job(job)
+    return Path(job.output.dir)
+
+
+def _copy(finished, tmp_path) -> Path:
+    out = tmp_path / "out"
+    shutil.copytree(finished, out)
+    return out
+
+
+def test_fresh_leaves_a_folder_that_holds_no_job_alone(tmp_path):
+    out = tmp_path / "out"
+    (out / "images").mkdir(parents=True)
+    (out / "traces").mkdir()
+    (out / "images" / "holiday.jpg").write_text("precious")
+    (out / "traces" / "notes.txt").write_text("mine")
+    (out / "report.html").write_text("<html/>")
+    s = run_job(make_job(tmp_path, "output.overwrite=true", prompts=PROMPTS[:1]))
+    assert s["prompts_ok"] == 1
+    assert (out / "images" / "holiday.jpg").read_text() == "precious"
+    assert (out / "traces" / "notes.txt").read_text() == "mine" and (out / "report.html").exists()
+
+
+def test_fresh_deletes_only_the_files_a_job_names(finished, tmp_path):
+    out = _copy(finished, tmp_path)
+    (out / "images" / "cover.png").write_text("mine")
+    (out / "traces" / "notes.txt").write_text("mine")
+    s = run_job(make_job(tmp_path, "seed=1", "output.overwrite=true", prompts=PROMPTS[:2]))
+    assert s["prompts_ok"] == 2 and sorted(r["index"] for r in manifest(out)) == [0, 1]
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["00000.png", "00001.png", "cover.png"]
+    assert sorted(p.name for p in (out / "traces").iterdir()) == ["0.json", "1.json", "notes.txt"]
+
+
+@pytest.mark.parametrize("overrides", [
+    ("search.strategy=tts-var", "search.options.batch_schedule=[1,2]"),  # found when the model is known
+    ("sampling.cfg=[1,2]",),  # found when the model's scales are known
+    ("model.weights=/nonexistent/shapes.safetensors",),  # the model fails to load
+    ("search.n=60000", "search.strategy=tts-var"),  # the memory check, once the model is loaded
+])
+def test_fresh_that_fails_to_start_deletes_nothing(finished, tmp_path, overrides, monkeypatch):
+    monkeypatch.setattr(ttsvar.jobs, "_free_memory", lambda device: (2**30, "the test's 1 GiB"))
+    out = _copy(finished, tmp_path)
+    before, job_json = snapshot(out), (out / "job.json").read_bytes()
+    with pytest.raises(TtsvarError):
+        run_job(make_job(tmp_path, *overrides, "output.overwrite=true"))
+    assert snapshot(out) == before and (out / "job.json").read_bytes() == job_json
+    assert run_job(make_job(tmp_path))["skipped_done"] == len(PROMPTS)  # and it still resumes as before
+
+
+def test_a_second_job_on_a_folder_in_use_is_refused(tmp_path):
+    job = make_job(tmp_path, prompts=PROMPTS[:1])
+    held = OutputDir(job.output.dir)
+    held.lock()
+    try:
+        with pytest.raises(OutputError, match=r"in use by another ttsvar job \(pid \d+\).*another output.dir"):
+            run_job(job)
+    finally:
+        held.unlock()
+    assert run_job(job)["prompts_ok"] == 1  # released: it runs
+    assert run_job(job)["skipped_done"] == 1  # and the job released it when it ended
+
+
+def test_summary_holds_the_job_totals_across_resumes(tmp_path):
+    run_job(make_job(tmp_path, "limit=1"))
+    s = run_job(make_job(tmp_path, "limit=3"))
+    out = tmp_path / "out"
+    recs = manifest(out)
+    assert (s["prompts_ok"], s["skipped_done"]) == (2, 1)  # this run
+    job = json.loads((out / "summary.json").read_text())["job"]
+    assert (job["prompts"], job["prompts_ok"], job["prompts_failed"], job["prompts_not_run"]) == (3, 3, 0, 0)
+    assert job["compute"]["token_forwards"] == sum(r["compute"]["token_forwards"] for r in recs)
+    assert job["mean_reward"] == pytest.approx(sum(r["reward"] for r in recs) / 3)
+    again = run_job(make_job(tmp_path))  # all 4 prompts now, one of them new
+    assert again["job"]["prompts_ok"] == 4 and again["prompts_ok"] == 1
+
+
+def test_the_memory_check_counts_the_prompts_a_unit_really_holds(tmp_path, monkeypatch):
+    job = make_job(tmp_path, "runtime.prompts_per_unit=4")
+    comp = SimpleNamespace(generator=SimpleNamespace(state_bytes_per_row=lambda k: 100, device="cpu"),
+                           plan=SimpleNamespace(batch_sizes=(10, 5)))
+    monkeypatch.setattr(ttsvar.jobs, "_free_memory", lambda device: (2500, "the test's RAM"))
+    with pytest.raises(ConfigError, match=r"4 prompts per work unit .* needs up to 40 candidate rows"):
+        check_memory(job, comp)  # 4 x 10 rows x 100 B > 0.8 x 2500 B
+    check_memory(job, comp, unit_prompts=2)  # 2 x 10 x 100 = 0.8 x 2500: fits
+    with pytest.raises(ConfigError, match=r"1 prompt per work unit .*: lower search.n$"):
+        monkeypatch.setattr(ttsvar.jobs, "_free_memory", lambda device: (100, "the test's RAM"))
+        check_memory(job, comp, unit_prompts=1)
