@@ -64,7 +64,7 @@ def test_fresh_that_fails_to_start_deletes_nothing(finished, tmp_path, overrides
     monkeypatch.setattr(ttsvar.jobs, "_free_memory", lambda device: (2**30, "the test's 1 GiB"))
     out = _copy(finished, tmp_path)
     before, job_json = snapshot(out), (out / "job.json").read_bytes()
-    with pytest.raises(TtsvarError):
+    with pytest.raises((TtsvarError, ValueError)):  # ValueError: sampling.cfg against the scales
         run_job(make_job(tmp_path, *overrides, "output.overwrite=true"))
     assert snapshot(out) == before and (out / "job.json").read_bytes() == job_json
     assert run_job(make_job(tmp_path))["skipped_done"] == len(PROMPTS)  # and it still resumes as before
