@@ -88,6 +88,27 @@ def short_prompts_only(images, prompts):
     return helpers_components.redness(images, prompts)
 
 
+def refuses_everything(images, prompts):
+    """A reward broken whatever the prompt: the job blames it, not every prompt line."""
+    raise ValueError("this reward is broken")
+
+
+class SigmaReward(Reward):
+    """A reward whose constructor does arithmetic on its option (a str there is a TypeError of its own)."""
+
+    name = "sigma-reward"
+    needs_prompt = False
+
+    def __init__(self, sigma: float = 1.0) -> None:
+        super().__init__()
+        if sigma <= 0:
+            raise ValueError("sigma must be > 0")
+        self.sigma = sigma
+
+    def _score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3)) * self.sigma
+
+
 class NanReward(Reward):
     name = "nan-reward"
     needs_prompt = False
@@ -248,6 +269,22 @@ CASES = [
     Case("search-n-beyond-memory", ("search.n=60000", "search.strategy=tts-var"), ConfigError,
          r"search.n=60000 with 4 prompts per work unit \(runtime.prompts_per_unit=4\) needs .* GiB free .*lower "
          r"search.n", before_model=False),
+    Case("search-section-given-a-value", ("search=5",), ConfigError, r"search is a section of fields.*search\.KEY"),
+    Case("reward-device-not-a-device", ("reward.name=shapes-clip", "reward.options.device=banana"), ConfigError,
+         r"reward\.options\.device='banana' is not a device"),
+    Case("features-device-not-a-device", ("search.strategy=tts-var", "search.features=shapes-clip",
+                                          "search.features_opts.device=banana"), ConfigError,
+         r"search\.features_opts\.device='banana' is not a device"),
+    Case("features-option-bad-value", ("search.strategy=tts-var", "search.features=shapes-clip",
+                                       "search.features_opts.batch_size=0"), ConfigError,
+         r"search\.features_opts: feature extractor 'shapes-clip': batch_size", before_model=False),
+    Case("reward-option-bad-value", (f"reward.name={THIS}:SigmaReward", "reward.options.sigma=-1"), ConfigError,
+         r"reward\.options: reward '.*SigmaReward': sigma must be > 0", before_model=False),
+    Case("reward-option-wrong-type", (f"reward.name={THIS}:SigmaReward", "reward.options.sigma=abc"), ConfigError,
+         r"reward\.options: reward '.*SigmaReward': '<=' not supported", before_model=False),
+    Case("reward-refuses-every-prompt", (f"reward.name={THIS}:refuses_everything",), ConfigError,
+         r"every prompt of the job fails the same way \(reward .*this reward is broken\): the reward or the model",
+         before_model=False),
     # model
     Case("model-unknown", ("model.name=nope",), ConfigError, r"model.name='nope' is unknown"),
     Case("model-option-unknown", ("model.options.pixels=1M",), ConfigError,

@@ -74,6 +74,26 @@ def test_generate_reads_overrides_and_yaml_and_its_flags_win(tmp_path, capsys):
     assert (manifest(out)["strategy"], manifest(out)["n"]) == ("random", 2)
 
 
+def test_generate_refused_keeps_its_prompt_file_and_an_empty_prompt_is_one_line(tmp_path, capsys):
+    out = tmp_path / "g"
+    assert main(["generate", "a photo of a red circle", "--n", "1", "--strategy", "best-of-n", "--out", str(out),
+                 *FAST]) == 0
+    assert main(["generate", "a photo of a blue square", "--n", "2", "--out", str(out), *FAST]) == 2  # other config
+    assert "another configuration" in capsys.readouterr().err
+    assert (out / "prompts.txt").read_text() == "a photo of a red circle\n"  # still the prompt of the results
+    assert main(["generate", "  ", "--out", str(tmp_path / "e")]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_a_prompts_file_where_the_job_yaml_goes_gets_a_hint(tmp_path, capsys):
+    p = tmp_path / "p.txt"
+    p.write_text("a photo of a red circle\n")
+    assert main(["run", str(p)]) == 2
+    assert f"looks like a prompts file, not a job YAML; pass it as prompts={p}" in capsys.readouterr().err
+    assert main(["demo", "--per-tag", "100000"]) == 2
+    assert "--per-tag must be in 1..50" in capsys.readouterr().err
+
+
 def test_train_testbed_passes_its_options_to_the_trainer(capsys):
     assert main(["train-testbed", "--set", "no_such_key=1"]) == 2  # the trainer's own one-line error
     assert "no_such_key" in capsys.readouterr().err

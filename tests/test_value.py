@@ -5,6 +5,7 @@ shared by the module."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -103,6 +104,29 @@ def test_fit_value_lowers_the_loss_and_writes_a_strictly_loadable_file(runs, cap
     assert load_value(res["path"]).output == "sigmoid"
     d = load_search_data([data], "verdict")
     assert set(np.unique(d.y)) <= set(np.linspace(0, 1, 5)) and len(d.y) == len(load_search_data([data]).y)
+
+
+def test_fit_value_refuses_bad_arguments_and_files_in_one_line(runs, tmp_path, capsys):
+    _, _, data = runs
+    out = str(tmp_path / "v.safetensors")
+    for args, match in (((str(data), "-o", out, "--epochs", "0"), "--epochs 0: must be an integer >= 1"),
+                        ((str(data), "-o", out, "--hidden", "0"), "--hidden 0: must be an integer >= 1"),
+                        ((str(data), "-o", out, "--threads", "0"), "--threads 0: must be an integer >= 1"),
+                        ((str(data), str(data), "-o", out), "given twice"),
+                        ((str(data), "-o", str(tmp_path)), "is a folder; give the value file's path"),
+                        ((str(data), "-o", "/proc/v.safetensors"), "/proc/v.safetensors: cannot write the value")):
+        assert main(["fit-value", *args]) == 2
+        err = capsys.readouterr().err
+        assert match in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    bad = tmp_path / "run"
+    shutil.copytree(data, bad)
+    victim = sorted((bad / "search_data").glob("*.npz"))[0]
+    victim.write_bytes(b"not a zip")
+    assert main(["fit-value", str(bad), "-o", out]) == 2
+    assert f"{victim.name}: not a readable search-data file" in capsys.readouterr().err
+    np.savez(victim, prompt_index=np.int64(0))  # a npz, but not ours
+    assert main(["fit-value", str(bad), "-o", out]) == 2
+    assert "not a search-data file of ttsvar (no reward_scale" in capsys.readouterr().err
 
 
 def test_learned_potential_and_value_strategy_run_end_to_end(runs):

@@ -57,6 +57,18 @@ def test_prompt_files_with_classes(tmp_path):
         resolve_prompts(read_prompts(t), t, "m", ClassList((("a",), ("b",))))
 
 
+def test_every_bad_class_line_is_reported_at_once(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"class": 3}\n{"class": 999}\n{"class": "banana"}\n{"class": true}\n{"class": 3.7}\n')
+    job = load_config(None, ["model.name=var-tiny-random", f"prompts={p}", f"output.dir={tmp_path / 'o'}"])
+    with pytest.raises(PromptError) as info:
+        run_job(job)
+    msg = str(info.value)
+    assert msg.startswith("4 bad prompt lines")
+    lines = [x.strip().split(":")[1] for x in msg.splitlines()[1:]]
+    assert lines == ["2", "3", "4", "5"], msg  # the type errors and the range/name errors together, in line order
+
+
 def test_class_models_expose_their_classes():
     g = create_generator("var-tiny-random")
     assert g.conditioning == "class" and len(g.classes) == 10 and g.classes.name(1) == "goldfish"

@@ -85,10 +85,12 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from .config import load_config, read_job_file
-    from .core.errors import OutputError
+    from .core.errors import InputError, OutputError, PromptError
     from .jobs import run_job
     from .output import OutputDir, atomic_write_bytes
 
+    if not ns.prompt.strip():
+        raise PromptError('the prompt is empty; give the text to generate: ttsvar generate "a photo of a red circle"')
     # precedence: generate's defaults < --config YAML < key=value overrides < the flags given on the line
     base = OmegaConf.create(GENERATE_DEFAULTS)
     if ns.config:
@@ -108,11 +110,18 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     flags["output"] = {"dir": str(out)}
     job = load_config(base, overrides, prompts=str(out / "prompts.txt"), **flags)  # bad options fail before a write
     od = OutputDir(out)
+    prompts = od.root / "prompts.txt"
+    before = prompts.read_bytes() if prompts.is_file() else None
     try:
-        atomic_write_bytes(od.root / "prompts.txt", (ns.prompt.replace("\n", " ") + "\n").encode("utf-8"))
+        atomic_write_bytes(prompts, (ns.prompt.replace("\n", " ") + "\n").encode("utf-8"))
     except OSError as e:
-        raise OutputError(f"cannot write {od.root / 'prompts.txt'} ({e.strerror or e}); choose another --out") from None
-    summary = run_job(job)
+        raise OutputError(f"cannot write {prompts} ({e.strerror or e}); choose another --out") from None
+    try:
+        summary = run_job(job)
+    except InputError:  # refused before any result (another configuration's results there, ...): as it was
+        if before is not None:
+            atomic_write_bytes(prompts, before)
+        raise
     rec = od.done(warn=False).get(0)
     if rec is None:
         failed = [r for _, r, _ in od.lines() if r and r.get("index") == 0]

@@ -221,7 +221,13 @@ def load_config(yaml_path: str | Path | dict | None = None, overrides: list[str]
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         where = f" field {key!r}" if key else ""
-        raise ConfigError(f"invalid config{where}: {_first_line(getattr(e, 'msg', e))}") from None
+        msg = _first_line(getattr(e, "msg", None) or e)
+        section = re.search(r"is not a subclass of (\w+)Config\. value: (.*)", msg)
+        if section:  # a scalar where a section goes: OmegaConf names the class, not the field
+            name = section.group(1).lower()
+            msg = (f"{name} is a section of fields, not the value {section.group(2)!r} (set one of its fields: "
+                   f"{name}.KEY=VALUE)")
+        raise ConfigError(f"invalid config{where}: {msg}") from None
     _drop_unused_legacy(job, moved)
     validate(job)
     return job
@@ -237,6 +243,8 @@ def _load_yaml(path: Path) -> DictConfig:
         raise ConfigError(f"job file not found: {path}")
     if not path.is_file():
         raise ConfigError(f"job file {path} is not a file")
+    if path.suffix.lower() in (".txt", ".jsonl"):  # the prompts, given where the job YAML goes
+        raise ConfigError(f"{path} looks like a prompts file, not a job YAML; pass it as prompts={path}")
     try:
         loaded = OmegaConf.load(path)
     except Exception as e:  # noqa: BLE001 - yaml's scanner/parser errors, undecodable bytes

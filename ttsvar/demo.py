@@ -46,6 +46,10 @@ def grid_size(n_rows: int, n_cols: int, tile: int) -> tuple[int, int]:
     return LABEL_W + n_cols * cell_size(tile), HEADER_H + n_rows * cell_size(tile)
 
 
+# 6 tags x 50 prompts x 2 jobs is a long run on a CPU already; a typo (100000) should not start 600,000 prompts
+MAX_PER_TAG = 50
+
+
 def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, overrides: Sequence[str] = (),
              max_candidates: int = 4, tile: int = 96) -> int:
     """Run the demo into `out`; returns the exit code (1 when a prompt failed in either run).
@@ -63,8 +67,9 @@ def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, override
     if fixed:
         raise ValueError(f"the demo sets {', '.join(_DEMO_KEYS)} itself (got {', '.join(fixed)}); use --n for "
                          "TTS-VAR's N, --per-tag for the number of prompts, or `ttsvar run` for other jobs")
-    if per_tag < 1 or n < 1:
-        raise ValueError(f"--per-tag and --n must be >= 1, got {per_tag} and {n}")
+    if not 1 <= per_tag <= MAX_PER_TAG or n < 1:
+        raise ValueError(f"--per-tag must be in 1..{MAX_PER_TAG} and --n >= 1, got {per_tag} and {n}; for a larger "
+                         "job use `ttsvar run` with a prompts file")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     metadata = world.eval_prompts(per_tag, seed=seed, split="train")

@@ -14,10 +14,12 @@ costs only itself; only errors that can be transient are retried (`ttsvar.core.e
 from __future__ import annotations
 
 import logging
+import re
 import time
 import traceback
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
@@ -25,7 +27,8 @@ import numpy as np
 from search.base import SearchPlan, Strategy
 
 from .config import LEGACY_OPTIONS, JobConfig, ignored_fields, saves_previews
-from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, is_transient
+from .core.device import resolve_device
+from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, TtsvarError, is_transient
 from .core.generator import Generator
 from .core.options import check_options
 from .engine import (
@@ -42,7 +45,7 @@ from .engine import (
 from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
 from .progress import progress_bar
-from .prompts import PromptItem, format_problems, read_prompts, resolve_prompts
+from .prompts import PromptItem, format_problems, problems_error, read_prompts, resolve_prompts
 
 log = logging.getLogger("ttsvar")
 
@@ -167,6 +170,9 @@ def preflight(job: JobConfig) -> None:
                 raise
             except ValueError as e:
                 raise ConfigError(f"reward.options: reward {name!r}: {e}") from None
+    for field, opts in (("reward.options", options), ("search.features_opts", job.search.features_opts or {})):
+        if isinstance(opts.get("device"), str):  # refused here, not as an internal error when the model moves
+            resolve_device(opts["device"], f"{field}.device")
     feats = features_name(job)
     if feats not in list_features():
         raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
@@ -304,16 +310,14 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None,
     gen.batch_invariant = resolve_batch_invariant(job.runtime.batch_invariant, gen.device)
     strategy, plan = search_plan(job, gen.num_scales)
     if reward is None:
-        try:  # before the features: a custom reward's module may register features too
-            reward = build_reward_for(job)
-        except TypeError as e:  # an option a **kwargs constructor passed on to one that does not take it
-            if "argument" not in str(e):
-                raise
-            raise ConfigError(f"reward.options: reward {reward_config(job).name!r}: {e}") from None
+        with _options_error("reward.options", f"reward {reward_config(job).name!r}"):
+            reward = build_reward_for(job)  # before the features: a custom reward's module may register features
     feats = None
     if plan.feature_scales or (job.output.save_search_data and plan.decision_scales):
-        feats = features if features is not None else \
-            create_features(features_name(job), **job.search.features_opts)
+        if features is None:
+            with _options_error("search.features_opts", f"feature extractor {features_name(job)!r}"):
+                features = create_features(features_name(job), **job.search.features_opts)
+        feats = features
     declared = model_defaults(job.model.name).classes
     if generator is None and (gen.classes is not None) != (declared is not None) or \
             gen.classes is not None and declared is not None and len(gen.classes) != len(declared()):
@@ -325,6 +329,19 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None,
     comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp, unit_prompts)
     return comp
+
+
+@contextmanager
+def _options_error(field: str, what: str):
+    """A component's constructor refusing its options (a plain ValueError or TypeError: a bad value, a wrong type,
+    an option passed on to a callee that does not take it) becomes a `ConfigError` naming the options' field;
+    our own errors (missing weights, ...) already say what to fix."""
+    try:
+        yield
+    except TtsvarError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{field}: {what}: {_one_line(e)}") from None
 
 
 def resolve_batch_invariant(value, device) -> bool:
@@ -452,6 +469,10 @@ def _one_line(e: BaseException) -> str:
 def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, str]) -> None:
     """Raise `PromptError` listing every line whose prompt is in `problems` (from `prompt_problems`)."""
     lines = [f"{job.prompts}:{it.index + 1}: {problems[it.prompt]}" for it in items if it.prompt in problems]
+    reasons = {problems.get(it.prompt) for it in items}
+    if len({it.prompt for it in items}) > 1 and len(reasons) == 1 and None not in reasons:
+        raise ConfigError(f"every prompt of the job fails the same way ({reasons.pop()}): the reward or the model "
+                          "is what fails (its options, weights or code), not the prompts")
     if lines:
         raise PromptError(format_problems(lines))
 
@@ -467,10 +488,29 @@ def make_worker(job: JobConfig, comp: Components) -> Worker:
 def job_items(job: JobConfig) -> list[PromptItem]:
     if not job.prompts:
         raise ConfigError("prompts is not set: give a .txt or .jsonl file (prompts=path)")
-    items = read_prompts(job.prompts)
-    items = items[: job.limit] if job.limit else items
+    try:
+        items, bad = read_prompts(job.prompts), []
+    except PromptError as e:
+        if not hasattr(e, "problems"):
+            raise
+        items, bad = e.items, e.problems  # the lines the model would refuse too, all in one message
+    items = items[: job.limit] if job.limit and not bad else items
     classes = model_defaults(job.model.name).classes
-    return resolve_prompts(items, job.prompts, job.model.name, classes() if classes else None)
+    try:
+        items = resolve_prompts(items, job.prompts, job.model.name, classes() if classes else None)
+    except PromptError as e:
+        if not bad or not hasattr(e, "problems"):
+            raise
+        bad = bad + e.problems
+    if bad:
+        raise problems_error(sorted(bad, key=_line_number))
+    return items
+
+
+def _line_number(problem: str) -> int:
+    """The line number of a "path:line: why" problem (for ordering them)."""
+    m = re.match(r".*?:(\d+): ", problem)
+    return int(m.group(1)) if m else 0
 
 
 class ResultWriter:
@@ -582,7 +622,8 @@ class ResultWriter:
             it = self.items[p]
             rec = {"index": p, "prompt": it.prompt, "seed": prompt_seed(self.job.seed, p), "status": "ok",
                    "model": self.job.model.name, "strategy": self.job.search.strategy, "n": self.job.search.n,
-                   "reward_name": self.job.reward.name, "reward": r if r is not None and np.isfinite(r) else None,
+                   "reward_name": reward_config(self.job).name,
+                   "reward": r if r is not None and np.isfinite(r) else None,
                    "image": rel, "trace": trace_rel, "candidates": cands, "row_id": int(ga.row_ids[k]),
                    "compute": counters}
             if it.class_index is not None:

@@ -95,10 +95,18 @@ def read_prompts(path: str | Path) -> list[PromptItem]:
             continue
         items.append(item)
     if errors:
-        raise PromptError(format_problems(errors))
+        raise problems_error(errors, items)
     if not items:
         raise PromptError(f"prompts file {path} holds no prompts")
     return items
+
+
+def problems_error(lines: list[str], items: list[PromptItem] | None = None) -> PromptError:
+    """The `PromptError` for bad lines; it carries them (`problems`) and the good items read (`items`), so that a
+    later check can add its own bad lines and report all of them at once (`ttsvar.jobs.job_items`)."""
+    e = PromptError(format_problems(lines))
+    e.problems, e.items = list(lines), list(items or [])
+    return e
 
 
 def resolve_prompts(items: list[PromptItem], path: str | Path, model: str,
@@ -112,7 +120,7 @@ def resolve_prompts(items: list[PromptItem], path: str | Path, model: str,
                 errors.append(f"{path}:{it.index + 1}: {{\"class\": {it.class_spec!r}}} is a class but {model} is "
                               "text-conditional; give a 'prompt' field with text")
         if errors:
-            raise PromptError(format_problems(errors))
+            raise problems_error(errors)
         return items
     n = len(classes)
     for it in items:
@@ -131,7 +139,7 @@ def resolve_prompts(items: list[PromptItem], path: str | Path, model: str,
             continue
         it.prompt, it.class_index, it.class_name = str(k), k, classes.name(k)
     if errors:
-        raise PromptError(format_problems(errors))
+        raise problems_error(errors)
     return items
 
 

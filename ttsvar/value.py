@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,6 +76,11 @@ def _verdicts(root: Path, rec: dict, m: int, evaluator) -> np.ndarray:
     return out
 
 
+# the arrays every search-data file holds that the fit reads (ttsvar.output.OutputDir.write_search_data)
+SEARCH_DATA_KEYS = ("prompt_index", "reward_scale", "features", "num_scales", "final_mean", "final_row_id",
+                    "final_ancestor", "scale", "reward", "log_prob", "entropy")
+
+
 def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluator: str = "shapes") -> SearchData:
     """Every decision row with a target from the runs' `search_data/`. Errors (`InputError`) name the run."""
     if target not in TARGETS:
@@ -96,8 +102,15 @@ def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluat
         records = out.done(warn=False)
         fp = _fingerprint(root)
         for f in files:
-            with np.load(f) as z:
-                d = {k: z[k] for k in z.files}
+            try:
+                with np.load(f) as z:
+                    d = {k: z[k] for k in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise InputError(f"{f}: not a readable search-data file ({type(e).__name__}: {e}); delete it and "
+                                 "re-run that job to write it again, or leave the run out") from None
+            missing = [k for k in SEARCH_DATA_KEYS if k not in d]
+            if missing:
+                raise InputError(f"{f}: not a search-data file of ttsvar (no {', '.join(missing)}); leave it out")
             p = int(d["prompt_index"])
             rec = records.get(p)
             if rec is None:
@@ -265,8 +278,12 @@ def save_value(path: str | Path, data: SearchData, models: dict, metrics: dict, 
               "num_scales": data.num_scales, "reward_scale": data.reward_scale, "features": data.features,
               "reward": data.reward, "runs": data.runs, "train": options,
               "norm": {str(k): m["norm"] for k, m in models.items()}, "metrics": metrics}
-    atomic_write_bytes(path, save(tensors))
-    atomic_write_json(json_path(path), config)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, save(tensors))
+        atomic_write_json(json_path(path), config)
+    except OSError as e:
+        raise InputError(f"-o {path}: cannot write the value file ({e.strerror or e}); give another path") from None
     load_value(path)  # what a search will read
     return path, json_path(path)
 
@@ -289,6 +306,16 @@ def run_fit_value(run_dirs: list[str], out: str, target: str = "reward", evaluat
                   hidden: int = 32, epochs: int = 400, seed: int = 0, threads: int | None = None) -> dict:
     """The whole command: load, fit, save, and return {path, json, metrics, seconds}."""
     t0 = time.perf_counter()
+    for name, value, low in (("--hidden", hidden, 1), ("--epochs", epochs, 1), ("--threads", threads, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise InputError(f"{name} {value!r}: must be an integer >= {low}")
+    dirs = [Path(d).expanduser().resolve() for d in run_dirs]
+    if len(set(dirs)) != len(dirs):
+        twice = ", ".join(sorted({str(d) for d in dirs if dirs.count(d) > 1}))
+        raise InputError(f"a run folder is given twice ({twice}); its rows would count twice: give each once")
+    dest = Path(out).expanduser()
+    if dest.is_dir():
+        raise InputError(f"-o {out}: is a folder; give the value file's path (e.g. {dest / 'value.safetensors'})")
     data = load_search_data(run_dirs, target, evaluator)
     options = {"hidden": hidden, "epochs": epochs, "seed": seed, "val_fraction": 0.2, "rows": int(len(data.y))}
     models, metrics = fit_value(data, hidden=hidden, epochs=epochs, seed=seed, threads=threads)
