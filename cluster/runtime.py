@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -70,6 +71,23 @@ def _start_watchdog() -> None:
              _watchdog.pid)
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A `host:port` (or `ray://host:port`) nobody answers on is a `ClusterError` within `timeout` seconds:
+    `ray.init` itself retries for minutes before it gives up. `auto` (the cluster `ray start` left on this
+    machine) is Ray's to find."""
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if address == "auto" or not sep or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ClusterError(f"cannot join the Ray cluster at runtime.address={address!r}: nothing answers on "
+                           f"{host}:{port} ({e.strerror or type(e).__name__}). Start it with `ray start --head`, "
+                           "check the address and firewall, or leave runtime.address unset to start a local Ray "
+                           "on this machine") from None
+
+
 def connect(rt: RuntimeConfig) -> bool:
     """Make sure this process is connected to Ray. Returns True if it started Ray (then it must stop it).
 
@@ -84,6 +102,7 @@ def connect(rt: RuntimeConfig) -> bool:
         if rt.dashboard:
             log.warning("runtime.dashboard is ignored when joining a cluster (runtime.address=%s): the "
                         "cluster's head node decides whether it runs a dashboard", rt.address)
+        check_reachable(rt.address)
         try:
             ray.init(address=rt.address, logging_level=level, log_to_driver=not rt.quiet)
         except (ConnectionError, ValueError, RuntimeError) as e:

@@ -35,3 +35,17 @@ def test_bad_gpu_share_is_refused(two_gpus, bad):
 def test_cpu_model_on_a_gpu_cluster_uses_cpu_actors(two_gpus):
     plan = rt_mod.plan_actors(RuntimeConfig(kind="ray"), "cpu")
     assert not plan.use_gpu and plan.options["num_gpus"] == 0
+
+
+def test_an_address_nobody_answers_on_is_refused_in_seconds_not_minutes():
+    import socket
+    import time
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    t0 = time.perf_counter()
+    with pytest.raises(ClusterError, match=rf"runtime.address='127.0.0.1:{port}': nothing answers on"):
+        rt_mod.check_reachable(f"127.0.0.1:{port}")
+    assert time.perf_counter() - t0 < 5
+    rt_mod.check_reachable("auto")  # Ray's to find

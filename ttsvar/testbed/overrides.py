@@ -1,8 +1,10 @@
-"""`--set key=value` overrides of a training script's config dataclass (the testbed's three trainers)."""
+"""What the testbed's three trainers read alike: `--set key=value` overrides of a config dataclass, and where
+`--quick` may write."""
 
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 TRUE, FALSE = ("true", "1"), ("false", "0")
@@ -29,3 +31,11 @@ def apply_overrides(cfg: Any, pairs: list[str]) -> None:
                 raise ValueError(f"--set {kv!r}: {key} must be a {kind.__name__}") from None
         else:
             raise ValueError(f"--set {kv!r}: {key} holds a {kind.__name__}, which --set cannot write")
+
+
+def check_quick_out(quick: bool, out: str | Path, shipped: str | Path) -> None:
+    """`--quick` trains a few steps (a smoke test): refuse to write its weights over the shipped ones, which are
+    every trainer's default `--out` (ValueError, one line)."""
+    if quick and Path(out).expanduser().resolve() == Path(shipped).expanduser().resolve():
+        raise ValueError(f"--quick writes smoke-test weights; give --out DIR (the default, {shipped}, holds the "
+                         "shipped weights)")

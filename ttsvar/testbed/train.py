@@ -29,7 +29,7 @@ from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
-from .overrides import apply_overrides
+from .overrides import apply_overrides, check_quick_out
 from .train_vae import (
     StepLog,
     adamw_no_decay_1d,
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
     try:
         apply_overrides(tc, args.set)
+        check_quick_out(args.quick, args.out, WEIGHTS_DIR)
         amp_dtype(tc)  # a bad value fails here, not after the data is built
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -46,7 +46,7 @@ from ..eval.geneval import check_metadata
 from ..output import to_uint8
 from . import world
 from .evaluator import ShapesEvaluator
-from .overrides import apply_overrides
+from .overrides import apply_overrides, check_quick_out
 from .reward import (
     DEFAULT_WEIGHTS,
     DENSITY_SCALE,
@@ -713,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
                                det_steps=3, det_batch=4)
     try:
         apply_overrides(tc, a.set)
+        check_quick_out(a.quick, a.out, DEFAULT_WEIGHTS)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

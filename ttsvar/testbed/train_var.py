@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.var.model import VAR, VARConfig
 from ..models.var.vqvae import VQVAE, MultiScaleQuantizer, VQVAEConfig
 from . import world
-from .overrides import apply_overrides
+from .overrides import apply_overrides, check_quick_out
 from .train_vae import StepLog, adamw_no_decay_1d, warmup_cosine
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -317,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.vae_batch, tc.gen_batch = 20, 20, 512, 16, 16
     try:
         apply_overrides(tc, args.set)
+        check_quick_out(args.quick, args.out, WEIGHTS_DIR)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
