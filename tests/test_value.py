@@ -14,7 +14,7 @@ from search import Observation, create_strategy
 from search.value import load_value
 from ttsvar.cli import main
 from ttsvar.config import load_config
-from ttsvar.core.errors import ConfigError
+from ttsvar.core.errors import ConfigError, ResumeError
 from ttsvar.jobs import run_job
 from ttsvar.testbed import world
 from ttsvar.testing import write_value_file
@@ -144,6 +144,13 @@ def test_learned_potential_and_value_strategy_run_end_to_end(runs):
         assert s["prompts_ok"] == len(PROMPTS)
         first = json.loads((out / "traces" / "0.json").read_text())["decisions"][0]
         assert all("value" in r for r in first["rows"])
+    # a value file fitted again at the same path is another configuration: the resume is refused
+    again = job(tmp, tmp / "value-top", "search.strategy=value", f"search.options.value={value}",
+                "search.options.coarse=top")
+    assert run_job(again)["skipped_done"] == len(PROMPTS)
+    write_value_file(value, feature_dim=64, scales=[1, 2, 3, 4], seed=1)
+    with pytest.raises(ResumeError, match="search.value_sha256"):
+        run_job(again)
 
 
 def test_value_strategy_needs_its_file_and_a_matching_feature_dimension(runs, capsys):

@@ -13,6 +13,7 @@ costs only itself; only errors that can be transient are retried (`ttsvar.core.e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -21,6 +22,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -207,7 +209,11 @@ def job_fingerprint(job: JobConfig) -> dict:
         sampling = asdict(job.sampling)
     fp.update({f"sampling.{k}": v for k, v in sampling.items()})
     fp["search.strategy"], fp["search.n"] = job.search.strategy, job.search.n
-    fp.update(_flat_options("search", search_config(job).options))  # with the model's default options
+    options = search_config(job).options
+    fp.update(_flat_options("search", options))  # with the model's default options
+    value = (options or {}).get("value")
+    if isinstance(value, str) and Path(value).expanduser().is_file():  # a value re-fitted at the same path differs
+        fp["search.value_sha256"] = hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()[:16]
     fp["search.features"] = features_name(job)
     fp["search.features_opts"] = _without_device(job.search.features_opts)
     r = reward_config(job)

@@ -51,6 +51,8 @@ _TMP = re.compile(r"\..+\.tmp")
 # Fingerprint fields an older ttsvar recorded that no longer exist, with the only value they ever held: results
 # recorded with them are still of the same configuration.
 RETIRED_FIELDS: dict[str, Any] = {"sampling.extra": {}}
+# Fingerprint fields added since: results recorded without them still resume (they were not checked then).
+ADDED_FIELDS = frozenset({"search.value_sha256"})
 
 
 def file_mode() -> int:
@@ -294,7 +296,8 @@ class OutputDir:
                             "that they come from this configuration; resuming", self.root, JOB_FILE)
             else:
                 diff = [k for k in sorted(set(old) | set(fp)) if old.get(k, "<unset>") != fp.get(k, "<unset>")
-                        and not (k not in fp and k in RETIRED_FIELDS and old[k] == RETIRED_FIELDS[k])]
+                        and not (k not in fp and k in RETIRED_FIELDS and old[k] == RETIRED_FIELDS[k])
+                        and not (k not in old and k in ADDED_FIELDS)]
                 if diff:
                     n = sum(1 for _ in self.done(warn=False))
                     what = "; ".join(f"{k}: {_short(old.get(k, '<unset>'))} -> {_short(fp.get(k, '<unset>'))}"
