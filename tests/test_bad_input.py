@@ -576,8 +576,10 @@ def test_nan_policy_minus_inf_from_the_command_line_is_a_number(tmp_path):
 
 def test_ignored_options_warn(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="ttsvar"):
-        run_job(make_job(tmp_path, "runtime.actors=2", "model.dtype=float16", prompts=PROMPTS[:1]))
+        run_job(make_job(tmp_path, "runtime.actors=2", "model.dtype=float16", "reward.weights_dir=/models",
+                         prompts=PROMPTS[:1]))
     assert "runtime.actors=2" in caplog.text and "model.dtype='float16'" in caplog.text
+    assert "reward.weights_dir='/models' is ignored" in caplog.text
 
 
 def test_files_follow_the_umask(tmp_path):

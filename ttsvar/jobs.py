@@ -32,7 +32,7 @@ from .config import LEGACY_OPTIONS, JobConfig, ignored_fields, saves_previews
 from .core.device import resolve_device
 from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, TtsvarError, is_transient
 from .core.generator import Generator
-from .core.options import check_options
+from .core.options import accepts_option, check_options
 from .engine import (
     Action,
     Coordinator,
@@ -154,6 +154,8 @@ def preflight(job: JobConfig) -> None:
         log.warning("%s is ignored", f)
     obj = resolve_reward_checked(job)  # before the features: a plugin's module may register features too
     name = reward_config(job).name
+    if job.reward.weights_dir is not None and not accepts_option(obj, "weights_dir"):
+        log.warning("reward.weights_dir=%r is ignored (reward %r does not read it)", job.reward.weights_dir, name)
     options = dict(job.reward.options or {})
     if isinstance(obj, Reward):
         factory = None
