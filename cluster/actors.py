@@ -165,9 +165,10 @@ class GeneratorActor:
                 "num_scales": self.worker.gen.num_scales}
 
     def check_prompts(self, prompts: list[str]) -> dict[str, str]:
-        """prompt -> why this actor's text models cannot read it (`ttsvar.jobs.prompt_problems`); the driver
+        """prompt -> why this actor's text models cannot read it (`ttsvar.prompts.prompt_problems`); the driver
         asks the first ready actor before any unit starts."""
-        from ttsvar.jobs import prompt_problems, reward_config
+        from ttsvar.jobs import reward_config
+        from ttsvar.prompts import prompt_problems
 
         return prompt_problems(self.comp, prompts, self.job.runtime.score_batch, reward_config(self.job).name)
 

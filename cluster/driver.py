@@ -41,8 +41,9 @@ from ray.exceptions import RayError, RayTaskError
 
 from ttsvar.config import JobConfig
 from ttsvar.engine import MAX_ACTOR_LOSSES, Coordinator, WorkUnit
-from ttsvar.jobs import PreparedJob, ResultWriter, check_prompts, make_coordinator, prepare_job
+from ttsvar.jobs import PreparedJob, ResultWriter, make_coordinator, prepare_job
 from ttsvar.progress import progress_bar
+from ttsvar.prompts import check_prompts
 
 from . import ClusterError
 from .actors import GeneratorActor, RewardActor
@@ -250,7 +251,7 @@ class RayJob:
             self.coord = make_coordinator(self.job, self.num_scales, next_unit_id=len(self.prep.units))
             todo = self.prep.todo
             problems = ray.get(slot.handle.check_prompts.remote([it.prompt for it in todo]))
-            check_prompts(self.job, todo, problems)  # raises PromptError listing every bad line
+            check_prompts(self.job.prompts, todo, problems)  # raises PromptError listing every bad line
         elif info["num_scales"] != self.num_scales:
             raise ClusterError(f"actor {slot.index} on {info['host']} loaded a model with {info['num_scales']} "
                                f"scales, the others {self.num_scales}: every node must have the same weights")

@@ -59,7 +59,7 @@ CALLS: dict[str, int] = {}
 
 
 def _real(images: torch.Tensor) -> bool:
-    """False for the grey probe images of the prompt check (`ttsvar.jobs.prompt_problems`)."""
+    """False for the grey probe images of the prompt check (`ttsvar.prompts.prompt_problems`)."""
     return bool(images.std() > 0)
 
 

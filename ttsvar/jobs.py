@@ -7,7 +7,7 @@ the same Worker/Coordinator halves and the same `ResultWriter`.
 Before any model loads, a job checks what it can without one (`preflight`: the reward and feature names and
 options; `open_output`: output.dir is writable, its manifest intact, its results from the same configuration).
 Once the models are loaded it checks the memory a work unit needs (`check_memory`) and every prompt against
-the job's text models (`check_prompts`). A unit that raises is re-run prompt by prompt, so a bad prompt
+the job's text models (`ttsvar.prompts.check_prompts`). A unit that raises is re-run prompt by prompt, so a bad prompt
 costs only itself; only errors that can be transient are retried (`ttsvar.core.errors.is_transient`).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 import traceback
 from collections import deque
@@ -30,7 +29,15 @@ from search.base import SearchPlan, Strategy
 
 from .config import LEGACY_OPTIONS, JobConfig, ignored_fields, saves_previews
 from .core.device import resolve_device
-from .core.errors import ConfigError, InputError, OutputWriteError, PromptError, TtsvarError, is_transient
+from .core.errors import (
+    ConfigError,
+    InputError,
+    OutputWriteError,
+    PromptError,
+    TtsvarError,
+    is_transient,
+    one_line,
+)
 from .core.generator import Generator
 from .core.options import accepts_option, check_options
 from .engine import (
@@ -47,7 +54,15 @@ from .engine import (
 from .models.registry import create_generator, list_generators, model_defaults
 from .output import OutputDir
 from .progress import progress_bar
-from .prompts import PromptItem, format_problems, problems_error, read_prompts, resolve_prompts
+from .prompts import (
+    PromptItem,
+    check_prompts,
+    line_number,
+    problems_error,
+    prompt_problems,
+    read_prompts,
+    resolve_prompts,
+)
 
 log = logging.getLogger("ttsvar")
 
@@ -349,7 +364,7 @@ def _options_error(field: str, what: str):
     except TtsvarError:
         raise
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{field}: {what}: {_one_line(e)}") from None
+        raise ConfigError(f"{field}: {what}: {one_line(e)}") from None
 
 
 def resolve_batch_invariant(value, device) -> bool:
@@ -419,72 +434,6 @@ def check_memory(job: JobConfig, comp: Components, unit_prompts: int | None = No
         f"({need / 2**30:.1f} GiB of model state), more than the {free / 2**30:.1f} GiB free on {where}: {fix}")
 
 
-def prompt_problems(comp: Components, prompts: list[str], score_batch: int = 64,
-                    reward_label: str | None = None) -> dict[str, str]:
-    """prompt -> why the job's text models cannot read it, for every prompt that fails: the generator's text
-    encoder (`check_prompt`) and the reward (scoring a grey image with the prompt, bisecting failed batches;
-    only ValueError-like errors count, a reward that fails otherwise is reported by the job itself).
-    Feature extractors read no text."""
-    import torch
-
-    from .engine import score_images
-
-    bad: dict[str, str] = {}
-    uniq = list(dict.fromkeys(prompts))
-    for p in uniq:
-        try:
-            comp.generator.check_prompt(p)
-        except ValueError as e:
-            bad[p] = f"the generator's text encoder: {e}"
-    size = getattr(comp.reward, "input_size", None) or comp.preview_size or 32
-    size = size if isinstance(size, int) and 8 <= size <= 1024 else 32
-    label = reward_label or getattr(comp.reward, "name", None) or type(comp.reward).__name__
-
-    class _Inconclusive(Exception):
-        pass
-
-    def probe(ps: list[str]) -> None:
-        img = torch.full((len(ps), 3, size, size), 0.5)
-        try:
-            score_images(comp.reward, img, ps, np.arange(len(ps)))
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            if type(e).__name__ == "RewardOutputError":
-                raise _Inconclusive(e) from None
-            if len(ps) == 1:
-                why = f"reward {label}: {_one_line(e)}"
-                bad[ps[0]] = f"{bad[ps[0]]}; {why}" if ps[0] in bad else why
-                return
-            mid = len(ps) // 2
-            probe(ps[:mid])
-            probe(ps[mid:])
-        except Exception as e:  # noqa: BLE001 - not about the prompt: the job reports it if it recurs
-            raise _Inconclusive(e) from None
-
-    try:
-        for s in range(0, len(uniq), max(1, score_batch)):
-            probe(uniq[s:s + score_batch])
-    except _Inconclusive as e:
-        log.warning("could not check the prompts with reward %s (%s); checking them as the job runs", label,
-                    _one_line(e.args[0] if e.args else e))
-    return bad
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
-    return lines[-1] if lines else type(e).__name__
-
-
-def check_prompts(job: JobConfig, items: list[PromptItem], problems: dict[str, str]) -> None:
-    """Raise `PromptError` listing every line whose prompt is in `problems` (from `prompt_problems`)."""
-    lines = [f"{job.prompts}:{it.index + 1}: {problems[it.prompt]}" for it in items if it.prompt in problems]
-    reasons = {problems.get(it.prompt) for it in items}
-    if len({it.prompt for it in items}) > 1 and len(reasons) == 1 and None not in reasons:
-        raise ConfigError(f"every prompt of the job fails the same way ({reasons.pop()}): the reward or the model "
-                          "is what fails (its options, weights or code), not the prompts")
-    if lines:
-        raise PromptError(format_problems(lines))
-
-
 def make_worker(job: JobConfig, comp: Components) -> Worker:
     rt = job.runtime
     return Worker(comp.generator, comp.reward, comp.features, comp.plan, max_rows_per_forward=rt.max_rows_per_forward,
@@ -511,14 +460,8 @@ def job_items(job: JobConfig) -> list[PromptItem]:
             raise
         bad = bad + e.problems
     if bad:
-        raise problems_error(sorted(bad, key=_line_number))
+        raise problems_error(sorted(bad, key=line_number))
     return items
-
-
-def _line_number(problem: str) -> int:
-    """The line number of a "path:line: why" problem (for ordering them)."""
-    m = re.match(r".*?:(\d+): ", problem)
-    return int(m.group(1)) if m else 0
 
 
 class ResultWriter:
@@ -769,7 +712,7 @@ def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
     if not todo:
         return writer.summary(time.perf_counter() - t0, {**extra, "time_setup": 0.0, "time_decide": 0.0})
     comp = build_components(job, generator, unit_prompts=max(len(u.prompt_indices) for u in units))
-    check_prompts(job, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
+    check_prompts(job.prompts, todo, prompt_problems(comp, [it.prompt for it in todo], job.runtime.score_batch,
                                              reward_config(job).name))
     worker = make_worker(job, comp)
     coord = make_coordinator(job, comp.generator.num_scales, next_unit_id=len(units))
@@ -794,17 +737,17 @@ def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
         verdict = coord.fail(unit, error)
         if verdict.action is Action.SPLIT:
             log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
-                        unit.prompt_indices, _one_line(error))
+                        unit.prompt_indices, one_line(error))
             queue.extendleft(reversed(verdict.units))
         elif verdict.action is Action.RETRY:  # right away: the local runtime runs one unit at a time anyway
             retried += 1
             log.warning("prompt %d failed (attempt %d of %d), retrying: %s", unit.prompt_indices[0],
-                        verdict.attempts, job.runtime.retries + 1, _one_line(error))
+                        verdict.attempts, job.runtime.retries + 1, one_line(error))
             queue.appendleft(unit)
         else:
             n = verdict.attempts
             log.error("prompt %d failed%s: %s", unit.prompt_indices[0], f" after {n} attempts" if n > 1 else "",
-                      _one_line(error))
+                      one_line(error))
             writer.write_failure(unit, error_text(error), error)
             bar.update(1)
     bar.close()

@@ -13,15 +13,20 @@ a text prompt for a class model, or a `class` field for a text model, is a `Prom
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from .core.classes import ClassList
-from .core.errors import MissingFileError, PromptError
+from .core.errors import ConfigError, MissingFileError, PromptError, one_line
 
 MAX_PROMPT_CHARS = 20_000  # longer than any text encoder reads; a longer line is not a prompt
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")  # C0 controls except tab/newline/CR, and DEL
+
+log = logging.getLogger("ttsvar")
 
 
 @dataclass
@@ -46,7 +51,7 @@ def prompt_problem(prompt: str) -> str | None:
 
 def read_prompts(path: str | Path) -> list[PromptItem]:
     """The prompts of a .txt or .jsonl file. Every bad line is reported at once (`PromptError`, with line
-    numbers); checks against the job's text models come later (`ttsvar.jobs.check_prompts`)."""
+    numbers); checks against the job's text models come later (`ttsvar.prompts.check_prompts`)."""
     path = Path(path).expanduser()
     if not path.exists():
         raise MissingFileError(f"prompts file not found: {path} (give a .txt or .jsonl file)")
@@ -151,3 +156,71 @@ def format_problems(lines: list[str], limit: int = 20) -> str:
     more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
     return (f"{len(lines)} bad prompt lines; fix or remove them and re-run:"
             + "".join(f"\n  {x}" for x in lines[:limit]) + more)
+
+
+def line_number(problem: str) -> int:
+    """The line number of a "path:line: why" problem (for ordering them)."""
+    m = re.match(r".*?:(\d+): ", problem)
+    return int(m.group(1)) if m else 0
+
+
+def prompt_problems(comp, prompts: list[str], score_batch: int = 64,
+                    reward_label: str | None = None) -> dict[str, str]:
+    """prompt -> why the job's text models cannot read it, for every prompt that fails: the generator's text
+    encoder (`check_prompt`) and the reward (scoring a grey image with the prompt, bisecting failed batches;
+    only ValueError-like errors count, a reward that fails otherwise is reported by the job itself).
+    Feature extractors read no text."""
+    import torch
+
+    from .engine import score_images
+
+    bad: dict[str, str] = {}
+    uniq = list(dict.fromkeys(prompts))
+    for p in uniq:
+        try:
+            comp.generator.check_prompt(p)
+        except ValueError as e:
+            bad[p] = f"the generator's text encoder: {e}"
+    size = getattr(comp.reward, "input_size", None) or comp.preview_size or 32
+    size = size if isinstance(size, int) and 8 <= size <= 1024 else 32
+    label = reward_label or getattr(comp.reward, "name", None) or type(comp.reward).__name__
+
+    class _Inconclusive(Exception):
+        pass
+
+    def probe(ps: list[str]) -> None:
+        img = torch.full((len(ps), 3, size, size), 0.5)
+        try:
+            score_images(comp.reward, img, ps, np.arange(len(ps)))
+        except (ValueError, KeyError, IndexError, TypeError) as e:
+            if type(e).__name__ == "RewardOutputError":
+                raise _Inconclusive(e) from None
+            if len(ps) == 1:
+                why = f"reward {label}: {one_line(e)}"
+                bad[ps[0]] = f"{bad[ps[0]]}; {why}" if ps[0] in bad else why
+                return
+            mid = len(ps) // 2
+            probe(ps[:mid])
+            probe(ps[mid:])
+        except Exception as e:  # noqa: BLE001 - not about the prompt: the job reports it if it recurs
+            raise _Inconclusive(e) from None
+
+    try:
+        for s in range(0, len(uniq), max(1, score_batch)):
+            probe(uniq[s:s + score_batch])
+    except _Inconclusive as e:
+        log.warning("could not check the prompts with reward %s (%s); checking them as the job runs", label,
+                    one_line(e.args[0] if e.args else e))
+    return bad
+
+
+def check_prompts(path: str | Path, items: list[PromptItem], problems: dict[str, str]) -> None:
+    """Raise `PromptError` listing every line of the prompts file `path` whose prompt is in `problems` (from
+    `prompt_problems`); a `ConfigError` when every prompt fails the same way (the reward or model is broken)."""
+    lines = [f"{path}:{it.index + 1}: {problems[it.prompt]}" for it in items if it.prompt in problems]
+    reasons = {problems.get(it.prompt) for it in items}
+    if len({it.prompt for it in items}) > 1 and len(reasons) == 1 and None not in reasons:
+        raise ConfigError(f"every prompt of the job fails the same way ({reasons.pop()}): the reward or the model "
+                          "is what fails (its options, weights or code), not the prompts")
+    if lines:
+        raise PromptError(format_problems(lines))

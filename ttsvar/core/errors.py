@@ -78,3 +78,10 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(cause, BaseException) and cause is not error:
         return is_transient(cause)
     return not isinstance(error, _DETERMINISTIC)
+
+
+def one_line(e: BaseException) -> str:
+    """An error's message as one line for a log or a summary: its last non-empty line (the exception's own, after
+    any context), or its type's name."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    return lines[-1] if lines else type(e).__name__
