@@ -136,3 +136,44 @@ def test_an_interrupted_run_resumes(prompts, tmp_path, monkeypatch, capsys):
     # --fresh deletes the layout too, and starts over
     assert main([*args, "--fresh", "limit=1"]) == 0
     assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["00000"]
+
+
+def test_fresh_that_fails_to_start_and_foreign_sample_folders_lose_nothing(prompts, generated, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(generated, out)
+    (out / "results.jsonl").write_text('{"filename": "scored for hours"}\n')
+    before = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+              and p.name not in (".ttsvar.lock", "geneval_prompts.jsonl")}
+    args = ["geneval", "generate", f"prompts={prompts}", f"output.dir={out}", "limit=2", "n_samples=2", *FAST]
+    assert main([*args, "--fresh", "model.weights=/nonexistent/shapes.safetensors"]) == 2  # fails to start
+    assert "not found" in capsys.readouterr().err
+    after = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+             and p.name not in (".ttsvar.lock", "geneval_prompts.jsonl")}
+    assert after == before
+    # sample folders of someone else (no manifest, no job.json): neither mixed into nor deleted, with or without --fresh
+    foreign = tmp_path / "foreign"
+    shutil.copytree(generated / "00000", foreign / "00000")
+    for extra in ([], ["--fresh"]):
+        assert main(["geneval", "generate", f"prompts={prompts}", f"output.dir={foreign}", *FAST, *extra]) == 2
+        assert "GenEval sample folders that no ttsvar job wrote (00000)" in capsys.readouterr().err
+    assert sorted(p.name for p in (foreign / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
+
+
+def test_the_layout_holds_only_samples_the_manifest_stands_behind(prompts, generated, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(generated, out)
+    stray = out / "00000" / "samples" / "00002.png"  # beyond n_samples=2, e.g. from another tool
+    shutil.copyfile(out / "00000" / "samples" / "00000.png", stray)
+    md = [json.loads(x) for x in prompts.read_text().splitlines()]
+    edited = tmp_path / "md.jsonl"  # prompt 1's text changed: its old samples no longer stand for it
+    md[1] = {**md[1], "prompt": md[0]["prompt"]} if md[0]["prompt"] != md[1]["prompt"] else md[1]
+    edited.write_text("".join(json.dumps(m) + "\n" for m in md))
+    assert main(["geneval", "generate", f"prompts={edited}", f"output.dir={out}", "limit=2", "n_samples=2",
+                 *FAST]) == 0
+    assert not stray.exists()
+    assert sorted(p.name for p in (out / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
+    assert json.loads((out / "00001" / "metadata.jsonl").read_text()) == md[1]

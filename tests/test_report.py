@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -240,11 +241,32 @@ def test_a_geneval_generate_folder_scored_by_geneval_score_shows_its_scores(tmp_
     run = fabricate_run(tmp_path / "D", "tts-var", prompts=4, num_scales=6)
     (run / "geneval.json").write_text(json.dumps({"n_samples": 2}))
     verdicts = {(0, 0): True, (0, 1): False, (1, 0): False, (1, 1): True}
+    text = {json.loads(x)["index"]: json.loads(x)["prompt"] for x in (run / "manifest.jsonl").read_text().splitlines()}
     (run / "results.jsonl").write_text("".join(
         json.dumps({"filename": f"{run}/{f:05d}/samples/{k:05d}.png", "tag": ["colors", "counting"][f],
-                    "prompt": "p", "correct": ok, "reason": "", "metadata": json.dumps({"prompt": f"p{f}"}),
+                    "prompt": text[f * 2 + k], "correct": ok, "reason": "", "metadata": json.dumps({"prompt": f"p{f}"}),
                     "details": "{}"}) + "\n" for (f, k), ok in verdicts.items()))
     page = build_report([run]).path
     assert "GenEval overall" in page.read_text() and "counting" in page.read_text()
     got = {p["i"]: p["ok"] for p in _page_data(page)["runs"][0]["prompts"]}
     assert got == {f * 2 + k: ok for (f, k), ok in verdicts.items()}
+
+
+def test_stale_scores_and_runs_of_other_prompts_are_flagged(tmp_path):
+    run = fabricate_run(tmp_path / "R", "tts-var", prompts=4, num_scales=6, evaluated=True)
+    page = build_report([run]).path.read_text()
+    assert "GenEval scores stale" not in page  # evaluated as it is
+    # a resumed run: one more prompt finished after the evaluation
+    recs = [json.loads(x) for x in (run / "manifest.jsonl").read_text().splitlines()]
+    extra = {**recs[0], "index": 4, "image": "images/00004.png", "prompt": "a new prompt"}
+    shutil.copyfile(run / recs[0]["image"], run / "images" / "00004.png")
+    with open(run / "manifest.jsonl", "a") as f:
+        f.write(json.dumps(extra) + "\n")
+    page = build_report([run]).path.read_text()
+    assert "GenEval scores stale" in page and "the scores cover 4 of the run&#x27;s 5 finished images" in page
+    other = fabricate_run(tmp_path / "O", "best-of-n", prompts=4, num_scales=6, seed=1)
+    lines = [json.loads(x) for x in (other / "manifest.jsonl").read_text().splitlines()]
+    lines[1]["prompt"] = "another prompt file's line"
+    (other / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page = build_report([run, other], out=tmp_path / "both.html").path.read_text()
+    assert "different prompts at 1 index(es) (first #1" in page

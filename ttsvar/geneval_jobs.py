@@ -86,22 +86,46 @@ def sample_of(index: int, n_samples: int) -> tuple[int, int]:
     return divmod(index, n_samples)
 
 
-def _clear_layout(root: Path) -> list[str]:
-    """What `output.overwrite` deletes besides the job's files: the numbered folders (only those in GenEval's
-    layout, holding nothing else), the expanded prompts, `geneval.json` and `results.jsonl`."""
+def clear_layout(root: Path) -> list[str]:
+    """What `output.overwrite` deletes besides the job's files, once the new job starts writing
+    (`ttsvar.jobs.start_over`): the numbered folders (only those in GenEval's layout, holding nothing else),
+    `geneval.json` and `results.jsonl`; not the expanded prompts, which the new job is reading."""
     gone = []
-    for name in (PROMPTS_FILE, STATE_FILE, "results.jsonl"):
+    for name in (STATE_FILE, "results.jsonl"):
         if (root / name).is_file():
             (root / name).unlink()
             gone.append(name)
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()) if root.is_dir() else []
-    for p in folders:
-        if {c.name for c in p.iterdir()} <= {"metadata.jsonl", "samples", "grid.png"}:
-            shutil.rmtree(p)
-            gone.append(p.name)
+    for p in _layout_folders(root):
+        shutil.rmtree(p)
+        gone.append(p.name)
     if len(gone) > 8:
         gone = gone[:8] + [f"... ({len(gone)} in all)"]
     return gone
+
+
+def _layout_folders(root: Path) -> list[Path]:
+    """The numbered folders of `root` in GenEval's layout (holding nothing but metadata, samples and a grid)."""
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()
+                  and {c.name for c in p.iterdir()} <= {"metadata.jsonl", "samples", "grid.png"})
+
+
+def is_geneval_output(root: Path) -> bool:
+    """Whether `root` holds a `geneval generate` run (its state or expanded prompts)."""
+    return (root / STATE_FILE).is_file() or (root / PROMPTS_FILE).is_file()
+
+
+def _check_foreign_layout(root: Path) -> None:
+    """Numbered sample folders that no ttsvar job wrote (no manifest, no job.json) are someone else's samples:
+    generating into them would mix ours in, and `--fresh` would delete them. Refused, naming a few."""
+    if (root / "manifest.jsonl").is_file() or (root / "job.json").is_file():
+        return
+    folders = [p.name for p in _layout_folders(root)]
+    if folders:
+        raise OutputError(f"output.dir={str(root)!r} holds GenEval sample folders that no ttsvar job wrote "
+                          f"({', '.join(folders[:3])}{' ...' if len(folders) > 3 else ''}); choose another "
+                          "output.dir (ttsvar neither mixes its samples into them nor deletes them)")
 
 
 def _check_state(out: OutputDir, opts: GenevalOptions) -> None:
@@ -131,12 +155,10 @@ def run_geneval(job: JobConfig, opts: GenevalOptions, generator=None) -> dict:
     root = Path(job.output.dir).expanduser()
     if root.exists() and not root.is_dir():
         raise OutputError(f"output.dir={job.output.dir!r} is a file, not a folder; choose another output.dir")
-    if job.output.overwrite:
-        gone = _clear_layout(root)
-        if gone:
-            log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), root)
+    _check_foreign_layout(root)
     out = OutputDir(root)
-    _check_state(out, opts)
+    if not job.output.overwrite:  # with it, the earlier state goes when the new job starts writing, not before
+        _check_state(out, opts)
     lines = "".join(json.dumps(md) + "\n" for md in metadata for _ in range(opts.n_samples))
     atomic_write_bytes(root / PROMPTS_FILE, lines.encode("utf-8"))
     inner = replace(job, prompts=str(root / PROMPTS_FILE), limit=None)
@@ -144,10 +166,13 @@ def run_geneval(job: JobConfig, opts: GenevalOptions, generator=None) -> dict:
         summary = run_job(inner, generator)
     except BaseException:  # an interrupted or failed job: what finished still goes into the layout
         try:
+            if not (root / STATE_FILE).is_file():
+                atomic_write_json(root / STATE_FILE, {"n_samples": opts.n_samples})
             write_layout(root, metadata, opts.n_samples, opts.grid)
         except Exception as e:  # noqa: BLE001 - the job's own error is the one to report
             log.error("could not put the finished samples into GenEval's layout: %s", e)
         raise
+    atomic_write_json(root / STATE_FILE, {"n_samples": opts.n_samples})
     layout = write_layout(root, metadata, opts.n_samples, opts.grid)
     summary.update({"geneval_prompts": len(metadata), "n_samples": opts.n_samples, **layout})
     return summary
@@ -189,6 +214,7 @@ def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: b
             _link(src, folder / "samples" / f"{j:05d}.png")
         if grid and len(samples) == n_samples:
             write_grid(folder / "grid.png", [samples[j] for j in range(n_samples)])
+    _drop_stale_samples(root, by_folder, len(metadata))
     stale = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()
                    and int(p.name) >= len(metadata))
     if stale:
@@ -197,6 +223,25 @@ def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: b
                     ", ".join(f"{i:05d}" for i in stale[:5]) + (" ..." if len(stale) > 5 else ""))
     return {"samples_written": sum(len(s) for s in by_folder.values()), "folders_written": len(by_folder),
             "folders_complete": sum(len(s) == n_samples for s in by_folder.values())}
+
+
+def _drop_stale_samples(root: Path, finished: dict[int, dict[int, Path]], n_prompts: int) -> None:
+    """GenEval scores every png of a numbered folder: remove those this run's manifest does not stand behind (a
+    sample of an earlier prompt text at that number, one beyond n_samples), and the grid of a folder that is
+    not complete; a folder left with no sample goes (the layout's folders only)."""
+    for folder in _layout_folders(root):
+        i = int(folder.name)
+        if i >= n_prompts:
+            continue  # beyond this run's prompts: write_layout warns about them
+        keep = finished.get(i, {})
+        samples = folder / "samples"
+        for f in sorted(samples.glob("*.png")) if samples.is_dir() else []:
+            if not (f.stem.isdigit() and int(f.stem) in keep):
+                f.unlink()
+        if (folder / "grid.png").is_file() and not keep:
+            (folder / "grid.png").unlink()
+        if not keep:
+            shutil.rmtree(folder)
 
 
 def write_grid(path: Path, images: list[Path]) -> None:

@@ -284,7 +284,11 @@ def output_subdirs(job: JobConfig) -> tuple[str, ...]:
 def start_over(job: JobConfig, out: OutputDir) -> None:
     """`output.overwrite`: delete what earlier jobs wrote in output.dir (`OutputDir.clear`), then set it up for
     this one (its folders, its `job.json`)."""
+    from .geneval_jobs import clear_layout, is_geneval_output
+
     gone = out.clear()
+    if is_geneval_output(out.root):  # a `geneval generate` run: its sample folders, state and scores too
+        gone += clear_layout(out.root)
     if gone:
         log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
     out.check_writable(output_subdirs(job))

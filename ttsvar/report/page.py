@@ -21,6 +21,7 @@ _HERE = Path(__file__).resolve().parent
 
 # summary rows: (label, getter, format); a getter returns None where a run has no value
 _TIME_PHASES = ("time_setup", "time_generate", "time_decode", "time_reward", "time_features", "time_decide")
+_RUN_PHASES = ("time_setup", "time_decide")  # a run's as a whole (summary.json); the others are per prompt
 _COUNTERS = ("token_forwards", "preview_decodes", "reward_images", "feature_images")
 
 
@@ -82,6 +83,8 @@ def _rows(runs: list[Run]) -> list[tuple[str, list[Any], str]]:
     ]
     if any(r.geneval for r in runs):
         rows.append(("GenEval overall", [(r.geneval or {}).get("overall") for r in runs], "metric"))
+        if any(r.geneval_note for r in runs):
+            rows.append(("  GenEval scores stale", [r.geneval_note for r in runs], "warning"))
         tags = list(dict.fromkeys(t for r in runs for t in ((r.geneval or {}).get("per_tag") or {})))
         for t in tags:
             vals = []
@@ -92,9 +95,12 @@ def _rows(runs: list[Run]) -> list[tuple[str, list[Any], str]]:
     rows.append(("token forwards / prompt", [per_prompt_forwards(r) for r in runs], "compute"))
     for k in _COUNTERS:
         rows.append((k.replace("_", " "), [_phase(r, k) for r in runs], "compute"))
-    rows.append(("wall time, last run (s)", [r.summary.get("wall_time_s") for r in runs], "compute"))
     for k in _TIME_PHASES:
-        rows.append((f"  {k[5:]} (s)", [_phase(r, k) for r in runs], "compute"))
+        if k not in _RUN_PHASES:
+            rows.append((f"{k[5:]} time (s)", [_phase(r, k) for r in runs], "compute"))
+    rows.append(("wall time, last run (s)", [r.summary.get("wall_time_s") for r in runs], "compute"))
+    for k in _RUN_PHASES:
+        rows.append((f"  {k[5:]}, last run (s)", [r.summary.get(k) for r in runs], "compute"))
     return rows
 
 
@@ -128,7 +134,7 @@ def config_table(runs: list[Run]) -> str:
 def chart(runs: list[Run], width: int = 560, height: int = 320) -> str:
     """Quality against compute, one point per run, as inline SVG: x = token forwards per prompt (log scale when
     they span more than 10x), y = GenEval overall when every run was evaluated, else mean reward."""
-    use_geneval = all(r.geneval for r in runs)
+    use_geneval = all(r.geneval and not r.geneval_note for r in runs)  # stale scores are not plotted as a run's
     pts = [(per_prompt_forwards(r), quality(r, use_geneval), r.label) for r in runs]
     pts = [(x, y, lab) for x, y, lab in pts if x and x > 0 and y is not None]
     if not pts:
@@ -181,6 +187,22 @@ def _script_json(data: Any) -> str:
     return text.replace("</", "<\\/").replace("<!--", "<\\u0021--")
 
 
+def prompt_mismatch(runs: list[Run]) -> str | None:
+    """The prompt table lines runs up by prompt index: say so when their prompts differ at an index (runs of
+    different prompt files, or a GenEval-layout run beside a plain one), naming the first."""
+    texts: dict[int, dict[str, str]] = {}
+    for r in runs:
+        for rec in r.records + r.failed:
+            texts.setdefault(rec["index"], {})[r.label] = rec.get("prompt", "")
+    differ = sorted(i for i, by in texts.items() if len(set(by.values())) > 1)
+    if not differ:
+        return None
+    i = differ[0]
+    example = "; ".join(f"{label}: {text!r}" for label, text in texts[i].items())
+    return (f"These runs have different prompts at {len(differ)} index(es) (first #{i}: {example}); the prompt "
+            "table puts results of the same index side by side, so compare runs of the same prompts file.")
+
+
 def render_page(runs: list[Run], data: dict, title: str = "ttsvar report") -> str:
     css = (_HERE / "report.css").read_text(encoding="utf-8")
     js = (_HERE / "report.js").read_text(encoding="utf-8")
@@ -196,6 +218,9 @@ def render_page(runs: list[Run], data: dict, title: str = "ttsvar report") -> st
         '<section id="summary"><h2>Runs</h2>',
         summary_table(runs),
     ]
+    mismatch = prompt_mismatch(runs)
+    if mismatch:
+        parts.append(f'<p class="warning">{escape(mismatch)}</p>')
     if len(runs) > 1:
         parts += ['<h2>Quality against compute</h2>', chart(runs)]
     if not evaluated:

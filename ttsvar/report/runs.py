@@ -48,6 +48,7 @@ class Run:
     records: list[dict]  # finished prompts (status ok), by index
     failed: list[dict] = field(default_factory=list)  # prompts whose last record says failed, by index
     traces: dict[int, dict] = field(default_factory=dict)  # prompt index -> its trace, where one was read
+    geneval_note: str | None = None  # why the GenEval scores do not stand for the run as it is now, if they do not
 
     def setting(self, key: str) -> Any:
         """A job setting (`search.strategy`, `search.n`, `model.name`, `reward.name`): from job.json, else from
@@ -97,43 +98,65 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
     job = _read_json(root / "job.json")
     config = job.get("fingerprint", {}) if isinstance(job, dict) else {}
     summary = _read_json(root / "summary.json")
-    geneval, correct = _evaluation(root, records)
+    geneval, correct, scored = _evaluation(root, records)
     return Run(root, label or root.name or str(root), config if isinstance(config, dict) else {},
                summary if isinstance(summary, dict) else {}, geneval, correct, records, failed,
-               _traces(root, records))
+               _traces(root, records), _coverage(geneval, correct, scored, records, failed))
+
+
+def _coverage(geneval: dict | None, correct: dict[str, bool], scored: int, records: list[dict],
+              failed: list[dict]) -> str | None:
+    """Why a run's GenEval scores do not stand for it as it is now: they were made before it changed (images
+    finished since, or redone for an edited prompt), or some prompts failed and are in no score."""
+    if geneval is None:
+        return None
+    notes = []
+    if len(correct) < len(records) or scored > len(correct):
+        notes.append(f"the scores cover {len(correct)} of the run's {len(records)} finished images"
+                     + (f" and {scored - len(correct)} it no longer has" if scored > len(correct) else "")
+                     + ": evaluate it again")
+    if failed:
+        notes.append(f"{len(failed)} prompt(s) failed and are in no score")
+    return "; ".join(notes) or None
 
 
 _SAMPLE = re.compile(r"(\d+)[/\\]samples[/\\](\d+)\.png$")
 
 
-def _evaluation(root: Path, records: list[dict]) -> tuple[dict | None, dict[str, bool]]:
-    """(GenEval summary, image path -> correct) of a run: `ttsvar evaluate`'s geneval_summary.json and
-    geneval_results.jsonl, else the results.jsonl that `ttsvar geneval score` wrote into a `ttsvar geneval generate`
-    folder, whose sample k of prompt folder f is the job's prompt f * n_samples + k (n_samples from geneval.json).
-    (None, {}) for a run not evaluated."""
+def _evaluation(root: Path, records: list[dict]) -> tuple[dict | None, dict[str, bool], int]:
+    """(GenEval summary, image path -> correct, images scored) of a run: `ttsvar evaluate`'s geneval_summary.json
+    and geneval_results.jsonl, else the results.jsonl that `ttsvar geneval score` wrote into a `ttsvar geneval
+    generate` folder, whose sample k of prompt folder f is the job's prompt f * n_samples + k (n_samples from
+    geneval.json). A verdict counts for a finished image only if it was made for that image's prompt text (an
+    edited prompt redone since has none). (None, {}, 0) for a run not evaluated."""
     summary = _read_json(root / "geneval_summary.json")
     if isinstance(summary, dict):
-        return summary, _verdicts(root / "geneval_results.jsonl")
+        verdicts = _verdicts(root / "geneval_results.jsonl")
+        prompt_of = {r.get("image"): r.get("prompt") for r in records}
+        correct = {img: ok for img, (ok, prompt) in verdicts.items()
+                   if img in prompt_of and prompt in (None, prompt_of[img])}
+        return summary, correct, len(verdicts)
     state = _read_json(root / "geneval.json")
     n = state.get("n_samples") if isinstance(state, dict) else None
     if not isinstance(n, int) or n < 1 or not (root / "results.jsonl").is_file():
-        return None, {}
+        return None, {}, 0
     from ..eval.geneval import read_results, summarize
 
     try:
         results = read_results(root / "results.jsonl")
     except (OSError, ValueError) as e:
         log.warning("%s cannot be read (%s); the report leaves the GenEval scores out", root / "results.jsonl", e)
-        return None, {}
+        return None, {}, 0
     if not results:
-        return None, {}
-    image_of = {r["index"]: r.get("image") for r in records}
+        return None, {}, 0
+    by_index = {r["index"]: r for r in records}
     correct = {}
     for r in results:
         m = _SAMPLE.search(str(r.get("filename", "")))
-        if m and image_of.get(int(m.group(1)) * n + int(m.group(2))):
-            correct[image_of[int(m.group(1)) * n + int(m.group(2))]] = bool(r["correct"])
-    return summarize(results), correct
+        rec = by_index.get(int(m.group(1)) * n + int(m.group(2))) if m else None
+        if rec and rec.get("image") and r.get("prompt") in (None, rec.get("prompt")):
+            correct[rec["image"]] = bool(r["correct"])
+    return summarize(results), correct, len(results)
 
 
 def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
@@ -155,8 +178,9 @@ def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
     return out
 
 
-def _verdicts(path: Path) -> dict[str, bool]:
-    out: dict[str, bool] = {}
+def _verdicts(path: Path) -> dict[str, tuple[bool, str | None]]:
+    """image path -> (correct, the prompt it was judged for) of `ttsvar evaluate`'s results."""
+    out: dict[str, tuple[bool, str | None]] = {}
     if not path.is_file():
         return out
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -165,7 +189,8 @@ def _verdicts(path: Path) -> dict[str, bool]:
         except json.JSONDecodeError:
             continue
         if isinstance(r, dict) and isinstance(r.get("filename"), str):
-            out[r["filename"]] = bool(r.get("correct"))
+            prompt = r.get("prompt")
+            out[r["filename"]] = (bool(r.get("correct")), prompt.strip() if isinstance(prompt, str) else None)
     return out
 
 
