@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from search.base import Decision
 from ttsvar.config import ConfigError, load_config
 from ttsvar.jobs import run_job, search_plan
 from ttsvar.output import atomic_write_bytes
@@ -425,3 +426,37 @@ def test_a_selection_frees_the_rows_it_drops_before_the_next_step(tmp_path, monk
                                "model.name=infinity-tiny-random", "search.strategy=tts-var", "search.n=2",
                                "search.features=test-pixels", "reward.name=helpers_components:ScaledRedness"]))
     assert alive_at_step and not any(alive_at_step)
+
+
+@pytest.mark.parametrize("what, bad, says", [
+    ("pick", lambda self, state, obs: -1, "pick returned -1: it must be the position of a final row"),
+    ("pick", lambda self, state, obs: 0.5, "pick returned 0.5"),
+    ("decide", lambda self, state, obs: Decision(np.arange(state.plan.batch_sizes[obs.scale + 1]) + 0.9, {}),
+     "must be integer positions"),
+    ("decide", lambda self, state, obs: Decision(np.zeros(obs.num_rows + 3, dtype=np.int64), {}),
+     "returned 11 parents"),
+])
+def test_a_strategy_that_breaks_its_contract_fails_its_prompts_loudly(tmp_path, monkeypatch, what, bad, says):
+    """Not silently: a negative pick used to save another prompt's image, extra parents to run rows the plan (and
+    the memory check) never counted."""
+    from search.strategies.tts_var import TTSVar
+
+    monkeypatch.setattr(TTSVar, what, bad)
+    s = run_job(job(tmp_path, "search.strategy=tts-var", "search.n=2", prompts=PROMPTS[:2]))
+    assert (s["prompts_ok"], s["prompts_failed"]) == (0, 2)
+    assert all(says in r["error"] for r in manifest(tmp_path / "out")), manifest(tmp_path / "out")[0]["error"]
+
+
+def test_a_prebuilt_generator_runs_with_the_jobs_sampling(tmp_path):
+    from ttsvar.models.registry import create_generator
+
+    gen = create_generator("shapes-tiny")  # its own default: cfg 3
+    j = job(tmp_path, "model.name=shapes-tiny", "search.strategy=random", "search.n=1", "sampling.cfg=1.0",
+            prompts=PROMPTS[:1])
+    run_job(j, generator=gen)
+    assert gen.cfg_list == [1.0] * gen.num_scales
+    own = job(tmp_path, "model.name=shapes-tiny", "search.strategy=random", "search.n=1", "sampling.cfg=1.0",
+              prompts=PROMPTS[:1], name="own")
+    run_job(own)  # the same job building its own generator draws the same image
+    assert (tmp_path / "out" / "images" / "00000.png").read_bytes() == \
+        (tmp_path / "own" / "images" / "00000.png").read_bytes()

@@ -510,7 +510,8 @@ class Coordinator:
             obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), ga.features,
                               ga.log_prob, ga.entropy)
             dec = self.strategy.decide(g.state, obs)
-            parents = np.asarray(dec.parents, dtype=np.int64)
+            parents = self._checked_parents(dec.parents, len(ga.row_ids), self.plan.batch_sizes[report.scale + 1],
+                                            report.scale)
             if self.save_search_data:
                 g.data.append((report.scale, full, [g.parent_of.get(int(r)) for r in full.row_ids.tolist()], parents))
             # the first child of a row continues it (same id, same random stream); extra children are new rows
@@ -529,6 +530,20 @@ class Coordinator:
             ids_out[ga.prompt_index] = np.asarray(new_ids, dtype=np.int64)
         self.time_decide += time.perf_counter() - t0
         return Selection(report.unit_id, report.scale, parents_out, ids_out)
+
+    def _checked_parents(self, parents, n_rows: int, want: int, scale: int) -> np.ndarray:
+        """A strategy's `Decision.parents` as int64 row positions, refused (ValueError naming the strategy) unless
+        it has the plan's next batch size of integers in 0..n_rows-1: a longer list would run more rows than
+        the plan (and the memory check) counted, a float or negative one would pick rows it did not mean."""
+        name = type(self.strategy).__name__
+        arr = np.asarray(parents)
+        if arr.ndim != 1 or len(arr) != want:
+            raise ValueError(f"strategy {name}.decide after scale {scale} returned {arr.size} parents, but its plan "
+                             f"has {want} rows at scale {scale + 1}")
+        if arr.size and (arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= n_rows):
+            raise ValueError(f"strategy {name}.decide after scale {scale} returned parents {arr.tolist()[:8]}: they "
+                             f"must be integer positions in 0..{n_rows - 1}")
+        return arr.astype(np.int64)
 
     def _planned(self, ga: GroupArrays, scale: int) -> GroupArrays:
         """What the plan asks for after `scale`: a worker saving search data reports rewards and features at
@@ -566,7 +581,11 @@ class Coordinator:
             g = self.groups[ga.prompt_index]
             obs = Observation(report.scale, self.plan.num_scales, ga.row_ids, self._scaled(ga.rewards), None,
                               ga.log_prob, ga.entropy)
-            k = int(self.strategy.pick(g.state, obs))
+            k = self.strategy.pick(g.state, obs)
+            if isinstance(k, (bool, np.bool_)) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(ga.row_ids):
+                raise ValueError(f"strategy {type(self.strategy).__name__}.pick returned {k!r}: it must be the "
+                                 f"position of a final row, an integer in 0..{len(ga.row_ids) - 1}")
+            k = int(k)
             picks[ga.prompt_index] = k
             entry = self._trace_entry(g, report.scale, ga, None, {"kind": "final"})
             entry["picked_row"] = int(ga.row_ids[k])

@@ -328,11 +328,13 @@ def make_coordinator(job: JobConfig, num_scales: int, next_unit_id: int = 0) -> 
 def build_components(job: JobConfig, generator=None, reward=None, features=None,
                      unit_prompts: int | None = None) -> Components:
     """Everything a Worker needs, built once per process that runs units (the local runtime, each Ray
-    generator actor). `generator`: a prebuilt one; `reward` / `features`: stand-ins that score elsewhere (the
-    Ray reward pool), so no reward or feature model loads here. `unit_prompts`: the most prompts a work unit
-    of this job holds (default `runtime.prompts_per_unit`), for the memory check."""
+    generator actor). `generator`: a prebuilt one, set to the job's sampling; `reward` / `features`: stand-ins
+    that score elsewhere (the Ray reward pool), so no reward or feature model loads here. `unit_prompts`: the most
+    prompts a work unit of this job holds (default `runtime.prompts_per_unit`), for the memory check."""
     from rewards.features import create_features
 
+    if generator is not None:  # it runs with the job's sampling, which job.json records as what ran
+        generator.set_sampling(job.sampling.resolve(job.model.name))
     gen = generator or create_generator(job.model, job.sampling.resolve(job.model.name))
     gen.batch_invariant = resolve_batch_invariant(job.runtime.batch_invariant, gen.device)
     strategy, plan = search_plan(job, gen.num_scales)
