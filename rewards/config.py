@@ -47,11 +47,33 @@ def reward_score_scale(cfg: RewardConfig) -> tuple[float, bool]:
     if cfg.score_scale is not None:
         return check_score_scale(cfg.score_scale), True
     obj = resolve_reward(cfg.name)
-    scale = obj.declared_score_scale(**(cfg.options or {})) if isinstance(obj, type) and issubclass(obj, Reward) else \
-        getattr(obj, "score_scale", None)
+    options = dict(cfg.options or {})
+    if cfg.weights_dir is not None and "weights_dir" not in options and accepts_option(obj, "weights_dir"):
+        options["weights_dir"] = cfg.weights_dir  # as `build_reward` passes it: the scale may depend on the weights
+    if isinstance(obj, type) and issubclass(obj, Reward):
+        scale = obj.declared_score_scale(**options)
+    else:
+        scale = getattr(obj, "score_scale", None)
+        made = _returned_class(obj)
+        if scale is None and made is not None:  # a registered factory of a Reward class declares through the class
+            scale = made.declared_score_scale(**options)
     if scale is None:
         return 1.0, False
     return check_score_scale(scale), True
+
+
+def _returned_class(factory: Any) -> type | None:
+    """The Reward subclass a factory function's return annotation names, if any (`-> MyReward`)."""
+    import inspect
+    import typing
+
+    if not callable(factory) or isinstance(factory, type):
+        return None
+    try:
+        ret = typing.get_type_hints(factory).get("return")
+    except Exception:  # noqa: BLE001 - unresolvable annotations: no declaration
+        ret = inspect.signature(factory).return_annotation if callable(factory) else None
+    return ret if isinstance(ret, type) and issubclass(ret, Reward) else None
 
 
 def build_reward(cfg: RewardConfig | Mapping[str, Any]) -> Reward:

@@ -62,14 +62,18 @@ class Normalization:
 
 
 def zscore(scores: Tensor, groups: Tensor, eps: float = 1e-6) -> Tensor:
-    """``(s - mean) / (std + eps)`` within each group id (population std), computed in float64."""
+    """``(s - mean) / (std + eps)`` within each group id (population std), computed in float64 over the group's
+    finite scores; a non-finite score stays as it is (a member's ``nan_policy=-inf`` still rules its candidate
+    out, instead of turning the whole group into NaN)."""
     s = scores.double()
+    ok = torch.isfinite(s)
+    x = torch.where(ok, s, torch.zeros_like(s))
     _, inv = torch.unique(groups, return_inverse=True)
-    n = torch.zeros(int(inv.max()) + 1, dtype=torch.float64).index_add_(0, inv, torch.ones_like(s))
-    mean = torch.zeros_like(n).index_add_(0, inv, s) / n
-    dev = s - mean[inv]
+    n = torch.zeros(int(inv.max()) + 1, dtype=torch.float64).index_add_(0, inv, ok.double()).clamp_(min=1)
+    mean = torch.zeros_like(n).index_add_(0, inv, x) / n
+    dev = torch.where(ok, s - mean[inv], torch.zeros_like(s))
     std = (torch.zeros_like(n).index_add_(0, inv, dev * dev) / n).sqrt()
-    return (dev / (std[inv] + eps)).float()
+    return torch.where(ok, dev / (std[inv] + eps), s).float()
 
 
 @dataclass

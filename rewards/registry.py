@@ -47,9 +47,12 @@ _REGISTRY: dict[str, Callable[..., Reward]] = {}
 T = TypeVar("T")
 
 
-def register_reward(name: str | None = None, *, overwrite: bool = False) -> Callable[[T], T]:
+def register_reward(name: str | None = None, *, overwrite: bool = False,
+                    score_scale: float | None = None) -> Callable[[T], T]:
     """Decorator registering a ``Reward`` subclass or a factory ``(**options) -> Reward`` under ``name``
-    (default: the class's ``name`` attribute or the function's ``__name__``)."""
+    (default: the class's ``name`` attribute or the function's ``__name__``). ``score_scale``: a factory's
+    declared scale (``rewards.base.Reward.score_scale``), which potentials read before the reward is built; a
+    factory annotated ``-> SomeReward`` declares that class's instead."""
 
     def deco(obj: T) -> T:
         key = name
@@ -68,6 +71,11 @@ def register_reward(name: str | None = None, *, overwrite: bool = False) -> Call
             )
         if not callable(obj):
             raise TypeError(f"register_reward: {obj!r} is not a class or factory function")
+        if score_scale is not None:
+            if isinstance(obj, type):
+                raise TypeError(f"register_reward({key!r}, score_scale=...): a Reward class declares its scale "
+                                "itself (its score_scale attribute or declared_score_scale)")
+            obj.score_scale = score_scale  # type: ignore[attr-defined]
         _REGISTRY[key] = obj  # type: ignore[assignment]
         return obj
 

@@ -282,6 +282,8 @@ CASES = [
          r"reward\.options: reward '.*SigmaReward': sigma must be > 0", before_model=False),
     Case("reward-option-wrong-type", (f"reward.name={THIS}:SigmaReward", "reward.options.sigma=abc"), ConfigError,
          r"reward\.options: reward '.*SigmaReward': '<=' not supported", before_model=False),
+    Case("reward-common-option-as-option", ("reward.options.batch_size=2",), ConfigError,
+         r"reward\.options\.batch_size: set reward\.batch_size instead"),
     Case("reward-refuses-every-prompt", (f"reward.name={THIS}:refuses_everything",), ConfigError,
          r"every prompt of the job fails the same way \(reward .*this reward is broken\): the reward or the model",
          before_model=False),
@@ -723,3 +725,10 @@ def test_cli_fresh_starts_over(finished, tmp_path, capsys):
     assert "seed: 0 -> 5" in err and "--fresh" in err and "Traceback" not in err
     assert main([*args, "--fresh"]) == 0
     assert [x["index"] for x in manifest(out)] == [0]
+
+
+def test_a_reward_object_in_a_job_config_is_a_one_line_error(tmp_path, no_model):
+    job = make_job(tmp_path)
+    job.reward.name = helpers_components.redness  # a JobConfig built in code can hold anything
+    with pytest.raises(ConfigError, match=r"reward\.name=.* is not a name: .*register_reward"):
+        run_job(job)

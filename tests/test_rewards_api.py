@@ -415,3 +415,60 @@ def test_ensemble_batch_size_goes_to_members():
         1,
         1,
     ]  # the first member takes the ensemble's batch_size, the second keeps its own
+
+
+class Scaled(Reward):
+    """A reward class with a declared scale, built by the factories below (module level, as user code is, so
+    a factory's `-> Scaled` annotation resolves)."""
+
+    name = "scaled-test"
+    score_scale = 0.05
+
+    def _score(self, images, prompts):
+        return images.mean(dim=(1, 2, 3))
+
+
+def test_a_registered_factory_declares_its_scale_and_weights_dir_reaches_the_declaration(registry_snapshot):
+    from rewards.config import reward_score_scale
+
+    @register_reward("scaled-annotated")
+    def annotated(**options) -> Scaled:
+        return Scaled()
+
+    @register_reward("scaled-declared", score_scale=0.5)
+    def declared(**options):
+        return Scaled()
+
+    @register_reward("scaled-silent")
+    def silent(**options):
+        return Scaled()
+
+    assert reward_score_scale(RewardConfig(name="scaled-annotated")) == (0.05, True)
+    assert reward_score_scale(RewardConfig(name="scaled-declared")) == (0.5, True)
+    assert reward_score_scale(RewardConfig(name="scaled-silent")) == (1.0, False)  # unknown before it is built
+    with pytest.raises(TypeError, match="declares its scale itself"):
+        register_reward("scaled-class", score_scale=1.0)(Scaled)
+
+    class FromWeights(Reward):
+        name = "from-weights-test"
+
+        def __init__(self, weights_dir: str | None = None):
+            super().__init__()
+
+        @classmethod
+        def declared_score_scale(cls, weights_dir: str | None = None, **options):
+            return 8.0 if weights_dir else None
+
+        def _score(self, images, prompts):
+            return images.mean(dim=(1, 2, 3))
+
+    register_reward()(FromWeights)
+    assert reward_score_scale(RewardConfig(name="from-weights-test", weights_dir="/models")) == (8.0, True)
+
+
+def test_zscore_rules_out_non_finite_scores_without_spoiling_their_group():
+    s = torch.tensor([-float("inf"), 0.5, 0.5, 1.5, 2.0, 4.0])
+    z = zscore(s, torch.tensor([0, 0, 0, 0, 1, 1]))
+    assert z[0] == -float("inf") and torch.isfinite(z[1:]).all()
+    torch.testing.assert_close(z[1:4], zscore(s[1:4], torch.zeros(3, dtype=torch.long)))
+    torch.testing.assert_close(z[4:], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)

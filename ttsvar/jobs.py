@@ -153,6 +153,9 @@ def check_names(job: JobConfig) -> None:
     if job.search.strategy not in list_strategies():
         raise ConfigError(f"search.strategy={job.search.strategy!r} is unknown; available: "
                           f"{', '.join(list_strategies())}")
+    if not isinstance(job.reward.name, str):  # a JobConfig built in code can hold anything
+        raise ConfigError(f"reward.name={job.reward.name!r} is not a name: a job names its reward by a string (a "
+                          "registered name or 'pkg.module:obj'); register the object with rewards.register_reward")
 
 
 def preflight(job: JobConfig) -> None:
@@ -180,8 +183,12 @@ def preflight(job: JobConfig) -> None:
         factory = obj
     else:
         factory = FunctionReward.__init__
+    common = [k for k in COMMON_OPTIONS if k in options]
+    if common:  # they are fields of reward: as options they would reach create_reward twice
+        raise ConfigError(f"reward.options.{common[0]}: set reward.{common[0]} instead (a field of reward, not one "
+                          "of its options)")
     if factory is not None:
-        check_options(factory, options, "reward.options", f"reward {name!r}", skip=("fn",), also=COMMON_OPTIONS)
+        check_options(factory, options, "reward.options", f"reward {name!r}", skip=("fn",))
         if isinstance(obj, type) and issubclass(obj, Reward):
             try:
                 obj.check_options(**options)
