@@ -456,6 +456,7 @@ def test_bad_input_on_a_finished_output_dir_loses_nothing(finished, tmp_path):
     (("reward.name=shapes-clip",), ["reward.name"]),
     (("model.name=infinity-tiny-random",), ["model.name"]),
     (("sampling.cfg=2.0", "seed=3"), ["sampling.cfg", "seed"]),
+    (("reward.batch_size=1",), ["reward.batch_size"]),  # a forward's batch moves a score's last bits
 ])
 def test_resume_under_a_changed_config_is_refused(finished, tmp_path, overrides, fields):
     out = _copy_finished(finished, tmp_path)
@@ -467,6 +468,14 @@ def test_resume_under_a_changed_config_is_refused(finished, tmp_path, overrides,
         assert f"{f}: " in msg, msg
     assert "output.overwrite=true" in msg and "another output.dir" in msg and "\n" not in msg
     assert snapshot(out) == before
+
+
+def test_results_recorded_before_a_field_was_fingerprinted_still_resume(finished, tmp_path):
+    out = _copy_finished(finished, tmp_path)
+    meta = json.loads((out / "job.json").read_text())
+    del meta["fingerprint"]["reward.batch_size"]  # as an older ttsvar wrote it
+    (out / "job.json").write_text(json.dumps(meta))
+    assert run_job(make_job(tmp_path))["skipped_done"] == len(PROMPTS)
 
 
 def test_overwrite_starts_over(finished, tmp_path):

@@ -460,3 +460,18 @@ def test_a_prebuilt_generator_runs_with_the_jobs_sampling(tmp_path):
     run_job(own)  # the same job building its own generator draws the same image
     assert (tmp_path / "out" / "images" / "00000.png").read_bytes() == \
         (tmp_path / "own" / "images" / "00000.png").read_bytes()
+
+
+@pytest.mark.parametrize("bad, says", [
+    (lambda self, images: torch.zeros(len(images) - 1, self.dim), "must return [images, 192]"),  # a row short
+    (lambda self, images: torch.zeros(len(images), 3), "of shape ("),  # not its declared width
+])
+def test_a_feature_extractor_of_the_wrong_shape_fails_its_prompts_loudly(tmp_path, monkeypatch, bad, says):
+    from rewards.features import create_features
+
+    PixelFeatures = type(create_features("test-pixels"))
+    monkeypatch.setattr(PixelFeatures, "features", bad)
+    s = run_job(job(tmp_path, "search.strategy=tts-var", "search.n=1", "runtime.prompts_per_unit=1",
+                    prompts=PROMPTS[:1]))
+    assert s["prompts_failed"] == 1 and "feature extractor" in manifest(tmp_path / "out")[0]["error"]
+    assert says in manifest(tmp_path / "out")[0]["error"]

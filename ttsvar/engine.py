@@ -354,13 +354,24 @@ class Worker:
         self._count(u, "reward_images", rows=rows)
         return np.concatenate(out)
 
+    def _checked_features(self, feats, rows: int) -> np.ndarray:
+        """One chunk's features as float32 [rows, dim]; a ValueError naming the extractor when its output is not
+        one row per image of its declared width (a wrong shape would mis-cluster silently)."""
+        arr = np.asarray(feats.detach().cpu() if isinstance(feats, torch.Tensor) else feats, np.float32)
+        dim = getattr(self.features, "dim", None)
+        if arr.ndim != 2 or arr.shape[0] != rows or (isinstance(dim, int) and arr.shape[1] != dim):
+            name = getattr(self.features, "name", type(self.features).__name__)
+            raise ValueError(f"feature extractor {name!r} returned an array of shape {arr.shape} for {rows} images; "
+                             f"extract() must return [images, {dim if isinstance(dim, int) else 'dim'}]")
+        return arr
+
     def _features(self, u: _Unit, images: torch.Tensor, rows: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
         if self.batch_invariant:
             slices = group_batches(self._group_of_rows(u)[rows], 1)
         else:
             slices = [slice(s, s + self.score_batch) for s in range(0, len(images), self.score_batch)]
-        out = [np.asarray(self.features.extract(images[sl]), np.float32) for sl in slices]
+        out = [self._checked_features(self.features.extract(images[sl]), len(images[sl])) for sl in slices]
         self._count(u, "time_features", seconds=time.perf_counter() - t0)
         self._count(u, "feature_images", rows=rows)
         return np.concatenate(out)

@@ -240,10 +240,11 @@ def job_fingerprint(job: JobConfig) -> dict:
         fp["search.value_sha256"] = hashlib.sha256(Path(value).expanduser().read_bytes()).hexdigest()[:16]
     fp["search.features"] = features_name(job)
     fp["search.features_opts"] = _without_device(job.search.features_opts)
+    if "batch_size" in (job.search.features_opts or {}):  # its own key: results written before it still resume
+        fp["search.features_opts.batch_size"] = job.search.features_opts["batch_size"]
     r = reward_config(job)
     for f in fields(r):
-        if f.name != "batch_size":  # batch_size only bounds memory
-            fp[f"reward.{f.name}"] = getattr(r, f.name)
+        fp[f"reward.{f.name}"] = getattr(r, f.name)  # batch_size too: a forward's batch moves the last bits
     fp["reward.options"] = _without_device(r.options)
     return fp
 
@@ -256,7 +257,8 @@ def _flat_options(section: str, options: dict | None) -> dict:
 
 
 def _without_device(options: dict | None) -> dict:
-    """Options minus where they run (a resume on another machine or device is the same job)."""
+    """Options minus where they run (a resume on another machine or device is the same job) and the batch size,
+    which has a key of its own in the fingerprint."""
     return {k: v for k, v in (options or {}).items() if k not in ("device", "batch_size")}
 
 

@@ -52,7 +52,7 @@ _TMP = re.compile(r"\..+\.tmp")
 # recorded with them are still of the same configuration.
 RETIRED_FIELDS: dict[str, Any] = {"sampling.extra": {}}
 # Fingerprint fields added since: results recorded without them still resume (they were not checked then).
-ADDED_FIELDS = frozenset({"search.value_sha256"})
+ADDED_FIELDS = frozenset({"search.value_sha256", "reward.batch_size", "search.features_opts.batch_size"})
 
 
 def file_mode() -> int:
