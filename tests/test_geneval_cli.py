@@ -97,6 +97,25 @@ def test_score_errors_are_one_line(tmp_path, capsys):
     assert "--detector='nope' is unknown" in err and "shapes" in err and "Traceback" not in err
     assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--options", "min_score=2"]) == 2
     assert "min_score" in capsys.readouterr().err
+    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--options", "min_area=abc"]) == 2
+    assert "min_area must be a number, got 'abc'" in capsys.readouterr().err
+
+
+def test_score_names_a_bad_metadata_file_and_checks_every_sample_first(generated, tmp_path, capsys):
+    import shutil
+
+    d = tmp_path / "d"
+    shutil.copytree(generated, d)
+    (d / "results.jsonl").unlink(missing_ok=True)
+    (d / "00001" / "samples" / "00007.png").mkdir()  # a folder named like a sample: skipped, as GenEval does
+    (d / "00001" / "samples" / "00001.png").write_bytes((d / "00001" / "samples" / "00001.png").read_bytes()[:60])
+    assert main(["geneval", "score", str(d), "--detector", "shapes", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "1 sample(s) cannot be read as images" in err and "00001/samples/00001.png" in err
+    assert not (d / "results.jsonl").exists()
+    (d / "00000" / "metadata.jsonl").write_text("")
+    assert main(["geneval", "score", str(d), "--detector", "shapes", "--quiet"]) == 2
+    assert "00000/metadata.jsonl is not one JSON object" in capsys.readouterr().err
 
 
 def test_generate_refuses_a_changed_configuration(prompts, generated, capsys):

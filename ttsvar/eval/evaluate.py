@@ -77,6 +77,16 @@ def read_sample(path: Path) -> np.ndarray:
                          "delete it or write it again") from None
 
 
+def _readable(path: Path) -> bool:
+    """Whether an image file is whole (PIL's integrity check, without decoding the pixels)."""
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return True
+    except Exception:  # noqa: BLE001 - any failure to read it is the answer
+        return False
+
+
 def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shapes",
                            outfile: str | Path | None = None, progress: bool = False) -> dict:
     """Judge every sample of a GenEval image folder with `evaluator` (an instance or a registered name) and write
@@ -98,6 +108,10 @@ def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shape
     if not samples:
         raise InputError(f"{root} holds no samples in GenEval's layout (<dir>/00000/metadata.jsonl and "
                          "<dir>/00000/samples/00000.png); run `ttsvar geneval generate` first")
+    bad = [path for path, _ in samples if not _readable(path)]
+    if bad:  # before the expensive pass, so that a damaged file found late does not cost the scores so far
+        raise InputError(f"{len(bad)} sample(s) cannot be read as images ({', '.join(map(str, bad[:5]))}"
+                         f"{', ...' if len(bad) > 5 else ''}); delete them or write them again")
     results = []
     bar = tqdm(total=len(samples), disable=not progress, unit="image", desc="geneval score", dynamic_ncols=True)
     for path, md in samples:

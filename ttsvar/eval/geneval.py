@@ -562,8 +562,15 @@ def iter_sample_folder(root: str | os.PathLike) -> Iterator[tuple[Path, dict]]:
         mdfile = folder / "metadata.jsonl"
         if not mdfile.is_file():
             raise FileNotFoundError(f"{mdfile} is missing; every prompt folder needs its metadata.jsonl")
-        with open(mdfile, encoding="utf-8") as f:
-            metadata = validate_metadata(json.load(f), str(mdfile))
+        try:
+            with open(mdfile, encoding="utf-8") as f:
+                metadata = validate_metadata(json.load(f), str(mdfile))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{mdfile} is not one JSON object ({e}); write the prompt's metadata line there, as "
+                             "GenEval's generation script does") from None
         samples = folder / "samples"
-        for img in sorted(p for p in samples.iterdir() if re.fullmatch(r"\d+\.png", p.name)):
+        if not samples.is_dir():
+            continue
+        # files only, as GenEval's os.path.isfile: a folder named like a sample is skipped
+        for img in sorted(p for p in samples.iterdir() if re.fullmatch(r"\d+\.png", p.name) and p.is_file()):
             yield img, metadata

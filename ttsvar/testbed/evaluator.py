@@ -139,6 +139,9 @@ class ShapesEvaluator(Evaluator):
     colors = tuple(PALETTE)
 
     def __init__(self, min_area: int = 10, min_score: float = 0.05, position_threshold: float = POSITION_THRESHOLD):
+        for name, v in (("min_area", min_area), ("min_score", min_score), ("position_threshold", position_threshold)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"{name} must be a number, got {v!r}")
         if min_area < 1:
             raise ValueError(f"min_area must be >= 1 pixel, got {min_area}")
         if not 0.0 <= min_score < 1.0:
