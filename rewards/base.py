@@ -138,13 +138,15 @@ def check_groups(groups: Any, batch: int, reward_name: str) -> Tensor | None:
 
 
 def check_nan_policy(nan_policy: Any) -> NanPolicy:
-    """Validate a ``nan_policy`` value: 'raise', 'pass' or a replacement number (not NaN)."""
+    """Validate a ``nan_policy`` value: 'raise', 'pass' or a replacement number (not NaN, not +inf: a broken
+    candidate would then win every pick)."""
     if nan_policy in ("raise", "pass"):
         return nan_policy
     if (
         isinstance(nan_policy, (int, float))
         and not isinstance(nan_policy, bool)
         and not math.isnan(nan_policy)
+        and nan_policy != math.inf
     ):
         return float(nan_policy)
     raise ValueError(

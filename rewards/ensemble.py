@@ -27,6 +27,7 @@ YAML::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -111,8 +112,8 @@ def _member(spec: Any, weights_dir: str | None) -> EnsembleMember:
     ):
         options["weights_dir"] = weights_dir
     weight = spec.get("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(f"ensemble member {target!r}: weight must be a number, got {weight!r}")
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ValueError(f"ensemble member {target!r}: weight must be a finite number, got {weight!r}")
     norm = spec.get("norm") or {}
     norm = norm if isinstance(norm, Normalization) else Normalization(**dict(norm))
     return EnsembleMember(create_reward(target, **options), float(weight), norm)

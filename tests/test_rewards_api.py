@@ -472,3 +472,10 @@ def test_zscore_rules_out_non_finite_scores_without_spoiling_their_group():
     assert z[0] == -float("inf") and torch.isfinite(z[1:]).all()
     torch.testing.assert_close(z[1:4], zscore(s[1:4], torch.zeros(3, dtype=torch.long)))
     torch.testing.assert_close(z[4:], torch.tensor([-1.0, 1.0]), atol=1e-5, rtol=0)
+
+
+def test_a_nan_weight_and_a_nan_policy_of_plus_inf_are_refused():
+    with pytest.raises(ValueError, match="weight must be a finite number"):
+        create_reward("ensemble", members=[{"name": "shapes-clip", "weight": float("nan")}])
+    with pytest.raises(ValueError, match="nan_policy=inf is invalid"):
+        create_reward(mean_brightness, needs_prompt=False, nan_policy=float("inf"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import helpers_components  # noqa: F401 - registers the test-pixels features
+import helpers_components  # registers the test-pixels features; its redness scores
 import pytest
 import torch
 
@@ -245,3 +245,27 @@ def test_cli_text_prompt_for_a_class_model_is_one_line_exit_2(tmp_path):
     errors = [x for x in r.stderr.splitlines() if x.startswith("ttsvar: error: ")]
     assert len(errors) == 1 and "p.txt:2: 'a photo of a cat' is text but var-tiny-random is class-conditional" \
         in errors[0], r.stderr
+
+
+SEEN_TEXTS: list[str] = []
+
+
+def text_member(images, prompts):
+    """An ensemble member that reads text: records what it is given (a reward plugin, by this module's path)."""
+
+    SEEN_TEXTS.extend(prompts)
+    return helpers_components.redness(images, prompts)
+
+
+def test_an_ensemble_gives_class_members_the_index_and_text_members_the_name(tmp_path, classifier_files):
+    SEEN_TEXTS.clear()
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"class": 1}\n{"class": "tench"}\n')
+    clf = {"name": "classifier", "weight": 1.0, "options": dict(classifier_files)}
+    job = load_config({"reward": {"name": "ensemble", "options": {"members": [
+        clf, {"name": f"{__name__}:text_member", "weight": 0.5}]}}},
+        ["model.name=var-tiny-random", f"prompts={p}", "search.strategy=random", "search.n=1",
+         "search.features=test-pixels", "runtime.quiet=true", f"output.dir={tmp_path / 'o'}"])
+    s = run_job(job)  # the classifier member used to be handed class names, and every prompt was blamed
+    assert (s["prompts_ok"], s["prompts_failed"]) == (2, 0)
+    assert set(SEEN_TEXTS) == {"goldfish", "tench"}

@@ -92,13 +92,22 @@ def build_reward_for(job: JobConfig):
     of its index (`rewards.base.ClassTextReward`); class rewards read the index itself."""
     from rewards.base import ClassTextReward
     from rewards.config import build_reward
+    from rewards.ensemble import EnsembleReward
 
     reward = build_reward(reward_config(job))
     classes = model_defaults(job.model.name).classes
-    if classes is not None and getattr(reward, "conditioning", "text") == "text" and \
-            getattr(reward, "needs_prompt", True):
-        reward = ClassTextReward(reward, classes())
-    return reward
+    if classes is None:
+        return reward
+
+    def reads_text(r) -> bool:
+        return getattr(r, "conditioning", "text") == "text" and getattr(r, "needs_prompt", True)
+
+    if isinstance(reward, EnsembleReward):  # per member: a class member reads the index, a text member the name
+        for m in reward.members:
+            if reads_text(m.reward) and not isinstance(m.reward, (EnsembleReward, ClassTextReward)):
+                m.reward = ClassTextReward(m.reward, classes())
+        return reward
+    return ClassTextReward(reward, classes()) if reads_text(reward) else reward
 
 
 def reward_scale_for(job: JobConfig, plan) -> float:
