@@ -55,6 +55,21 @@ THIS = "test_bad_input"  # this module, importable by name (tests/ is on sys.pat
 # ----------------------------------------------------------------------------- rewards used as plugins
 
 NOT_CALLABLE = 42
+
+
+class NotAReward:
+    """A class with a score method that does not subclass Reward."""
+
+    def score(self, images, prompts=None):
+        return images.mean(dim=(1, 2, 3))
+
+
+class ScoreOnly:
+    def score(self, images, prompts=None):
+        return images.mean(dim=(1, 2, 3))
+
+
+SCORE_ONLY = ScoreOnly()
 CALLS: dict[str, int] = {}
 
 
@@ -238,7 +253,11 @@ CASES = [
     Case("reward-attribute-missing", (f"reward.name={THIS}:no_such_function",), ConfigError,
          r"has no attribute 'no_such_function'"),
     Case("reward-not-callable", (f"reward.name={THIS}:NOT_CALLABLE",), ConfigError,
-         r"names a int, which is neither a Reward nor a function"),
+         r"names a int that is neither a rewards\.Reward .* nor a function"),
+    Case("reward-class-not-a-reward", (f"reward.name={THIS}:NotAReward",), ConfigError,
+         r"names a class that is neither a rewards\.Reward"),
+    Case("reward-object-with-only-score", (f"reward.name={THIS}:SCORE_ONLY",), ConfigError,
+         r"names a ScoreOnly that is neither a rewards\.Reward"),
     Case("reward-function-option-typo", ("reward.options.temprature=2",), ConfigError,
          r"reward.options.temprature: reward 'helpers_components:redness' has no option"),
     Case("reward-nan-policy-word", ("reward.nan_policy=ignore",), ConfigError,

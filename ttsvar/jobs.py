@@ -146,9 +146,15 @@ def resolve_reward_checked(job: JobConfig):
         raise ConfigError(f"reward.name={name!r}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a plugin module that raises while it is imported
         raise ConfigError(f"reward.name={name!r}: importing its module raised {type(e).__name__}: {e}") from None
-    if not callable(obj) and not hasattr(obj, "score"):
-        raise ConfigError(f"reward.name={name!r} names a {type(obj).__name__}, which is neither a Reward nor a "
-                          "function f(images, prompts) -> scores")
+    from rewards.base import Reward
+
+    # what `create_reward` can build from: a Reward (class or instance) or a function; a class that is not a
+    # Reward, or an object with only a `score` method, is refused here, before any model loads
+    if isinstance(obj, type) and not issubclass(obj, Reward) or not isinstance(obj, (Reward, type)) and \
+            not callable(obj):
+        raise ConfigError(f"reward.name={name!r} names a {type(obj).__name__ if not isinstance(obj, type) else 'class'}"
+                          f" that is neither a rewards.Reward (subclass or instance) nor a function "
+                          "f(images, prompts) -> scores")
     return obj
 
 
