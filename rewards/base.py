@@ -53,6 +53,11 @@ class RewardOutputError(RuntimeError):
     """A reward returned something that is not one finite float per image."""
 
 
+class RewardShapeError(RewardOutputError):
+    """A reward returned something that is not one real number per image (wrong type or shape): a bug of the
+    reward whatever the images, unlike a non-finite score, which may depend on them."""
+
+
 def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
     """Map a config string ('float32', 'float16', 'bfloat16') or a torch dtype to a torch dtype."""
     if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
@@ -166,15 +171,15 @@ def check_scores(scores: Any, batch: int, reward_name: str, nan_policy: NanPolic
         try:
             out = torch.as_tensor(np.asarray(scores, dtype=np.float64))
         except (TypeError, ValueError) as e:
-            raise RewardOutputError(f"{where} returned a sequence that is not numeric: {e}") from e
+            raise RewardShapeError(f"{where} returned a sequence that is not numeric: {e}") from e
     else:
-        raise RewardOutputError(f"{where} must return a Tensor[B] of scores, got {type(scores).__name__}")
+        raise RewardShapeError(f"{where} must return a Tensor[B] of scores, got {type(scores).__name__}")
     if out.dtype == torch.bool or out.is_complex():
-        raise RewardOutputError(f"{where} returned scores of dtype {out.dtype}; return real numbers")
+        raise RewardShapeError(f"{where} returned scores of dtype {out.dtype}; return real numbers")
     if out.ndim == 2 and out.shape[1] == 1:
         out = out[:, 0]
     if out.ndim != 1 or out.shape[0] != batch:
-        raise RewardOutputError(
+        raise RewardShapeError(
             f"{where} returned scores of shape {tuple(out.shape)} for {batch} images; it must return one "
             f"score per image, shape [{batch}]"
         )

@@ -597,6 +597,20 @@ def test_a_reward_that_fails_on_grey_images_does_not_block_the_job(tmp_path, cap
     assert "could not check the prompts" in caplog.text and s["prompts_failed"] == 2
 
 
+def wrong_length(images, prompts):
+    """A reward that returns one score too few, whatever the images."""
+    return helpers_components.redness(images, prompts)[:-1]
+
+
+def test_a_reward_that_breaks_its_output_contract_stops_the_job_before_it_runs(tmp_path, monkeypatch):
+    calls = []
+    real = ttsvar.jobs.make_worker
+    monkeypatch.setattr(ttsvar.jobs, "make_worker", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with pytest.raises(ConfigError, match=r"reward\.name: .*wrong_length does not return one score per image"):
+        run_job(make_job(tmp_path, f"reward.name={THIS}:wrong_length", prompts=PROMPTS[:2]))
+    assert not calls  # refused before any unit was generated
+
+
 # ----------------------------------------------------------------------------- smaller items
 
 

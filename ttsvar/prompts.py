@@ -172,6 +172,8 @@ def prompt_problems(comp, prompts: list[str], score_batch: int = 64,
     Feature extractors read no text."""
     import torch
 
+    from rewards.base import RewardShapeError
+
     from .engine import score_images
 
     bad: dict[str, str] = {}
@@ -192,6 +194,9 @@ def prompt_problems(comp, prompts: list[str], score_batch: int = 64,
         img = torch.full((len(ps), 3, size, size), 0.5)
         try:
             score_images(comp.reward, img, ps, np.arange(len(ps)))
+        except RewardShapeError as e:  # not one number per image, whatever the image: the reward is broken
+            raise ConfigError(f"reward.name: {label} does not return one score per image ({one_line(e)}); fix the "
+                              "reward before running the job") from None
         except (ValueError, KeyError, IndexError, TypeError) as e:
             if type(e).__name__ == "RewardOutputError":
                 raise _Inconclusive(e) from None
