@@ -593,6 +593,9 @@ def test_every_testbed_trainer_rejects_bad_overrides_in_one_line(module, capsys)
         assert says in err and err.count("\n") == 1 and "Traceback" not in err
     assert main(["--quick"]) == 2  # a smoke test never writes over the shipped weights (the default --out)
     assert "--quick writes smoke-test weights; give --out DIR" in capsys.readouterr().err
+    if module in ("train", "train_reward"):  # amp is checked before the data is built, not when it is read
+        assert main(["--set", "amp=fp99"]) == 2
+        assert "fp99" in capsys.readouterr().err
     tc = TestbedConfig()
     apply_overrides(tc, ["gen_steps=7", "gen_lr=0.5", "amp=fp32"])
     assert (tc.gen_steps, tc.gen_lr, tc.amp) == (7, 0.5, "fp32")

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -39,3 +41,19 @@ def check_quick_out(quick: bool, out: str | Path, shipped: str | Path) -> None:
     if quick and Path(out).expanduser().resolve() == Path(shipped).expanduser().resolve():
         raise ValueError(f"--quick writes smoke-test weights; give --out DIR (the default, {shipped}, holds the "
                          "shipped weights)")
+
+
+def configure(cfg: Any, pairs: list[str], quick: bool, out: str | Path, shipped: str | Path,
+              check: Callable[[], Any] | None = None) -> bool:
+    """A trainer's `main` before anything is built: apply `--set` (`apply_overrides`), refuse `--quick` over the
+    shipped weights (`check_quick_out`) and run the trainer's own `check`; a bad one prints a one-line `error:` and
+    returns False (the trainer exits 2)."""
+    try:
+        apply_overrides(cfg, pairs)
+        check_quick_out(quick, out, shipped)
+        if check is not None:
+            check()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True

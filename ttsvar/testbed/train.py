@@ -29,7 +29,7 @@ from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
-from .overrides import apply_overrides, check_quick_out
+from .overrides import configure
 from .train_vae import (
     StepLog,
     adamw_no_decay_1d,
@@ -196,13 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     tc = TestbedConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
-    try:
-        apply_overrides(tc, args.set)
-        check_quick_out(args.quick, args.out, WEIGHTS_DIR)
-        amp_dtype(tc)  # a bad value fails here, not after the data is built
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, check=lambda: amp_dtype(tc)):
+        return 2  # amp: a bad value fails here, not after the data is built
     out, device = Path(args.out), torch.device(args.device)
     command = "python -m ttsvar.testbed.train " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all = time.time()

@@ -46,7 +46,7 @@ from ..eval.geneval import check_metadata
 from ..output import to_uint8
 from . import world
 from .evaluator import ShapesEvaluator
-from .overrides import apply_overrides, check_quick_out
+from .overrides import configure
 from .reward import (
     DEFAULT_WEIGHTS,
     DENSITY_SCALE,
@@ -580,6 +580,18 @@ def prompt_weights(tags: list[str], tc: RewardTrainConfig) -> np.ndarray:
     return w / w.sum()
 
 
+def check_train_config(tc: RewardTrainConfig) -> None:
+    """What `main` checks before any data is built (ValueError, one line): the tag weights, the views, amp."""
+    try:
+        parse_tag_weights(tc.tag_weights)
+    except ValueError as e:
+        raise ValueError(f"--set {e}") from None
+    if tc.views < 1:
+        raise ValueError(f"--set views={tc.views}: the symmetric views per score are 1 or more")
+    if tc.amp not in ("bf16", "fp32"):
+        raise ValueError(f"--set amp={tc.amp!r}: use bf16 or fp32")
+
+
 def parse_tag_weights(spec: str) -> dict[str, float]:
     """`RewardTrainConfig.tag_weights` ("position=4,counting=2") as {tag: weight}; a ValueError names the
     bad part."""
@@ -711,19 +723,7 @@ def main(argv: list[str] | None = None) -> int:
         tc = RewardTrainConfig(samples_per_prompt=4, val_per_prompt=2, steps=3, prompts_per_batch=4,
                                images_per_prompt=2, width=32, det_width=8, fusion_layers=1, warmup=1,
                                det_steps=3, det_batch=4)
-    try:
-        apply_overrides(tc, a.set)
-        check_quick_out(a.quick, a.out, DEFAULT_WEIGHTS)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
-        parse_tag_weights(tc.tag_weights)
-    except ValueError as e:
-        print(f"error: --set {e}", file=sys.stderr)
-        return 2
-    if tc.views < 1:
-        print(f"error: --set views={tc.views}: the symmetric views per score are 1 or more", file=sys.stderr)
+    if not configure(tc, a.set, a.quick, a.out, DEFAULT_WEIGHTS, check=lambda: check_train_config(tc)):
         return 2
     from .model import load_shapes_tiny
 

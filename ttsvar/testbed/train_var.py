@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.var.model import VAR, VARConfig
 from ..models.var.vqvae import VQVAE, MultiScaleQuantizer, VQVAEConfig
 from . import world
-from .overrides import apply_overrides, check_quick_out
+from .overrides import configure
 from .train_vae import StepLog, adamw_no_decay_1d, warmup_cosine
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -315,11 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     tc = VarTrainConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.vae_batch, tc.gen_batch = 20, 20, 512, 16, 16
-    try:
-        apply_overrides(tc, args.set)
-        check_quick_out(args.quick, args.out, WEIGHTS_DIR)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR):
         return 2
     out = Path(args.out)
     command = "python -m ttsvar.testbed.train_var " + " ".join(argv if argv is not None else sys.argv[1:])
