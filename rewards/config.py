@@ -64,7 +64,6 @@ def reward_score_scale(cfg: RewardConfig) -> tuple[float, bool]:
 
 def _returned_class(factory: Any) -> type | None:
     """The Reward subclass a factory function's return annotation names, if any (`-> MyReward`)."""
-    import inspect
     import typing
 
     if not callable(factory) or isinstance(factory, type):
@@ -72,7 +71,7 @@ def _returned_class(factory: Any) -> type | None:
     try:
         ret = typing.get_type_hints(factory).get("return")
     except Exception:  # noqa: BLE001 - unresolvable annotations: no declaration
-        ret = inspect.signature(factory).return_annotation if callable(factory) else None
+        return None
     return ret if isinstance(ret, type) and issubclass(ret, Reward) else None
 
 

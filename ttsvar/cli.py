@@ -82,6 +82,8 @@ GENERATE_DEFAULTS = {"search": {"strategy": "tts-var", "n": 4}, "output": {"dir"
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from omegaconf import OmegaConf
 
     from .config import load_config, read_job_file
@@ -102,13 +104,11 @@ def cmd_generate(ns: argparse.Namespace) -> int:
             flags.setdefault("search", {})[key] = value
     if ns.model:
         flags["model"] = {"name": ns.model}
-    overrides = list(ns.overrides) + _fresh(ns)
     if ns.out is not None:
-        out = Path(ns.out)
-    else:  # output.dir from the YAML or an override; prompts.txt goes there
-        out = Path(load_config(base, overrides, prompts="prompts.txt", **flags).output.dir)
-    flags["output"] = {"dir": str(out)}
-    job = load_config(base, overrides, prompts=str(out / "prompts.txt"), **flags)  # bad options fail before a write
+        flags["output"] = {"dir": ns.out}
+    job = load_config(base, list(ns.overrides) + _fresh(ns), prompts="prompts.txt", **flags)  # fails before a write
+    out = Path(job.output.dir)  # --out, or output.dir from the YAML or an override: prompts.txt goes there
+    job = replace(job, prompts=str(out / "prompts.txt"))
     od = OutputDir(out)
     prompts = od.root / "prompts.txt"
     before = prompts.read_bytes() if prompts.is_file() else None

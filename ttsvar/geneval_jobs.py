@@ -227,21 +227,20 @@ def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: b
 
 def _drop_stale_samples(root: Path, finished: dict[int, dict[int, Path]], n_prompts: int) -> None:
     """GenEval scores every png of a numbered folder: remove those this run's manifest does not stand behind (a
-    sample of an earlier prompt text at that number, one beyond n_samples), and the grid of a folder that is
-    not complete; a folder left with no sample goes (the layout's folders only)."""
+    sample of an earlier prompt text at that number, one beyond n_samples); a folder left with no sample goes
+    (the layout's folders only)."""
     for folder in _layout_folders(root):
         i = int(folder.name)
         if i >= n_prompts:
             continue  # beyond this run's prompts: write_layout warns about them
         keep = finished.get(i, {})
+        if not keep:
+            shutil.rmtree(folder)
+            continue
         samples = folder / "samples"
         for f in sorted(samples.glob("*.png")) if samples.is_dir() else []:
             if not (f.stem.isdigit() and int(f.stem) in keep):
                 f.unlink()
-        if (folder / "grid.png").is_file() and not keep:
-            (folder / "grid.png").unlink()
-        if not keep:
-            shutil.rmtree(folder)
 
 
 def write_grid(path: Path, images: list[Path]) -> None:

@@ -150,11 +150,10 @@ def resolve_reward_checked(job: JobConfig):
 
     # what `create_reward` can build from: a Reward (class or instance) or a function; a class that is not a
     # Reward, or an object with only a `score` method, is refused here, before any model loads
-    if isinstance(obj, type) and not issubclass(obj, Reward) or not isinstance(obj, (Reward, type)) and \
-            not callable(obj):
-        raise ConfigError(f"reward.name={name!r} names a {type(obj).__name__ if not isinstance(obj, type) else 'class'}"
-                          f" that is neither a rewards.Reward (subclass or instance) nor a function "
-                          "f(images, prompts) -> scores")
+    is_class = isinstance(obj, type)
+    if not (issubclass(obj, Reward) if is_class else callable(obj)):  # a Reward instance is callable (a Module)
+        raise ConfigError(f"reward.name={name!r} names a {'class' if is_class else type(obj).__name__} that is "
+                          "neither a rewards.Reward (subclass or instance) nor a function f(images, prompts) -> scores")
     return obj
 
 

@@ -198,8 +198,6 @@ def prompt_problems(comp, prompts: list[str], score_batch: int = 64,
             raise ConfigError(f"reward.name: {label} does not return one score per image ({one_line(e)}); fix the "
                               "reward before running the job") from None
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            if type(e).__name__ == "RewardOutputError":
-                raise _Inconclusive(e) from None
             if len(ps) == 1:
                 why = f"reward {label}: {one_line(e)}"
                 bad[ps[0]] = f"{bad[ps[0]]}; {why}" if ps[0] in bad else why
