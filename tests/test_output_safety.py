@@ -4,6 +4,7 @@ job at a time per folder; summary.json's job totals over resumes; the memory che
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +13,7 @@ import pytest
 from test_bad_input import PROMPTS, make_job, manifest, snapshot
 
 import ttsvar.jobs
-from ttsvar.core.errors import ConfigError, OutputError, TtsvarError
+from ttsvar.core.errors import ConfigError, OutputError, ResumeError, TtsvarError
 from ttsvar.jobs import check_memory, run_job
 from ttsvar.output import OutputDir
 
@@ -108,3 +109,61 @@ def test_the_memory_check_counts_the_prompts_a_unit_really_holds(tmp_path, monke
     with pytest.raises(ConfigError, match=r"1 prompt per work unit .*: lower search.n$"):
         monkeypatch.setattr(ttsvar.jobs, "_free_memory", lambda device: (100, "the test's RAM"))
         check_memory(job, comp, unit_prompts=1)
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_another_configuration(tmp_path):
+    """The fingerprint names weights by path; what the path holds (size, first and last MiB) is in it too, so
+    a re-trained file at the same path is refused while a copy that only changed its mtime resumes."""
+    from ttsvar.testbed.model import WEIGHTS
+
+    w = tmp_path / "w" / "shapes_tiny.safetensors"
+    w.parent.mkdir()
+    shutil.copy(WEIGHTS, w)
+    shutil.copy(WEIGHTS.with_suffix(".json"), w.with_suffix(".json"))
+    run_job(make_job(tmp_path, f"model.weights={w}", prompts=PROMPTS[:2]))
+    out = tmp_path / "out"
+    fp = json.loads((out / "job.json").read_text())["fingerprint"]
+    assert fp["model.weights#content"].startswith(f"{w.stat().st_size}:")
+    os.utime(w, (1, 1))  # a copy that kept the bytes (rsync, cp): the same job
+    assert run_job(make_job(tmp_path, f"model.weights={w}", prompts=PROMPTS[:2]))["skipped_done"] == 2
+    data = bytearray(w.read_bytes())
+    data[-3] ^= 0xFF  # other weights of the same architecture and size
+    w.write_bytes(bytes(data))
+    before = snapshot(out)
+    with pytest.raises(ResumeError, match=r"model\.weights: the file at that path changed \(size:hash \d+:"):
+        run_job(make_job(tmp_path, f"model.weights={w}", prompts=PROMPTS[:2]))
+    assert snapshot(out) == before
+    del fp["model.weights#content"]  # as a ttsvar that did not record it wrote job.json: still resumes
+    (out / "job.json").write_text(json.dumps({"fingerprint": fp}))
+    assert run_job(make_job(tmp_path, f"model.weights={w}", prompts=PROMPTS[:2]))["skipped_done"] == 2
+
+
+def test_content_ids_take_only_values_that_name_paths(tmp_path, monkeypatch):
+    from ttsvar.core.files import content_id, content_ids
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cpu").write_text("not a checkpoint")  # a value that is not a path never reads a file
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "a.bin").write_bytes(b"x" * 10)
+    (tmp_path / "ckpt" / ".cache").write_text("skipped")
+    ids = content_ids({"model.device": "cpu", "reward.options": {"path": "ckpt/a.bin", "dir": str(tmp_path / "ckpt"),
+                                                                 "members": [{"w": "./ckpt"}]},
+                       "reward.weights_dir": "missing/dir", "search.options.value": "ckpt/a.bin"},
+                      skip=frozenset({"search.options.value"}))
+    assert set(ids) == {"reward.options.path#content", "reward.options.dir#content",
+                        "reward.options.members[0].w#content"}
+    assert ids["reward.options.path#content"] == content_id("ckpt/a.bin") and content_id("ckpt/a.bin").startswith("10:")
+    before = content_id(tmp_path / "ckpt")
+    (tmp_path / "ckpt" / ".cache").write_text("changed")  # hidden files are not weights
+    assert content_id(tmp_path / "ckpt") == before
+    (tmp_path / "ckpt" / "a.bin").write_bytes(b"y" * 10)
+    assert content_id(tmp_path / "ckpt") != before
+
+
+def test_a_moved_checkpoint_is_named_by_its_path_alone(tmp_path):
+    out = OutputDir(tmp_path / "out")
+    out.check_fingerprint({"model.weights": "/a/w.pth", "model.weights#content": "1:aa"})
+    (out.root / "manifest.jsonl").write_text('{"index": 0, "prompt": "p", "status": "ok"}\n')
+    with pytest.raises(ResumeError) as info:
+        out.check_fingerprint({"model.weights": "/b/w.pth", "model.weights#content": "2:bb"})
+    assert 'model.weights: "/a/w.pth" -> "/b/w.pth")' in str(info.value) and "changed (size" not in str(info.value)

@@ -38,6 +38,7 @@ from .core.errors import (
     is_transient,
     one_line,
 )
+from .core.files import content_ids
 from .core.generator import Generator
 from .core.options import accepts_option, check_options
 from .engine import (
@@ -260,6 +261,7 @@ def job_fingerprint(job: JobConfig) -> dict:
     for f in fields(r):
         fp[f"reward.{f.name}"] = getattr(r, f.name)  # batch_size too: a forward's batch moves the last bits
     fp["reward.options"] = _without_device(r.options)
+    fp.update(content_ids(fp, skip=frozenset({"search.options.value"})))  # what the weights paths hold
     return fp
 
 

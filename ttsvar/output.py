@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from .core.errors import ManifestError, OutputError, ResumeError
+from .core.files import CONTENT_SUFFIX
 
 log = logging.getLogger("ttsvar")
 
@@ -53,6 +54,18 @@ _TMP = re.compile(r"\..+\.tmp")
 RETIRED_FIELDS: dict[str, Any] = {"sampling.extra": {}}
 # Fingerprint fields added since: results recorded without them still resume (they were not checked then).
 ADDED_FIELDS = frozenset({"search.value_sha256", "reward.batch_size", "search.features_opts.batch_size"})
+
+
+def _under(key: str, keys: list[str]) -> bool:
+    """`key` (`reward.options.path`) is one of `keys` or inside one (`reward.options`): its path changed, which
+    says more than that its content did."""
+    return any(key == k or key.startswith((k + ".", k + "[")) for k in keys)
+
+
+def _changed(key: str, old: Any, new: Any) -> str:
+    if key.endswith(CONTENT_SUFFIX):  # the path may be the same, its bytes are not
+        return f"{key[:-len(CONTENT_SUFFIX)]}: the file at that path changed (size:hash {old} -> {new})"
+    return f"{key}: {_short(old)} -> {_short(new)}"
 
 
 def file_mode() -> int:
@@ -297,11 +310,13 @@ class OutputDir:
             else:
                 diff = [k for k in sorted(set(old) | set(fp)) if old.get(k, "<unset>") != fp.get(k, "<unset>")
                         and not (k not in fp and k in RETIRED_FIELDS and old[k] == RETIRED_FIELDS[k])
-                        and not (k not in old and k in ADDED_FIELDS)]
+                        and not (k not in old and k in ADDED_FIELDS)
+                        # a path that holds nothing now is the load's error to report, with its field's name
+                        and not (k.endswith(CONTENT_SUFFIX) and (k not in old or k not in fp))]
+                diff = [k for k in diff if not (k.endswith(CONTENT_SUFFIX) and _under(k[:-len(CONTENT_SUFFIX)], diff))]
                 if diff:
                     n = sum(1 for _ in self.done(warn=False))
-                    what = "; ".join(f"{k}: {_short(old.get(k, '<unset>'))} -> {_short(fp.get(k, '<unset>'))}"
-                                     for k in diff[:8]) + (f"; ... ({len(diff)} fields)" if len(diff) > 8 else "")
+                    what = "; ".join(_changed(k, old.get(k, "<unset>"), fp.get(k, "<unset>")) for k in diff[:8]) + (f"; ... ({len(diff)} fields)" if len(diff) > 8 else "")
                     raise ResumeError(
                         f"output.dir={str(self.root)!r} holds {n} result(s) of another configuration ({what}). "
                         "Start over with output.overwrite=true (`--fresh`), which deletes them, or choose another "
