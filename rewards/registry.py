@@ -16,6 +16,7 @@ common to every reward and set through :meth:`~rewards.base.Reward.configure`.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.metadata
 from collections.abc import Callable
@@ -155,7 +156,9 @@ def create_reward(reward: Any, **options: Any) -> Reward:
     if isinstance(obj, Reward):
         if options:
             raise TypeError(f"reward {label} is already built; options {sorted(options)} cannot be applied")
-        built = obj
+        # A shallow copy (the weights are shared) takes the common options, so the caller's instance, which
+        # other jobs or ensembles may hold, keeps its own.
+        built = copy.copy(obj) if common else obj
     elif isinstance(obj, type) and issubclass(obj, Reward):
         built = obj(**options)
     elif isinstance(obj, type):

@@ -137,6 +137,17 @@ def test_nan_policy():
             create_reward(nan_at_one, nan_policy=bad)
 
 
+def test_common_options_on_a_built_reward_leave_the_callers_instance_alone():
+    x, p = _img([0.1, 0.2, 0.3]), ["a", "b", "c"]
+    shared = create_reward(nan_at_one)
+    lenient = create_reward(shared, nan_policy=-5, batch_size=3)
+    assert lenient.score(x, p).tolist() == [0.5, -5.0, -5.0] and lenient.batch_size == 3
+    assert shared.batch_size is None
+    with pytest.raises(RewardOutputError, match="non-finite"):  # still the strict default
+        shared.score(x, p)
+    assert create_reward(shared) is shared  # nothing to set: the instance itself
+
+
 def test_batch_size_chunks_and_inference_mode():
     seen = []
 
