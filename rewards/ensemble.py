@@ -148,15 +148,21 @@ class EnsembleReward(Reward):
     def device(self) -> torch.device | None:
         return None  # members place their inputs themselves
 
-    def member_scores(self, images: Tensor, prompts: Sequence[str] | None = None) -> list[Tensor]:
-        """Raw scores of every member (each validated by its own ``score``), e.g. for logging."""
-        return [m.reward.score(images, prompts if m.reward.needs_prompt else None) for m in self.members]
+    def member_scores(self, images: Tensor, prompts: Sequence[str] | None = None, groups: Any = None
+                      ) -> list[Tensor]:
+        """Raw scores of every member (each validated by its own ``score``), e.g. for logging. ``groups`` reach
+        the members whose ``score`` takes them (a nested ensemble standardises within them too)."""
+        out = []
+        for m in self.members:
+            kw = {"groups": groups} if groups is not None and accepts_option(m.reward.score, "groups") else {}
+            out.append(m.reward.score(images, prompts if m.reward.needs_prompt else None, **kw))
+        return out
 
     def score(self, images: Tensor, prompts: Sequence[str] | None = None, groups: Any = None) -> Tensor:
         images = check_images(images, self.name)
         batch = images.shape[0]
         prompts = check_prompts(prompts, batch, self.needs_prompt, self.name)
-        g = check_groups(groups, batch, self.name)
+        g = given = check_groups(groups, batch, self.name)
         if g is None:
             if prompts is not None:
                 ids: dict[str, int] = {}
@@ -164,7 +170,7 @@ class EnsembleReward(Reward):
             else:
                 g = torch.zeros(batch, dtype=torch.int64)
         total = torch.zeros(batch, dtype=torch.float32)
-        for m, raw in zip(self.members, self.member_scores(images, prompts)):
+        for m, raw in zip(self.members, self.member_scores(images, prompts, given)):
             total += m.weight * m.norm(raw, g)
         return check_scores(total, batch, self.name, self.nan_policy)
 

@@ -371,6 +371,14 @@ def test_ensemble_weighted_sum_with_groups():
     assert len(r.member_scores(x, prompts)) == 2
 
 
+def test_a_nested_ensemble_standardises_within_the_callers_groups():
+    x = _img([0.1, 0.4, 0.3, 0.9])
+    prompts = ["aa", "aaaa", "b", "bbb"]
+    groups = [0, 0, 1, 1]
+    outer = create_reward("ensemble", members=[{"reward": _ensemble(), "weight": 1.0}])
+    torch.testing.assert_close(outer.score(x, prompts, groups=groups), _ensemble().score(x, prompts, groups=groups))
+
+
 def test_ensemble_from_names_and_config(plugin_module):
     cfg = RewardConfig(
         name="ensemble",
