@@ -53,6 +53,14 @@ class AestheticScore(Reward):
             option="checkpoint",
         )
         self.dtype = parse_dtype(dtype)
+        from pathlib import Path
+
+        pretrained_file = clip_pretrained is not None and Path(str(clip_pretrained)).expanduser().is_file()
+        if quick_gelu is None and pretrained_file and not (Path(str(clip_pretrained)).expanduser().parent
+                                                           / "open_clip_config.json").is_file():
+            # the predictor was fitted on OpenAI's ViT-L/14, which uses QuickGELU; ViT-L-14's open_clip config
+            # says GELU, so a bare file would score with the wrong activation, silently
+            quick_gelu = True
         bundle = load_open_clip(
             clip_model,
             clip_pretrained,

@@ -131,7 +131,8 @@ def load_open_clip(
 ) -> OpenClipBundle:
     """Build an open_clip CLIP, load its weights strictly, and return it with its tokenizer and transform.
 
-    ``quick_gelu``: None takes it from the model config, or from the tag (OpenAI weights use QuickGELU).
+    ``quick_gelu``: None takes it from the tag (OpenAI weights use QuickGELU), from the ``open_clip_config.json``
+    beside a weights file (as the hub stores them), or from the model config.
     ``tokenizer``: a callable ``list[str] -> LongTensor[B, context]`` replacing open_clip's tokenizer (for
     custom vocabularies). ``preprocess_cfg``: overrides of ``mean``, ``std``, ``interpolation``,
     ``resize_mode`` (highest priority, above the model config's and the tag's).
@@ -146,6 +147,12 @@ def load_open_clip(
     pcfg: dict[str, Any] = {}
     if p.is_file():
         ckpt = p
+        beside = p.parent / "open_clip_config.json"  # a hub download's config: it knows the activation
+        if quick_gelu is None and beside.is_file():
+            try:
+                pcfg = {"quick_gelu": json.loads(beside.read_text(encoding="utf-8"))["model_cfg"]["quick_gelu"]}
+            except (OSError, ValueError, KeyError, TypeError):
+                pcfg = {}
     elif os.sep in str(pretrained) or p.suffix in (".pt", ".pth", ".bin", ".safetensors"):
         raise WeightsNotFoundError(f"open_clip weights: pretrained={str(pretrained)!r} is not a file")
     else:

@@ -216,6 +216,26 @@ def test_aesthetic_matches_official_formula(tmp_path):
     torch.testing.assert_close(reward.score(x, None), h[:, 0].float(), rtol=1e-4, atol=1e-4)
 
 
+def test_a_clip_file_gets_the_activation_its_weights_were_trained_with(tmp_path):
+    from safetensors.torch import save_file
+
+    by_tag = build("aesthetic", tmp_path)
+    file = next(tmp_path.rglob("open_clip_model.safetensors"))
+    x = _images(3, seed=12)
+    # the aesthetic predictor needs OpenAI's CLIP (QuickGELU): a bare file is read as that, not as GELU
+    by_file = create_reward("aesthetic", checkpoint=str(tmp_path / "sac+logos+ava1-l14-linearMSE.pth"),
+                            clip_pretrained=str(file), clip_model_config=TINY_CLIP)
+    torch.testing.assert_close(by_file.score(x, None), by_tag.score(x, None), rtol=0, atol=0)
+    # clip-score: the open_clip_config.json a hub download keeps beside the file decides
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    save_file(open_clip_model(SEEDS["aesthetic-clip"], quick_gelu=True).state_dict(), str(hub / "w.safetensors"))
+    (hub / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**TINY_CLIP, "quick_gelu": True}}))
+    reward = create_reward("clip-score", model="tiny", pretrained=str(hub / "w.safetensors"), model_config=TINY_CLIP)
+    img, txt = _openclip_reference(open_clip_model(SEEDS["aesthetic-clip"], quick_gelu=True), x, PROMPTS)
+    torch.testing.assert_close(reward.score(x, PROMPTS), 100 * (img * txt).sum(-1), rtol=1e-4, atol=1e-4)
+
+
 def test_aesthetic_rejects_wrong_embedding_width(tmp_path):
     build("aesthetic", tmp_path)
     from rewards.aesthetic import AestheticMLP

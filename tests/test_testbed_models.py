@@ -32,7 +32,7 @@ def test_shipped_weights_load_by_name_and_generate():
 @pytest.mark.parametrize("change, message", [
     ("stray", r"has 2 tensor\(s\) outside gpt\.\*, text\.\*, vae\.\*: extra\.bias, gpt_old\.w; it is not a "
               r"shapes-tiny checkpoint \(pass the shapes_tiny\.safetensors written by"),
-    ("missing-key", r"\[gpt\.\*\] does not match Infinity:\n  missing keys \(1\): head\.weight"),
+    ("missing-key", r"\[gpt\.\*\] does not match Infinity; missing keys \(1\): head\.weight"),
     ("missing-part", r"has no 'text\.\*' tensors; it is not a shapes-tiny checkpoint \(pass "),
 ])
 def test_weights_with_stray_or_missing_keys_are_rejected_naming_the_file_and_keys(tmp_path, change, message):
@@ -121,6 +121,12 @@ def test_t5_text_encoder_from_a_local_directory(tmp_path):
     torch.testing.assert_close(feats[1:, :2], ref, rtol=0, atol=1e-5)
     with pytest.raises(FileNotFoundError, match="config.json"):
         T5TextEncoder(tmp_path / "missing")
+    # the encoder saved alone (save_pretrained of T5EncoderModel): transformers would build an empty tokenizer
+    # that reads every word as <unk>, and the images would stop depending on the prompt
+    bare = tmp_path / "bare"
+    transformers.T5EncoderModel(cfg).save_pretrained(bare)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files .spiece.model or tokenizer.json."):
+        T5TextEncoder(bare)
 
 
 def test_released_models_need_their_files(tmp_path):

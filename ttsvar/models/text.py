@@ -43,6 +43,12 @@ class T5TextEncoder(TextEncoder):
             raise MissingFileError(
                 f"no T5 encoder at {path}: expected a local Hugging Face directory with config.json, the "
                 "weights (model.safetensors) and the tokenizer files of google/flan-t5-xl")
+        if not any((path / f).is_file() for f in ("spiece.model", "tokenizer.json")):
+            # without them transformers builds an empty tokenizer: every word becomes <unk> and the images
+            # stop depending on the prompt, with no error
+            raise MissingFileError(
+                f"the T5 encoder at {path} has no tokenizer files (spiece.model or tokenizer.json): copy them "
+                "from google/flan-t5-xl into the folder (save_pretrained of the encoder alone leaves them out)")
         from transformers import AutoTokenizer, T5EncoderModel
 
         self.device = torch.device(device)
@@ -52,6 +58,11 @@ class T5TextEncoder(TextEncoder):
                                                     use_safetensors=None).to(self.device).eval()
         self.dim = self.model.config.d_model
         self.max_length = max_length
+        if len(self.tokenizer) < self.model.config.vocab_size // 2:
+            raise MissingFileError(
+                f"the tokenizer in {path} has {len(self.tokenizer)} tokens for a T5 of {self.model.config.vocab_size}:"
+                " it is not flan-t5's tokenizer (or an empty one); copy spiece.model / tokenizer.json from "
+                "google/flan-t5-xl")
 
     def check_prompt(self, prompt: str) -> None:
         n = len(self.tokenizer(prompt, truncation=False).input_ids)

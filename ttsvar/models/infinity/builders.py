@@ -41,8 +41,10 @@ def _released(cfg: ModelConfig, sampling: SamplingConfig | None, icfg: InfinityC
     tpath = require_file(text_encoder, "model.options.text_encoder", "a local flan-t5-xl directory")
     with torch.device("meta"):
         model = Infinity(icfg)
-    model = load_strict(model, read_state_dict(wpath), wpath, official_state_dict_to_ours, assign=True)
-    model = model.to(device).eval().requires_grad_(False)
+    model = load_strict(model, read_state_dict(wpath), wpath, official_state_dict_to_ours, assign=True,
+                        hint=f"Expected the released {names[0]} (depth {icfg.depth}, width {icfg.embed_dim}).")
+    # assign=True keeps the file's dtype: float32 first (a bf16 or fp16 file too), then model.dtype for the blocks
+    model = model.float().to(device).eval().requires_grad_(False)
     model.cast_blocks(dtype)
     vae = load_vae(vpath, vcfg, device).eval().requires_grad_(False)
     text = T5TextEncoder(tpath, device=device)

@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...core.checkpoint import CheckpointError
 from ..kv import SharedKV
 from .schedules import rope_reference
 
@@ -456,21 +457,29 @@ _OPTIONAL_BUFFERS = ("zero_k_bias",)
 
 
 def official_state_dict_to_ours(sd: dict[str, torch.Tensor], model: Infinity) -> dict[str, torch.Tensor]:
-    """The one place where checkpoint keys are adapted.
+    """The one place where checkpoint keys are adapted. `model` may live on the meta device (the builders load
+    with `assign=True`): only its shapes and dtypes are read here, never its data.
 
     * A full training checkpoint nests the weights (`trainer.gpt_fsdp`); a slim one is the dict itself.
-    * `cfg_uncond` is trimmed or padded to this model's text_maxlen, as the official loader does.
+    * `cfg_uncond` is trimmed to this model's text_maxlen, or padded with rows drawn as the official model
+      initialises them (trunc-normal, std 1.2 / sqrt(Ct5)), from a fixed seed so a load is reproducible.
     * `zero_k_bias` buffers are constant zeros and filled in when absent.
     """
     if "trainer" in sd and isinstance(sd["trainer"], dict):
         sd = sd["trainer"].get("gpt_fsdp", sd["trainer"])
     sd = dict(sd)
+    if "vae" in sd and not any(k.startswith("blocks.") for k in sd):
+        raise CheckpointError("this is a BSQ-VAE checkpoint (its weights are under 'vae'): pass it as "
+                              "model.options.vae_weights, and the Infinity transformer (infinity_2b_reg.pth, ...) "
+                              "as model.weights")
     ours = model.state_dict()
-    if "cfg_uncond" in sd:
-        old, new = sd["cfg_uncond"], ours["cfg_uncond"]
-        n = min(old.shape[0], new.shape[0])
-        sd["cfg_uncond"] = torch.cat((old[:n].to(new.dtype), new[n:]))
+    old, new = sd.get("cfg_uncond"), ours["cfg_uncond"]
+    if isinstance(old, torch.Tensor) and old.ndim == 2 and old.shape[1] == new.shape[1] and old.shape != new.shape:
+        n, (rows, ct5) = min(old.shape[0], new.shape[0]), new.shape
+        g = torch.Generator().manual_seed(0)
+        pad = nn.init.trunc_normal_(torch.empty(rows - n, ct5), std=1.2, generator=g) / ct5**0.5
+        sd["cfg_uncond"] = torch.cat((old[:n].float(), pad)).to(old.dtype)
     for k, v in ours.items():
         if k not in sd and k.rsplit(".", 1)[-1] in _OPTIONAL_BUFFERS:
-            sd[k] = torch.zeros_like(v)
+            sd[k] = torch.zeros(v.shape, dtype=v.dtype)
     return sd

@@ -529,6 +529,9 @@ def vae_state_dict_from_official(state: Mapping, model: BSQVAE) -> dict[str, Ten
     elif not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"expected a VAE state dict or a dict with a 'vae' entry; the file's top-level "
                               f"keys are {sorted(state)[:10]}")
+    if "cfg_uncond" in state or any(k.startswith(("block_chunks.", "blocks.")) for k in state):
+        raise CheckpointError("this is an Infinity transformer checkpoint: pass it as model.weights, and the BSQ-VAE "
+                              "(infinity_vae_d32reg.pth, ...) as model.options.vae_weights")
     ours = set(model.state_dict())
     d = model.codebook_dim
     out: dict[str, Tensor] = {}
@@ -539,7 +542,7 @@ def vae_state_dict_from_official(state: Mapping, model: BSQVAE) -> dict[str, Ten
                 raise CheckpointError(f"{k} has shape {tuple(v.shape)}; a {d}-bit VAE has {list(want.shape)} "
                                       f"powers of two. Is the config's codebook_dim right?")
             continue
-        if k not in ours:
+        if k not in ours and "." in k:
             for wrap in (".conv", ".norm"):
                 cand = k.rsplit(".", 1)[0] + wrap + "." + k.rsplit(".", 1)[1]
                 if cand in ours and cand not in state:
