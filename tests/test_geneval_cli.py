@@ -196,3 +196,30 @@ def test_the_layout_holds_only_samples_the_manifest_stands_behind(prompts, gener
     assert not stray.exists()
     assert sorted(p.name for p in (out / "00000" / "samples").iterdir()) == ["00000.png", "00001.png"]
     assert json.loads((out / "00001" / "metadata.jsonl").read_text()) == md[1]
+
+
+def test_a_class_conditional_model_gets_genevals_layout_too(tmp_path, capsys):
+    """shapes-var-tiny records the class (`prompt` "3") and its text (`class_name`): the layout matches the
+    metadata by either, so `geneval score` finds the samples."""
+    from ttsvar.testbed.var_model import WEIGHTS
+
+    md = json.loads(WEIGHTS.with_suffix(".json").read_text())["class_metadata"][:2]
+    prompts = tmp_path / "evaluation_metadata.jsonl"
+    prompts.write_text("".join(json.dumps(m) + "\n" for m in md))
+    out = tmp_path / "out"
+    fast = [x for x in FAST if not x.startswith("model.name=")]
+    assert main(["geneval", "generate", f"prompts={prompts}", f"output.dir={out}", "n_samples=2",
+                 "model.name=shapes-var-tiny", *fast]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\n", 3)[3])
+    assert (summary["samples_written"], summary["folders_written"]) == (4, 2), summary
+    for i in (0, 1):
+        assert json.loads((out / f"{i:05d}" / "metadata.jsonl").read_text()) == md[i]
+    assert main(["geneval", "score", str(out), "--detector", "shapes", "--quiet"]) == 0
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4
+    from ttsvar.report.runs import load_run
+
+    run = load_run(out)  # the report matches each verdict to its image by the class's text
+    assert len(run.correct) == 4 and run.geneval_note is None
+    # `ttsvar evaluate` on the same job's manifest: its verdicts carry the class's text too
+    assert main(["evaluate", str(out), "--evaluator", "shapes"]) == 0
+    assert len(load_run(out).correct) == 4

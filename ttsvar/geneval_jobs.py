@@ -194,14 +194,16 @@ def _link(src: Path, dst: Path) -> None:
 
 def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: bool = False) -> dict:
     """Put every finished sample of the job in `root` into GenEval's layout (idempotent: a re-run redoes only
-    what changed). A manifest line counts when its prompt is the expanded prompt of its index. Returns
+    what changed). A manifest line counts when its prompt (or, for a class-conditional model, its class's text)
+    is the expanded prompt of its index. Returns
     {"samples_written": ..., "folders_written": ..., "folders_complete": ...}."""
     root = Path(root)
     out = OutputDir(root, create=False)
     by_folder: dict[int, dict[int, Path]] = {}
     for k, rec in out.done(warn=False).items():
         i, j = sample_of(k, n_samples)
-        if i >= len(metadata) or rec.get("prompt") != metadata[i]["prompt"].strip():
+        # a class-conditional model records the class (`prompt` "5") and its text (`class_name`)
+        if i >= len(metadata) or metadata[i]["prompt"].strip() not in (rec.get("prompt"), rec.get("class_name")):
             continue
         src = root / rec["image"]
         if src.is_file():

@@ -132,9 +132,9 @@ def _evaluation(root: Path, records: list[dict]) -> tuple[dict | None, dict[str,
     summary = _read_json(root / "geneval_summary.json")
     if isinstance(summary, dict):
         verdicts = _verdicts(root / "geneval_results.jsonl")
-        prompt_of = {r.get("image"): r.get("prompt") for r in records}
+        texts_of = {r.get("image"): _texts(r) for r in records}
         correct = {img: ok for img, (ok, prompt) in verdicts.items()
-                   if img in prompt_of and prompt in (None, prompt_of[img])}
+                   if img in texts_of and prompt in (None, *texts_of[img])}
         return summary, correct, len(verdicts)
     state = _read_json(root / "geneval.json")
     n = state.get("n_samples") if isinstance(state, dict) else None
@@ -154,9 +154,15 @@ def _evaluation(root: Path, records: list[dict]) -> tuple[dict | None, dict[str,
     for r in results:
         m = _SAMPLE.search(str(r.get("filename", "")))
         rec = by_index.get(int(m.group(1)) * n + int(m.group(2))) if m else None
-        if rec and rec.get("image") and r.get("prompt") in (None, rec.get("prompt")):
+        if rec and rec.get("image") and r.get("prompt") in (None, *_texts(rec)):
             correct[rec["image"]] = bool(r["correct"])
     return summarize(results), correct, len(results)
+
+
+def _texts(rec: dict) -> tuple:
+    """The texts a verdict on this record's image may carry: its prompt, and for a class-conditional model (whose
+    prompt is the class, "5") the class's text, which the evaluators judge."""
+    return (rec.get("prompt"), rec.get("class_name")) if rec.get("class_name") else (rec.get("prompt"),)
 
 
 def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
