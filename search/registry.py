@@ -128,16 +128,20 @@ class SearchConfig:
         try:
             return build_strategy(self).plan(num_scales, int(self.n))
         except ValueError as e:
-            raise ValueError(option_error(str(e), strategy_options(self.strategy))) from e
+            raise ValueError(option_error(str(e), strategy_options(self.strategy), self.strategy)) from e
 
 
-def option_error(msg: str, accepted) -> str:
+def option_error(msg: str, accepted, strategy: str | None = None) -> str:
     """A strategy's own error (`lam: -2 must be ...`) as the config field it is about: `search.options.lam: ...`
-    when it starts with one of the strategy's options, else `search.<msg>`."""
+    when it starts with one of the strategy's options, `search.n: ...` for the batch, else the strategy's."""
     if msg.startswith("search."):
         return msg
     head = msg.split(":", 1)[0].split(" ", 1)[0].split("[", 1)[0]
-    return f"search.options.{msg}" if head in accepted else f"search.{msg}"
+    if head in accepted:
+        return f"search.options.{msg}"
+    if head == "n":
+        return f"search.{msg}"
+    return f"search.strategy={strategy}: {msg}" if strategy else f"search: {msg}"
 
 
 def build_strategy(cfg: SearchConfig) -> Strategy:

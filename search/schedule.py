@@ -24,7 +24,8 @@ paper. VAR 256 px (sides 1,2,3,4,5,6,8,10,13,16) -> clusters (1, 2), resamples (
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from search.base import is_int
 
@@ -115,7 +116,7 @@ def default_batch_schedule(num_scales: int) -> tuple[int, ...]:
 
 def check_schedule(schedule: Sequence[int], num_scales: int, name: str = "batch_schedule") -> tuple[int, ...]:
     """Validate a batch schedule (positive, non-increasing, one entry per scale)."""
-    if isinstance(schedule, (str, bytes, int)) or not hasattr(schedule, "__iter__"):
+    if isinstance(schedule, (str, bytes, int, Mapping)) or not hasattr(schedule, "__iter__"):
         raise ValueError(f"{name}: expected a list with one multiplier per scale, got {schedule!r}")
     sched = tuple(schedule)
     if len(sched) != num_scales:
@@ -131,9 +132,19 @@ def check_schedule(schedule: Sequence[int], num_scales: int, name: str = "batch_
     return tuple(int(b) for b in sched)
 
 
+def option_list(value: Any, name: str, what: str = "a list of scale indices") -> list | None:
+    """A list option as a strategy's constructor takes it: None stays None; a list (or tuple) is copied; a
+    scalar, string or mapping is a `ValueError` naming the option, before any model loads."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes, Mapping)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name}: expected {what}, got {value!r}")
+    return list(value)
+
+
 def check_scales(scales: Sequence[int], num_scales: int, name: str) -> tuple[int, ...]:
     """Validate a list of decision scales: integers in [0, S-2], no duplicates; returned sorted."""
-    if isinstance(scales, (str, bytes, int)) or not hasattr(scales, "__iter__"):
+    if isinstance(scales, (str, bytes, int, Mapping)) or not hasattr(scales, "__iter__"):
         raise ValueError(f"{name}: expected a list of scale indices, got {scales!r}")
     out = []
     for k in list(scales):

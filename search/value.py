@@ -111,6 +111,8 @@ class ValueModel:
 
 def load_value(path: str | Path) -> ValueModel:
     """Read and check a value file and its JSON; every problem is one ValueError starting `value: <file>`."""
+    if not isinstance(path, (str, Path)):
+        raise ValueError(f"value: expected the path of a value file (written by `ttsvar fit-value`), got {path!r}")
     p = Path(path).expanduser()
     where = f"value: {p}"
     if not p.is_file():

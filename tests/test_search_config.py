@@ -9,6 +9,7 @@ import pytest
 
 from search import SearchConfig, build_strategy, create_strategy, list_strategies
 from search.base import SearchPlan
+from search.registry import strategy_options
 
 CLI_NAMES = {"tts-var", "best-of-n", "random", "importance", "beam", "fk", "cluster-only", "resample-only"}
 
@@ -64,6 +65,45 @@ def _cfg(strategy: str = "tts-var", n: int = 1, **options) -> SearchConfig:
 def test_a_strategy_option_error_names_its_search_options_field(changes, message):
     with pytest.raises(ValueError, match=message):
         _cfg(**changes).validate(13)
+
+
+LIST_OPTIONS = [(s, o) for s in list_strategies() for o in ("batch_schedule", "cluster_scales", "resample_scales",
+                                                            "beam_scales", "density_scales", "prune_scales",
+                                                            "tree_scales")
+                if o in strategy_options(s)]
+
+
+@pytest.mark.parametrize("strategy, option", LIST_OPTIONS)
+@pytest.mark.parametrize("bad", [1, "abc", {"a": 1}])
+def test_a_scalar_string_or_mapping_for_a_list_option_names_the_option(strategy, option, bad):
+    """Before any model loads, from the job config: `search.options.cluster_scales=1` used to say
+    "search.'int' object is not iterable", and `batch_schedule=abc` passed until the model had loaded."""
+    from ttsvar.config import load_config
+    from ttsvar.core.errors import ConfigError
+
+    extra = ["search.options.value=v.safetensors"] if strategy == "value" else []
+    value = {1: "1", "abc": "abc", "a": "{a: 1}"}[next(iter(bad)) if isinstance(bad, dict) else bad]
+    with pytest.raises((ConfigError, ValueError), match=rf"search.options.{option}: expected a list"):
+        load_config(None, [f"search.strategy={strategy}", f"search.options.{option}={value}", *extra])
+
+
+def test_a_value_that_is_not_a_path_names_the_option():
+    with pytest.raises(ValueError, match=r"search.options.value: expected the path of a value file"):
+        _cfg("value", value=3).validate(13)
+
+
+def test_beam_with_its_defaults_plans_any_model_length():
+    for num_scales in (2, 3, 4, 5, 6, 13):
+        plan = _cfg("beam", n=4).validate(num_scales)
+        assert plan.decision_scales and max(plan.decision_scales) <= num_scales - 2
+    assert _cfg("beam", n=4).validate(4).decision_scales == (0, 1, 2)
+    assert _cfg("beam", n=4).validate(13).decision_scales == (2, 5, 6, 9)  # the paper's scales, unchanged
+
+
+def test_an_error_no_option_owns_names_the_strategy():
+    from search.registry import option_error
+
+    assert option_error("too few scales", {"lam"}, "beam") == "search.strategy=beam: too few scales"
 
 
 def test_a_plugin_strategy_adds_options_by_adding_keywords():

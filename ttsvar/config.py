@@ -348,7 +348,7 @@ def _validate_search(job: JobConfig) -> None:
     try:
         build_strategy(s)
     except (ValueError, TypeError) as e:
-        raise ConfigError(option_error(_first_line(e), strategy_options(s.strategy))) from None
+        raise ConfigError(option_error(_first_line(e), strategy_options(s.strategy), s.strategy)) from None
 
 
 def _validate_reward(job: JobConfig) -> None:

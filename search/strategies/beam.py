@@ -21,24 +21,27 @@ from search.base import (
     jsonable,
 )
 from search.registry import register_strategy
-from search.schedule import check_scales, default_decisions
+from search.schedule import check_scales, default_decisions, option_list
 
 
 @register_strategy("beam")
 class Beam(PlannedStrategy):
-    """Options: `beam_scales` (None: the TTS-VAR decision scales, adapted), `beam_width` (None:
-    max(1, n // 2))."""
+    """Options: `beam_scales` (None: the TTS-VAR decision scales, adapted; on a model too short for those, every
+    scale but the last), `beam_width` (None: max(1, n // 2))."""
 
     def __init__(self, beam_scales: Sequence[int] | None = None, beam_width: int | None = None) -> None:
-        self.beam_scales = None if beam_scales is None else list(beam_scales)
+        self.beam_scales = option_list(beam_scales, "beam_scales")
         if beam_width is not None and (not is_int(beam_width) or beam_width < 1):
             raise ValueError(f"beam_width: {beam_width!r} must be a positive integer")
         self.beam_width = beam_width
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:
         if self.beam_scales is None:
-            cluster, resample = default_decisions(num_scales)
-            scales = tuple(sorted(cluster + resample))
+            try:
+                cluster, resample = default_decisions(num_scales)
+                scales = tuple(sorted(cluster + resample))
+            except ValueError:  # too few scales for the paper's four decisions: every scale but the last, as beam-wc
+                scales = tuple(range(num_scales - 1))
         else:
             scales = check_scales(self.beam_scales, num_scales, "beam_scales")
         if self.width(n) > n:

@@ -33,7 +33,7 @@ from search.base import (
     jsonable,
 )
 from search.registry import register_strategy
-from search.schedule import check_scales, default_decisions
+from search.schedule import check_scales, default_decisions, option_list
 from search.strategies.density import default_critical_scales
 
 SIGNALS = ("entropy", "log_prob")
@@ -64,7 +64,7 @@ class Confidence(PlannedStrategy):
 
     def __init__(self, prune_scales: Sequence[int] | None = None, keep: float = 0.75,
                  signal: str = "entropy") -> None:
-        self.prune_scales = None if prune_scales is None else list(prune_scales)
+        self.prune_scales = option_list(prune_scales, "prune_scales")
         if isinstance(keep, bool) or not isinstance(keep, (int, float, np.integer, np.floating)) \
                 or not 0 < keep <= 1:
             raise ValueError(f"keep: {keep!r} must be in (0, 1] (the fraction of live rows kept)")

@@ -50,7 +50,7 @@ from search.base import (
 )
 from search.clustering import squared_distances
 from search.registry import register_strategy
-from search.schedule import check_scales, default_decisions
+from search.schedule import check_scales, default_decisions, option_list
 
 
 def kde_density(features: np.ndarray, bandwidth: float = 1.0) -> tuple[np.ndarray, float]:
@@ -139,7 +139,7 @@ class Density(PlannedStrategy):
 
     def __init__(self, density_scales: Sequence[int] | None = None, keep: float = 0.5, top_fraction: float = 0.5,
                  bandwidth: float = 1.0) -> None:
-        self.density_scales = None if density_scales is None else list(density_scales)
+        self.density_scales = option_list(density_scales, "density_scales")
         self.keep = _check_fraction("keep", keep, low_open=True)
         self.top_fraction = _check_fraction("top_fraction", top_fraction, low_open=False)
         if isinstance(bandwidth, bool) or not isinstance(bandwidth, (int, float, np.integer, np.floating)) \

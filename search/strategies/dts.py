@@ -57,7 +57,7 @@ from search.base import (
 )
 from search.potentials import check_potential, effective_sample_size, normalize_log_weights
 from search.registry import register_strategy
-from search.schedule import check_scales, default_decisions
+from search.schedule import check_scales, default_decisions, option_list
 
 ROOT = -1  # parent id of the nodes of the first decision
 
@@ -179,7 +179,7 @@ class DTS(PlannedStrategy):
     """
 
     def __init__(self, tree_scales: Sequence[int] | None = None, lam: float = 3.0, greedy: bool = False) -> None:
-        self.tree_scales = None if tree_scales is None else list(tree_scales)
+        self.tree_scales = option_list(tree_scales, "tree_scales")
         _, self.lam = check_potential("value", lam)
         if not isinstance(greedy, bool):
             raise ValueError(f"greedy: {greedy!r} must be true (DTS*, greedy descent) or false (DTS, sampled)")

@@ -37,7 +37,7 @@ from search.potentials import (
     normalize_log_weights,
 )
 from search.registry import register_strategy
-from search.schedule import check_scales
+from search.schedule import check_scales, option_list
 
 FK_PICKS = ("weights", "reward")
 
@@ -61,7 +61,7 @@ class FK(PlannedStrategy):
         ess_threshold: float = 0.5,
         fk_pick: str = "weights",
     ) -> None:
-        self.resample_scales = None if resample_scales is None else list(resample_scales)
+        self.resample_scales = option_list(resample_scales, "resample_scales")
         self.potential, self.lam = check_potential(potential, lam)
         if isinstance(ess_threshold, bool) or not isinstance(ess_threshold, (int, float)) \
                 or not 0 < ess_threshold <= 1:

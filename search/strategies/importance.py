@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from search.base import Decision, GroupState, Observation, PlannedStrategy, SearchPlan, argmax_reward
 from search.potentials import check_potential
 from search.registry import register_strategy
-from search.schedule import check_scales
+from search.schedule import check_scales, option_list
 from search.strategies.steps import resample_step
 
 
@@ -24,7 +24,7 @@ class Importance(PlannedStrategy):
 
     def __init__(self, resample_scales: Sequence[int] | None = None, potential: str = "value",
                  lam: float = 10.0) -> None:
-        self.resample_scales = None if resample_scales is None else list(resample_scales)
+        self.resample_scales = option_list(resample_scales, "resample_scales")
         self.potential, self.lam = check_potential(potential, lam)
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:

@@ -22,6 +22,7 @@ from search.schedule import (
     default_batch_schedule,
     default_decisions,
     live_batch_sizes,
+    option_list,
 )
 from search.strategies.steps import cluster_step, resample_step
 from search.value import ValueModel, load_value
@@ -44,9 +45,10 @@ class TTSVar(PlannedStrategy):
         lam: float = 10.0,
         value: str | None = None,
     ) -> None:
-        self.batch_schedule = None if batch_schedule is None else list(batch_schedule)
-        self.cluster_scales = None if cluster_scales is None else list(cluster_scales)
-        self.resample_scales = None if resample_scales is None else list(resample_scales)
+        self.batch_schedule = option_list(batch_schedule, "batch_schedule",
+                                          "a list with one multiplier per scale")
+        self.cluster_scales = option_list(cluster_scales, "cluster_scales")
+        self.resample_scales = option_list(resample_scales, "resample_scales")
         self.value_model: ValueModel | None = None if value is None else load_value(value)
         self.potential, self.lam = check_potential(potential, lam, self.value_model is not None, True)
         if self.value_model is not None and self.potential != "learned":
