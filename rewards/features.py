@@ -59,11 +59,29 @@ def list_features() -> list[str]:
     return sorted(_FEATURES)
 
 
+def features_class(name: str) -> type:
+    """The class registered as `name`, or named by an import path `package.module:Class` (a config naming user
+    code: `search.features=my_pkg.feats:Edges`), which is imported and registered under that path. Unknown
+    names raise, listing the registered ones."""
+    if name in _FEATURES:
+        return _FEATURES[name]
+    if isinstance(name, str) and ":" in name:
+        from ttsvar.core.plugins import load_import_path
+
+        cls = load_import_path(name, "feature extractor")
+        if not (isinstance(cls, type) and callable(getattr(cls, "extract", None))):
+            raise TypeError(f"feature extractor import path {name!r} names {cls!r}, not a class with "
+                            "extract(images) -> np.ndarray [B, D] (subclass rewards.FeatureExtractor)")
+        registered = [k for k, v in _FEATURES.items() if v is cls]
+        return cls if registered else register_features(name)(cls)
+    raise ValueError(f"unknown feature extractor {name!r}; available: {list_features()} (or an import path "
+                     "'package.module:Class')")
+
+
 def create_features(name: str, **opts: Any) -> FeatureExtractor:
-    """Build the feature extractor registered as `name`; unknown names/options raise, listing valid ones."""
-    if name not in _FEATURES:
-        raise ValueError(f"unknown feature extractor {name!r}; available: {list_features()}")
-    cls = _FEATURES[name]
+    """Build the feature extractor registered as `name` (or named by an import path, `features_class`); unknown
+    names/options raise, listing valid ones."""
+    cls = features_class(name)
     accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
     unknown = sorted(set(opts) - set(accepted))
     if unknown:

@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from rewards.base import FunctionReward, Reward
 from ttsvar.core.options import accepts_option  # noqa: F401 - re-exported: rewards.config, rewards.ensemble
 from ttsvar.core.plugins import import_builtins
+from ttsvar.core.plugins import load_import_path as _load_import_path
 
 ENTRY_POINT_GROUP = "ttsvar.rewards"
 COMMON_OPTIONS = ("nan_policy", "batch_size")
@@ -99,18 +100,7 @@ def list_rewards() -> list[str]:
 
 def load_import_path(path: str) -> Any:
     """Import ``"package.module:object"`` (``object`` may be dotted: ``module:Class.attr``)."""
-    mod_name, sep, attr = path.partition(":")
-    if not sep or not mod_name or not attr:
-        raise ValueError(f"import path {path!r} must look like 'package.module:object'")
-    try:
-        obj: Any = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ImportError(f"cannot import module {mod_name!r} of reward import path {path!r}: {e}") from e
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise AttributeError(f"reward import path {path!r}: {mod_name!r} has no attribute {attr!r}")
-        obj = getattr(obj, part)
-    return obj
+    return _load_import_path(path, "reward")
 
 
 def resolve_reward(reward: Any) -> Any:

@@ -67,9 +67,33 @@ def create_strategy(name: str, **options: Any) -> Strategy:
 
 def _lookup(name: str) -> type[Strategy]:
     registry = _builtin()
+    if name not in registry and isinstance(name, str) and ":" in name:
+        _import_strategy(name)
     if name not in registry:
-        raise ValueError(f"unknown search strategy {name!r}; available: {sorted(registry)}")
+        raise ValueError(f"unknown search strategy {name!r}; available: {sorted(registry)} (or an import path "
+                         "'package.module:Class' of a Strategy subclass)")
     return registry[name]
+
+
+def _import_strategy(path: str) -> None:
+    """`search.strategy=my_pkg.search:MySearch`: a config naming user code. The class is imported and registered
+    under the path (a class its module already registered keeps its name). Written here, not shared with the
+    rewards' loader, because `search` imports no other package of the project."""
+    import importlib
+
+    mod_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(mod_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(f"cannot import search strategy {path!r}: {type(e).__name__}: {e}") from None
+    if not (isinstance(obj, type) and issubclass(obj, Strategy)):
+        raise ValueError(f"search strategy import path {path!r} names {obj!r}, not a search.Strategy subclass")
+    if obj not in _STRATEGIES.values():
+        register_strategy(path)(obj)
+    else:
+        _STRATEGIES[path] = obj
 
 
 def strategy_factory(name: str) -> type[Strategy]:

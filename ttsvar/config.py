@@ -331,15 +331,31 @@ def _validate_model(job: JobConfig) -> None:
             raise ConfigError(f"model.options.{_first_line(e)}") from None
 
 
+def check_strategy_name(name: object) -> None:
+    """`search.strategy` names a registered strategy, or an import path `package.module:Class` that imports (and
+    is registered under that path); else `ConfigError` naming the field and the known names."""
+    from search.registry import list_strategies, strategy_factory
+
+    if isinstance(name, str) and name in list_strategies():
+        return
+    if isinstance(name, str) and ":" in name:
+        try:
+            strategy_factory(name)
+            return
+        except ValueError as e:
+            raise ConfigError(f"search.strategy={name!r}: {_first_line(e)}") from None
+    raise ConfigError(f"search.strategy={name!r} is unknown; available: {', '.join(list_strategies())}, or an "
+                      "import path 'package.module:Class'")
+
+
 def _validate_search(job: JobConfig) -> None:
     """The search fields a strategy can check without a model (the batch schedule against the model's scales is
     checked when the model is loaded)."""
     from search.base import is_int
-    from search.registry import build_strategy, list_strategies, option_error, strategy_factory, strategy_options
+    from search.registry import build_strategy, option_error, strategy_factory, strategy_options
 
     s = job.search
-    if s.strategy not in list_strategies():
-        raise ConfigError(f"search.strategy={s.strategy!r} is unknown; available: {', '.join(list_strategies())}")
+    check_strategy_name(s.strategy)
     if not is_int(s.n) or not 1 <= s.n <= MAX_SEARCH_N:
         raise ConfigError(f"search.n={s.n!r}: must be an integer in [1, {MAX_SEARCH_N}] (candidates per prompt)")
     if not isinstance(s.features, str) or not s.features.strip():

@@ -27,7 +27,7 @@ import numpy as np
 
 from search.base import SearchPlan, Strategy
 
-from .config import LEGACY_OPTIONS, JobConfig, ignored_fields, saves_previews
+from .config import LEGACY_OPTIONS, JobConfig, check_strategy_name, ignored_fields, saves_previews
 from .core.device import resolve_device
 from .core.errors import (
     ConfigError,
@@ -161,13 +161,10 @@ def resolve_reward_checked(job: JobConfig):
 def check_names(job: JobConfig) -> None:
     """The model and strategy names, checked against their registries (also for a `JobConfig` built in code,
     which `ttsvar.config.validate` has not seen): `ConfigError` naming the field and the known names."""
-    from search.registry import list_strategies
 
     if job.model.name not in list_generators():
         raise ConfigError(f"model.name={job.model.name!r} is unknown; available: {', '.join(list_generators())}")
-    if job.search.strategy not in list_strategies():
-        raise ConfigError(f"search.strategy={job.search.strategy!r} is unknown; available: "
-                          f"{', '.join(list_strategies())}")
+    check_strategy_name(job.search.strategy)
     if not isinstance(job.reward.name, str):  # a JobConfig built in code can hold anything
         raise ConfigError(f"reward.name={job.reward.name!r} is not a name: a job names its reward by a string (a "
                           "registered name or 'pkg.module:obj'); register the object with rewards.register_reward")
@@ -179,7 +176,7 @@ def preflight(job: JobConfig) -> None:
     `search.features_opts`; warns about set fields the job will not read. Raises `ConfigError` naming the
     field (and, for a name, the known ones)."""
     from rewards.base import FunctionReward, Reward
-    from rewards.features import _FEATURES, list_features
+    from rewards.features import features_class, list_features
     from rewards.registry import COMMON_OPTIONS
 
     check_names(job)
@@ -215,9 +212,14 @@ def preflight(job: JobConfig) -> None:
         if isinstance(opts.get("device"), str):  # refused here, not as an internal error when the model moves
             resolve_device(opts["device"], f"{field}.device")
     feats = features_name(job)
-    if feats not in list_features():
-        raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}")
-    check_options(_FEATURES[feats].__init__, job.search.features_opts or {}, "search.features_opts",
+    try:
+        cls = features_class(feats)
+    except (ImportError, AttributeError, TypeError, ValueError) as e:
+        if feats in list_features() or ":" in feats:  # a plugin that failed: its own reason
+            raise ConfigError(f"search.features={feats!r}: {one_line(e)}") from None
+        raise ConfigError(f"search.features={feats!r} is unknown; available: {', '.join(list_features())}, or an "
+                          "import path 'package.module:Class'") from None
+    check_options(cls.__init__, job.search.features_opts or {}, "search.features_opts",
                   f"feature extractor {feats!r}")
 
 

@@ -316,7 +316,8 @@ class OutputDir:
                 diff = [k for k in diff if not (k.endswith(CONTENT_SUFFIX) and _under(k[:-len(CONTENT_SUFFIX)], diff))]
                 if diff:
                     n = sum(1 for _ in self.done(warn=False))
-                    what = "; ".join(_changed(k, old.get(k, "<unset>"), fp.get(k, "<unset>")) for k in diff[:8]) + (f"; ... ({len(diff)} fields)" if len(diff) > 8 else "")
+                    what = "; ".join(_changed(k, old.get(k, "<unset>"), fp.get(k, "<unset>")) for k in diff[:8]) \
+                        + (f"; ... ({len(diff)} fields)" if len(diff) > 8 else "")
                     raise ResumeError(
                         f"output.dir={str(self.root)!r} holds {n} result(s) of another configuration ({what}). "
                         "Start over with output.overwrite=true (`--fresh`), which deletes them, or choose another "
