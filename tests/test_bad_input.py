@@ -774,3 +774,26 @@ def test_a_reward_object_in_a_job_config_is_a_one_line_error(tmp_path, no_model)
     job.reward.name = helpers_components.redness  # a JobConfig built in code can hold anything
     with pytest.raises(ConfigError, match=r"reward\.name=.* is not a name: .*register_reward"):
         run_job(job)
+
+
+@pytest.mark.parametrize("model, scales", [("infinity-2b", 13), ("var-d16", 10), ("var-tiny-random", 4),
+                                           ("infinity-tiny-random", 6)])
+def test_a_schedule_that_does_not_fit_the_model_is_refused_before_it_loads(no_model, model, scales):
+    from ttsvar.jobs import preflight
+
+    job = load_config(None, [f"model.name={model}", "reward.name=helpers_components:redness",
+                             "search.features=test-pixels", "search.options.batch_schedule=[8,4,2]"])
+    with pytest.raises(ConfigError, match=rf"batch_schedule: has 3 entries but the model has {scales} scales"):
+        preflight(job)
+    pixels = load_config(None, ["model.name=infinity-2b", "model.options.pixels=0.06M", "search.features=test-pixels",
+                                "reward.name=helpers_components:redness"])
+    preflight(pixels)  # the count follows model.options: 0.06M has 7 scales, and the default schedule fits them
+
+
+def test_the_scale_count_known_before_loading_is_the_built_models():
+    from ttsvar.models.registry import create_generator, list_generators, model_defaults
+
+    for name in list_generators():
+        count = model_defaults(name).num_scales
+        if count is not None and "tiny" in name:
+            assert count({}) == create_generator(name).num_scales, name

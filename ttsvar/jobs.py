@@ -221,6 +221,13 @@ def preflight(job: JobConfig) -> None:
                           "import path 'package.module:Class'") from None
     check_options(cls.__init__, job.search.features_opts or {}, "search.features_opts",
                   f"feature extractor {feats!r}")
+    count = model_defaults(job.model.name).num_scales
+    try:  # the schedule against the model's scales, before a released model's minutes of loading
+        scales = None if count is None else count(dict(job.model.options or {}))
+    except (ValueError, TypeError):  # bad model.options: the builder's own check names them
+        scales = None
+    if scales is not None:
+        search_plan(job, scales)
 
 
 def _is_registered(obj) -> bool:

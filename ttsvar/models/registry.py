@@ -53,6 +53,10 @@ class ModelDefaults:
     classes: Callable[[], ClassList] | None = None
     # per strategy name, default options for this model (e.g. TTS-VAR's decision scales); search.options win
     search: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the number of scales from `model.options`, known before the model loads, so a schedule that does not fit
+    # is refused before minutes of loading (None: found when the model is built, as for the testbed's models,
+    # whose count is in their weights and which load in a second)
+    num_scales: Callable[[dict[str, Any]], int] | None = None
 
 
 # f(model_cfg, sampling, **model_cfg.options) -> Generator; its keyword parameters are the model's options

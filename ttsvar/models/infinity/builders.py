@@ -52,7 +52,8 @@ def _released(cfg: ModelConfig, sampling: SamplingConfig | None, icfg: InfinityC
 
 
 _RELEASED = ModelDefaults(reward="imagereward", features="dinov2", preview_size=224,
-                          check_options=check_released_options)
+                          check_options=check_released_options,
+                          num_scales=lambda o: len(scale_schedule(o.get("h_div_w", 1.0), o.get("pixels", "1M"))))
 
 
 # model.options of a released Infinity: vae_weights (BSQ-VAE checkpoint), text_encoder (local flan-t5-xl
@@ -85,6 +86,7 @@ def tiny_random(seed: int = 0, device="cpu", sampling: SamplingConfig | None = N
 
 
 @register_generator("infinity-tiny-random", ModelDefaults(reward="shapes-clip", features="shapes-clip",
-                                                          reads=("device",)))
+                                                          reads=("device",),
+                                                          num_scales=lambda o: len(TINY_SCALE_SCHEDULE)))
 def infinity_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> InfinityGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)

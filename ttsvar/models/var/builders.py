@@ -49,7 +49,8 @@ def tts_var_defaults(sides) -> dict:
 def _released_defaults(depth: int) -> ModelDefaults:
     return ModelDefaults(reward="classifier", features="dinov2", preview_size=224,
                          sampling=dict(cfg=5.0, tau=1.0, top_k=900, top_p=0.95), classes=imagenet_classes,
-                         search=tts_var_defaults(VARConfig.released(depth).patch_nums))
+                         search=tts_var_defaults(VARConfig.released(depth).patch_nums),
+                         num_scales=lambda o: len(VARConfig.released(depth).patch_nums))
 
 
 # model.options of a released VAR: vae_weights (the VQ-VAE checkpoint), more_smooth (the official Gumbel
@@ -113,6 +114,6 @@ _TINY_TTS_VAR = {"batch_schedule": (4, 2, 1, 1), "cluster_scales": (1,), "resamp
 
 @register_generator("var-tiny-random", ModelDefaults(
     reward="classifier", features="dinov2", reads=("device",), classes=_tiny_classes,
-    search=tts_var_family(_TINY_TTS_VAR)))
+    search=tts_var_family(_TINY_TTS_VAR), num_scales=lambda o: len(VARConfig.tiny().patch_nums)))
 def var_tiny_random(cfg: ModelConfig, sampling: SamplingConfig | None) -> VARGenerator:
     return tiny_random(0, resolve_device(cfg.device), sampling)
