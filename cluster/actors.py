@@ -84,6 +84,11 @@ class RewardActor:
             torch.cuda.empty_cache()
 
 
+class RewardPoolEmpty(RuntimeError):
+    """Every reward actor of the pool has died: no unit can be scored any more, so the driver stops the job
+    (instead of failing every remaining prompt in turn)."""
+
+
 class RewardPool:
     """Round-robin client of the reward actors, used inside a generator actor. A dead reward actor is
     dropped from this client's list and the call goes to the next one."""
@@ -103,8 +108,8 @@ class RewardPool:
             except RayActorError as e:
                 log.warning("a reward actor died (%s); %d left in the pool", e, len(self.handles) - 1)
                 self.handles.remove(h)
-        raise RuntimeError("every reward actor of the pool has died; re-run the job on the same output.dir "
-                           "(finished prompts are kept)")
+        raise RewardPoolEmpty("every reward actor of the pool has died; re-run the job on the same output.dir "
+                              "(finished prompts are kept)")
 
 
 def _to_numpy(images: torch.Tensor) -> np.ndarray:

@@ -40,13 +40,15 @@ import ray
 from ray.exceptions import RayError, RayTaskError
 
 from ttsvar.config import JobConfig
+from ttsvar.core.device import resolve_device
+from ttsvar.core.errors import TtsvarError
 from ttsvar.engine import MAX_ACTOR_LOSSES, Coordinator, WorkUnit
 from ttsvar.jobs import PreparedJob, ResultWriter, make_coordinator, prepare_job
 from ttsvar.progress import progress_bar
 from ttsvar.prompts import check_prompts
 
 from . import ClusterError
-from .actors import GeneratorActor, RewardActor
+from .actors import GeneratorActor, RewardActor, RewardPoolEmpty
 from .failures import Recovery, last_line
 from .runtime import ActorPlan, connect, disconnect, plan_actors
 from .scheduling import ActorReady, ActorSlot, Flight, Pending, RewardReady, Scheduler, UnitImagesDue, UnitReport
@@ -72,6 +74,9 @@ def _start_error(who: str, check: str, e: BaseException) -> ClusterError:
     err = ClusterError(f"{who} could not start: {last_line(e)} (check {check}; --debug shows the actor's "
                        "traceback)")
     err.detail = str(e)
+    cause = getattr(e, "cause", None)
+    if isinstance(cause, TtsvarError):  # bad input in the actor (missing weights): the same exit code as local
+        err.exit_code = cause.exit_code
     return err
 
 
@@ -120,13 +125,15 @@ class RayJob:
         if not prep.todo:
             return prep.writer.summary(time.perf_counter() - prep.t0, {**extra, "actors": 0})
         self.sched.queue.extend(prep.units)
+        if not self.rt.address and not ray.is_initialized():  # a local Ray on this machine: check before it starts
+            resolve_device(self.job.model.device, "model.device")
         t = time.perf_counter()
         started = connect(self.rt)
         self.stats.connect_s = time.perf_counter() - t
         self.bar = progress_bar(len(prep.todo), self.rt.quiet)
         self.recovery = Recovery(self.sched, prep.writer, self.bar, self.stats, self.rt.retries)
         try:
-            self.plan = plan_actors(self.rt, self.job.model.device)
+            self.plan = plan_actors(self.rt, self.job.model.device, local=started and not self.rt.address)
             log.info("ttsvar on Ray: %s", self.plan)
             self.stats.t_start = time.perf_counter()
             self._launch_reward_actors()
@@ -231,6 +238,9 @@ class RayJob:
         """ray.get that turns failures into the right recovery: returns (ok, value)."""
         try:
             return True, ray.get(ref)
+        except RewardPoolEmpty:  # every remaining unit would fail the same way: stop, keeping what is done
+            raise ClusterError("every reward actor of the pool (runtime.reward_actors) has died; finished "
+                               "prompts are in the manifest: re-run the same job to finish the rest") from None
         except RayTaskError as e:  # the unit raised inside a live actor
             self.recovery.unit_failed(self.coord, uid, e)
         except RayError as e:  # the actor (or its node) is gone
@@ -246,12 +256,18 @@ class RayJob:
             self._lost(slot, e)
             return
         if self.num_scales is None:
+            todo = self.prep.todo
+            try:
+                problems = ray.get(slot.handle.check_prompts.remote([it.prompt for it in todo]))
+            except RayTaskError:
+                raise
+            except RayError as e:  # the actor died during the check: the next one to come up does it
+                self._lost(slot, e)
+                return
+            check_prompts(self.job.prompts, todo, problems)  # raises PromptError listing every bad line
             self.stats.t_first_ready = time.perf_counter()
             self.num_scales = info["num_scales"]
             self.coord = make_coordinator(self.job, self.num_scales, next_unit_id=len(self.prep.units))
-            todo = self.prep.todo
-            problems = ray.get(slot.handle.check_prompts.remote([it.prompt for it in todo]))
-            check_prompts(self.job.prompts, todo, problems)  # raises PromptError listing every bad line
         elif info["num_scales"] != self.num_scales:
             raise ClusterError(f"actor {slot.index} on {info['host']} loaded a model with {info['num_scales']} "
                                f"scales, the others {self.num_scales}: every node must have the same weights")
@@ -314,7 +330,10 @@ class RayJob:
             pass
         self.sched.forget_slot(slot)
         self.recovery.units_lost(self.coord, slot, e)
-        if self.stats.actors_restarted < max(3, 2 * self.plan.generators):
+        # a prompt that kills actors and is abandoned for it has paid for the actors it took: only deaths no
+        # prompt answers for (a bad node, out of memory everywhere) use up the replacement budget
+        budget = max(3, 2 * self.plan.generators) + MAX_ACTOR_LOSSES * self.stats.units_abandoned_lost
+        if self.stats.actors_restarted < budget:
             self.stats.actors_restarted += 1
             self._launch()
         if not self._can_work():

@@ -1,8 +1,8 @@
 """The Ray side of failure handling: applies the coordinator's verdicts to the driver's queue and actors.
 
 The policy (split a failed unit into single prompts, retry a transient error up to `runtime.retries` times,
-abandon a unit whose actor died `MAX_ACTOR_LOSSES` times) is `ttsvar.engine.Coordinator.fail` / `lost`, the
-same the local runtime follows. `RayJob` calls `unit_failed` when a unit raised (in its actor, or in the
+abandon a unit whose actor died `MAX_ACTOR_LOSSES` times while it ran alone) is `ttsvar.engine.Coordinator.fail`
+/ `lost`, the same the local runtime follows. `RayJob` calls `unit_failed` when a unit raised (in its actor, or in the
 strategy on the driver) and `units_lost` when an actor is gone; this class frees the unit's actor state,
 puts units back in the `Scheduler`'s queue or records them as failed, and counts what it did in `DriverStats`.
 """
@@ -68,15 +68,23 @@ class Recovery:
             self.bar.update(len(unit.prompt_indices))
 
     def units_lost(self, coord: Coordinator | None, slot: ActorSlot, e: BaseException) -> None:
-        """`slot`'s actor is gone: its units go back to the front of the queue (re-run from the start), or are
-        recorded as failed once they have lost their actor too often."""
+        """`slot`'s actor is gone: its units go back to the front of the queue (re-run from the start), each to
+        run alone on an actor (`Scheduler.suspects`; a unit of several prompts split into single prompts), or
+        are recorded as failed once they have lost their actor `MAX_ACTOR_LOSSES` times while running alone.
+        Units that shared the dying actor are not blamed for it, so one prompt that kills actors costs only
+        itself."""
+        alone = len(slot.units) == 1
         for unit_id in sorted(slot.units, reverse=True):
             unit = self.sched.forget_unit(unit_id)
-            verdict = coord.lost(unit)  # a unit is only started once the coordinator exists
+            verdict = coord.lost(unit, alone)  # a unit is only started once the coordinator exists
             if verdict.action is Action.ABANDON:
-                self.writer.write_failure(unit, f"the actor running this unit died {verdict.attempts} times "
-                                                f"(last: {e})")
+                log.error("prompt %d: its actor died %d times while running it alone; recorded as failed",
+                          unit.prompt_indices[0], verdict.attempts)
+                self.writer.write_failure(unit, f"the actor running this prompt alone died {verdict.attempts} "
+                                                f"times (last: {last_line(e)})", e)
+                self.stats.units_abandoned_lost += 1
                 self.bar.update(len(unit.prompt_indices))
             else:
                 self.stats.units_requeued += 1
-                self.sched.queue.appendleft(unit)
+                self.sched.queue.extendleft(reversed(verdict.units))
+                self.sched.suspects.update(u.unit_id for u in verdict.units)

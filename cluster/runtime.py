@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,9 +96,19 @@ def connect(rt: RuntimeConfig) -> bool:
     Already connected (a test or a notebook called `ray.init`): use that connection as is.
     `runtime.address` None: start a new local Ray with the machine's resources, dashboard off (or, with
     `runtime.dashboard`, bound to 127.0.0.1). "auto" or "host:port" or "ray://host:port": join that cluster.
+    The command line's SIGTERM handler (stop as on Ctrl-C) is put back after `ray.init` replaced it.
     """
     if ray.is_initialized():
         return False
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        return _connect(rt)
+    finally:
+        if getattr(handler, "ttsvar_terminate", False) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _connect(rt: RuntimeConfig) -> bool:
     level = logging.WARNING if rt.quiet else logging.INFO
     if rt.address:
         if rt.dashboard:
@@ -163,10 +175,11 @@ class ActorPlan:
         return f"{self.generators} generator actor(s){pool}, each {self.options} ({kind})"
 
 
-def plan_actors(rt: RuntimeConfig, model_device: str) -> ActorPlan:
+def plan_actors(rt: RuntimeConfig, model_device: str, local: bool = False) -> ActorPlan:
     """Actor count and resources. One generator actor per GPU (minus the reward actors, which take a GPU
     each), or one on a CPU-only cluster; `runtime.actors` overrides the count. `model.device=cpu` runs
-    CPU actors even on a GPU cluster."""
+    CPU actors even on a GPU cluster. `local`: the Ray is the one this job started on this machine (no
+    autoscaler can add a node), so an actor larger than the machine is refused at once."""
     total = ray.cluster_resources()
     gpus = int(total.get("GPU", 0))
     cpus = float(total.get("CPU", 0))
@@ -191,6 +204,10 @@ def plan_actors(rt: RuntimeConfig, model_device: str) -> ActorPlan:
         raise ClusterError(f"runtime.cpus_per_actor must be > 0, got {rt.cpus_per_actor}")
     options = {"num_cpus": float(rt.cpus_per_actor), "num_gpus": gpa if use_gpu else 0}
     plan = ActorPlan(n, n_reward, use_gpu, options)
+    if local and (rt.cpus_per_actor > cpus or (use_gpu and gpa > gpus)):
+        raise ClusterError(f"one actor needs {rt.cpus_per_actor:.4g} CPU / {gpa if use_gpu else 0:.4g} GPU "
+                           f"(runtime.cpus_per_actor, runtime.gpus_per_actor) but this machine has {cpus:.4g} CPU / "
+                           f"{gpus} GPU: lower them, or join a larger cluster with runtime.address")
     need_cpu = (n + n_reward) * rt.cpus_per_actor
     need_gpu = (n + n_reward) * gpa if use_gpu else 0
     if need_cpu > cpus or need_gpu > gpus:

@@ -85,6 +85,8 @@ class Scheduler:
         self.queue: deque[WorkUnit] = deque()
         self.flights: dict[int, Flight] = {}
         self.pending: dict[Any, Pending] = {}  # Ray object ref -> what it is
+        # units whose actor died under them: each runs alone on an actor, so a death is blamed on one unit
+        self.suspects: set[int] = set()
 
     # -- actors ---------------------------------------------------------------------------------------
 
@@ -99,10 +101,14 @@ class Scheduler:
     # -- units ----------------------------------------------------------------------------------------
 
     def next_assignment(self) -> tuple[ActorSlot, WorkUnit] | None:
-        """The queue's next unit and the least loaded ready actor with a free slot (None if either is missing)."""
+        """The queue's next unit and the least loaded ready actor with a free slot (None if either is missing).
+        A suspect unit takes an idle actor and keeps it to itself."""
         if not self.queue:
             return None
-        free = [s for s in self.live() if len(s.units) < self.units_in_flight]
+        if self.queue[0].unit_id in self.suspects:
+            free = [s for s in self.live() if not s.units]
+        else:
+            free = [s for s in self.live() if len(s.units) < self.units_in_flight and not s.units & self.suspects]
         if not free:
             return None
         return min(free, key=lambda s: (len(s.units), s.index)), self.queue.popleft()
@@ -115,11 +121,13 @@ class Scheduler:
     def finish(self, unit_id: int) -> Flight:
         fl = self.flights.pop(unit_id)
         fl.slot.units.discard(unit_id)
+        self.suspects.discard(unit_id)
         return fl
 
     def forget_unit(self, unit_id: int) -> WorkUnit:
         """A unit that will not finish where it runs: out of its actor, its awaited replies dropped."""
         fl = self.finish(unit_id)
+        self.suspects.discard(unit_id)
         for ref, rec in list(self.pending.items()):
             if getattr(rec, "unit_id", None) == unit_id:
                 del self.pending[ref]

@@ -25,6 +25,7 @@ class DriverStats:
     units_retried: int = 0  # re-queued after a (transient) error
     units_requeued: int = 0  # re-queued after their actor died
     actors_restarted: int = 0  # replacement generator actors launched
+    units_abandoned_lost: int = 0  # prompts recorded as failed because their actor kept dying under them
     reward_actors_ready: int = 0
 
     def summary(self, plan: ActorPlan, slots: list[ActorSlot], coord: Coordinator | None, n_units: int) -> dict:
@@ -37,6 +38,7 @@ class DriverStats:
             "ray_connect_s": round(self.connect_s, 3),
             "actor_start_s": round(self.t_first_ready - self.t_start, 3) if self.t_first_ready else None,
             "units": n_units, "units_retried": self.units_retried, "units_requeued": self.units_requeued,
+            "prompts_abandoned_actor_lost": self.units_abandoned_lost,
             "time_decide": round(coord.time_decide, 4) if coord else 0.0,
             "decide_ms_per_call": round(coord.time_decide * 1e3 / n_dec, 4) if n_dec and coord else None,
             "coordinator_latency_ms": None if not len(lat) else {

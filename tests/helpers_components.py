@@ -40,3 +40,15 @@ class ScaledRedness(Reward):
 
     def _score(self, images: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         return redness(images, prompts) * self.factor
+
+
+def dies_on_triangles(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    """`redness`, but the process kills itself when it scores a generated image of a triangle prompt (not the
+    prompt check's flat probe): a prompt that brings its Ray actor down (tests/test_cluster.py)."""
+    import os
+    import signal
+
+    for img, p in zip(images, prompts):
+        if "triangle" in p and float(img.std()) > 0.01:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return redness(images, prompts)

@@ -20,7 +20,7 @@ import pytest
 import ray
 import torch
 
-from cluster import ClusterError
+from cluster import ClusterError, run_ray_job
 from ttsvar.config import load_config
 from ttsvar.jobs import run_job
 
@@ -111,6 +111,25 @@ def test_reward_actor_pool_gives_the_same_files(ray_local, prompts_file, referen
     assert_same_results(tmp_path, reference)
 
 
+def test_a_dead_reward_pool_stops_the_job_keeping_what_is_done(ray_local, prompts_file, reference, tmp_path):
+    """With its only reward actor gone no unit can be scored: the job stops with one ClusterError (it used to
+    fail every remaining prompt, each after its retries), the finished prompts stay, and a re-run finishes."""
+    def kill_reward_actor(rj):
+        if rj.writer.ok >= 1 and not getattr(rj, "_killed", False):
+            rj._killed = True
+            os.kill(ray.get(rj.reward_handles[0].ready.remote())["pid"], signal.SIGKILL)
+
+    job = make_job(prompts_file, tmp_path, "runtime.kind=ray", "runtime.actors=1", "runtime.reward_actors=1",
+                   "runtime.prompts_per_unit=1")
+    with pytest.raises(ClusterError, match="every reward actor of the pool .* has died"):
+        run_ray_job(job, on_event=kill_reward_actor)
+    recs = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert recs and all(r["status"] == "ok" for r in recs) and len(recs) < len(PROMPTS)
+    s = run_job(job)  # the same job again finishes the rest
+    assert s["prompts_ok"] + s["skipped_done"] == len(PROMPTS)
+    assert_same_results(tmp_path, reference)
+
+
 def test_killed_actor_loses_and_duplicates_no_prompt(ray_local, prompts_file, reference, tmp_path):
     killed = []
 
@@ -125,7 +144,6 @@ def test_killed_actor_loses_and_duplicates_no_prompt(ray_local, prompts_file, re
             killed.append((sum(rj.flights[u].final is None for u in units), len(units)))
             os.kill(busy[0].pid, signal.SIGKILL)
 
-    from cluster import run_ray_job
 
     job = make_job(prompts_file, tmp_path, "runtime.kind=ray", "runtime.actors=2", "runtime.prompts_per_unit=2")
     s = run_ray_job(job, on_event=kill_busy_actor)
@@ -175,6 +193,36 @@ def test_driver_killed_mid_job_then_resumed(ray_local, prompts_file, reference, 
     assert_same_results(tmp_path, reference)
     again = run_job(load_config(None, args))  # nothing left: no actor is started
     assert (again["prompts_ok"], again["skipped_done"], again["actors"]) == (0, len(PROMPTS), 0)
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_sigterm_stops_the_command_like_ctrl_c(prompts_file, reference, tmp_path, kind):
+    """SIGTERM (a scheduler's stop, `timeout`): one line, exit 143, finished prompts kept, and the same command
+    finishes the rest. Under Ray, ray.init's native handler used to abort the driver with a stack dump."""
+    args = [f"prompts={prompts_file}", f"output.dir={tmp_path}", *COMMON, f"runtime.kind={kind}",
+            "runtime.prompts_per_unit=2"]
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.Popen([sys.executable, "-m", "ttsvar", "run", *args], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest, t0 = tmp_path / "manifest.jsonl", time.monotonic()
+    try:
+        while not (manifest.exists() and manifest.read_text().count("\n") >= 2):
+            assert proc.poll() is None, f"driver exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() - t0 < 150, "no prompt finished in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = proc.stderr.read().decode()
+    assert rc == 143, err[-2000:]
+    assert "ttsvar: terminated (SIGTERM); finished prompts are in the manifest" in err and "SIGTERM received" not in err
+    first = read_outputs(tmp_path)
+    assert 2 <= len(first) < len(PROMPTS)
+    s = run_job(load_config(None, [*args[:-2], "runtime.kind=local", "runtime.prompts_per_unit=2"]))
+    assert s["skipped_done"] == len(first)
+    assert_same_results(tmp_path, reference)
 
 
 def test_actor_constructor_error_stops_the_job_with_its_message(ray_local, prompts_file, tmp_path):
@@ -234,6 +282,24 @@ def test_one_bad_prompt_fails_alone(ray_local, prompts_file, tmp_path):
     recs = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert sorted(r["index"] for r in recs if r["status"] == "failed") == triangles
     assert sorted(r["index"] for r in recs) == list(range(len(PROMPTS)))
+
+
+@pytest.mark.slow
+def test_a_prompt_that_kills_its_actor_fails_alone(ray_local, prompts_file, reference, tmp_path):
+    """Prompt 2 kills whichever actor scores it. It shares the actor with another unit when it first does so;
+    that unit is not blamed, every lost unit runs alone from then on, and only prompt 2 is recorded as failed,
+    after its actor died under it alone MAX_ACTOR_LOSSES times (each prompt that did so buys back the actor
+    replacements it used)."""
+    from cluster.driver import MAX_ACTOR_LOSSES
+
+    job = make_job(prompts_file, tmp_path, "runtime.kind=ray", "runtime.actors=1", "runtime.units_in_flight=2",
+                   "runtime.prompts_per_unit=1", "limit=3", "reward.name=helpers_components:dies_on_triangles")
+    s = run_job(job)
+    recs = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    failed = [r for r in recs if r["status"] == "failed"]
+    assert [r["index"] for r in failed] == [2] and s["prompts_ok"] == 2
+    assert f"died {MAX_ACTOR_LOSSES} times" in failed[0]["error"] and failed[0]["error_type"]
+    assert s["prompts_abandoned_actor_lost"] == 1 and s["actors_restarted"] >= MAX_ACTOR_LOSSES
 
 
 def _local_and_ray(prompts_file, tmp_path, option: str) -> dict:

@@ -392,7 +392,10 @@ def test_the_coordinator_owns_the_retry_policy():
     other = WorkUnit(12, [2], ["c"], [7])
     assert coord.fail(other, ValueError("x"), transient=True).action is Action.RETRY  # the caller knows better
     assert coord.lost(single).action is Action.RETRY
-    assert coord.lost(single).action is Action.ABANDON  # max_losses=2
+    assert coord.lost(single, alone=False).action is Action.RETRY  # it shared the actor: not blamed
+    assert coord.lost(single).action is Action.ABANDON  # max_losses=2, both alone
+    pair = coord.lost(WorkUnit(13, [3, 4], ["d", "e"], [8, 9]))  # any of its prompts may be what killed it
+    assert pair.action is Action.SPLIT and [u.prompt_indices for u in pair.units] == [[3], [4]]
 
 
 def test_a_selection_frees_the_rows_it_drops_before_the_next_step(tmp_path, monkeypatch):

@@ -147,17 +147,24 @@ def test_content_ids_take_only_values_that_name_paths(tmp_path, monkeypatch):
     (tmp_path / "ckpt" / "a.bin").write_bytes(b"x" * 10)
     (tmp_path / "ckpt" / ".cache").write_text("skipped")
     ids = content_ids({"model.device": "cpu", "reward.options": {"path": "ckpt/a.bin", "dir": str(tmp_path / "ckpt"),
-                                                                 "members": [{"w": "./ckpt"}]},
+                                                                 "members": [{"w": "./ckpt/a.bin"}]},
                        "reward.weights_dir": "missing/dir", "search.options.value": "ckpt/a.bin"},
                       skip=frozenset({"search.options.value"}))
-    assert set(ids) == {"reward.options.path#content", "reward.options.dir#content",
-                        "reward.options.members[0].w#content"}
+    # a folder (a lookup folder such as reward.weights_dir gains unrelated files) is not identified
+    assert set(ids) == {"reward.options.path#content", "reward.options.members[0].w#content"}
     assert ids["reward.options.path#content"] == content_id("ckpt/a.bin") and content_id("ckpt/a.bin").startswith("10:")
-    before = content_id(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / ".cache").write_text("changed")  # hidden files are not weights
-    assert content_id(tmp_path / "ckpt") == before
+    before = content_id("ckpt/a.bin")
+    os.utime(tmp_path / "ckpt" / "a.bin", (1, 1))
+    assert content_id("ckpt/a.bin") == before
     (tmp_path / "ckpt" / "a.bin").write_bytes(b"y" * 10)
-    assert content_id(tmp_path / "ckpt") != before
+    assert content_id("ckpt/a.bin") != before
+    big = tmp_path / "big.safetensors"  # only the first and last MiB are read: a change in the middle is not seen
+    big.write_bytes(bytes(3 << 20))
+    before = content_id(big)
+    with open(big, "r+b") as f:
+        f.seek((3 << 20) - 5)
+        f.write(b"x")
+    assert content_id(big) != before
 
 
 def test_a_moved_checkpoint_is_named_by_its_path_alone(tmp_path):

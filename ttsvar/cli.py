@@ -11,9 +11,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
+
+from .core.errors import Terminated
 
 
 def _split_job_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -329,6 +333,22 @@ def build_parser() -> argparse.ArgumentParser:
 _BAD_INPUT = (ValueError, LookupError, FileNotFoundError, NotADirectoryError, IsADirectoryError, ImportError)
 
 
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+_raise_terminated.ttsvar_terminate = True  # cluster.runtime.connect puts it back after ray.init replaced it
+
+
+def _terminate_on_sigterm():
+    """SIGTERM stops a command as Ctrl-C does (the default would kill it mid-write, and under Ray a native
+    handler aborts with a stack dump). Returns what puts the previous handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
 def describe_error(e: BaseException) -> tuple[int, str]:
     """(exit code, one-line message) for an error that reached the command line."""
     from .core.errors import TtsvarError
@@ -398,12 +418,14 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging()
+    restore = _terminate_on_sigterm()
     try:
         return ns.fn(ns)
-    except KeyboardInterrupt:
-        print("ttsvar: interrupted; finished prompts are in the manifest, re-run the same command to resume",
+    except KeyboardInterrupt as e:
+        what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+        print(f"ttsvar: {what}; finished prompts are in the manifest, re-run the same command to resume",
               file=sys.stderr)
-        return 130
+        return code
     except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --debug
         code, msg = describe_error(e)
         if debug:
@@ -413,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(detail, file=sys.stderr)
         print(f"ttsvar: error: {msg}", file=sys.stderr)
         return code
+    finally:
+        restore()
 
 
 if __name__ == "__main__":

@@ -212,7 +212,9 @@ def load_config(yaml_path: str | Path | dict | None = None, overrides: list[str]
             except OmegaConfBaseException:
                 raise
             except Exception as e:  # noqa: BLE001 - yaml errors in a value: `key=[1,2`
-                raise ConfigError(f"cannot parse the overrides {list(overrides)}: {_first_line(e)}") from None
+                raise ConfigError(f"cannot parse the overrides {list(overrides)}: {_first_line(e)}; a value with "
+                                  "[ ] { } or ': ' is read as YAML: quote it, e.g. 'runtime.address=\"[::1]:6379\"'"
+                                  ) from None
             conf = OmegaConf.merge(conf, dotlist)
         if fields:
             plain = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in fields.items()}
@@ -292,6 +294,7 @@ def validate(job: JobConfig) -> None:
         raise ConfigError(f"runtime.reward_actors must be >= 0, got {rt.reward_actors}")
     if rt.retries < 0:
         raise ConfigError(f"runtime.retries must be >= 0, got {rt.retries}")
+    _validate_address(rt.address)
     if rt.preview not in PREVIEW_MODES:
         raise ConfigError(f"runtime.preview={rt.preview!r} is unknown; use {' or '.join(PREVIEW_MODES)}")
     if rt.batch_invariant not in BATCH_INVARIANT:
@@ -329,6 +332,27 @@ def _validate_model(job: JobConfig) -> None:
             check(dict(m.options))
         except (ValueError, TypeError) as e:
             raise ConfigError(f"model.options.{_first_line(e)}") from None
+
+
+_ADDRESS = re.compile(r"(ray://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(\d+)")
+
+
+def _validate_address(address: object) -> None:
+    """`runtime.address`: None (start a local Ray), `auto`, `host:port` (the head's GCS port) or
+    `ray://host:port` (Ray Client); an IPv6 host in brackets."""
+    if address is None or address == "auto":
+        return
+    forms = ("use auto, host:port (the head node's GCS port, 6379 by default) or ray://host:port (Ray Client, "
+             "10001 by default)")
+    if not isinstance(address, str):
+        raise ConfigError(f"runtime.address={address!r} is not an address: {forms}; quote an IPv6 host, "
+                          "'runtime.address=\"[::1]:6379\"'")
+    m = _ADDRESS.fullmatch(address.strip())
+    if m is None:
+        web = " (an http:// URL is the dashboard's, not the cluster's)" if "://" in address else ""
+        raise ConfigError(f"runtime.address={address!r} is not an address{web}: {forms}")
+    if not 1 <= int(m.group(3)) <= 65535:
+        raise ConfigError(f"runtime.address={address!r}: port {m.group(3)} is not in [1, 65535]")
 
 
 def check_strategy_name(name: object) -> None:

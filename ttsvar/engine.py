@@ -492,10 +492,19 @@ class Coordinator:
         transient = is_transient(error) if transient is None else transient
         return Verdict(Action.RETRY if transient and n <= self.retries else Action.ABANDON, [unit], n)
 
-    def lost(self, unit: WorkUnit) -> Verdict:
-        """The actor running a unit died: re-run it from the start, unless this happened `max_losses` times."""
+    def lost(self, unit: WorkUnit, alone: bool = True) -> Verdict:
+        """The actor running a unit died. A unit of several prompts is split into one unit per prompt (any of
+        them may be what killed it); a single prompt that shared the actor with other units (`alone` false) is
+        re-run without blame, since any of them may have killed it; one that ran alone counts a loss and is
+        abandoned after `max_losses`. The runtime runs every lost unit alone on an actor, so the next death is
+        attributable."""
         self.forget(unit)
-        n = self._losses[unit.unit_id] = self._losses.get(unit.unit_id, 0) + 1
+        if len(unit.prompt_indices) > 1:
+            singles = split_unit(unit, self.next_unit_id)
+            self.next_unit_id += len(singles)
+            return Verdict(Action.SPLIT, singles, 0)
+        n = self._losses.get(unit.unit_id, 0) + (1 if alone else 0)
+        self._losses[unit.unit_id] = n
         return Verdict(Action.ABANDON if n >= self.max_losses else Action.RETRY, [unit], n)
 
     # -- decisions ----------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ class TtsvarError(Exception):
     exit_code = 1
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `timeout`, `kill`) turned into an interrupt by the command line: the job stops as on
+    Ctrl-C (finished prompts kept, actors and Ray stopped) and the process exits 143."""
+
+
 class InputError(TtsvarError, ValueError):
     """Bad input from the user (a config field, a prompt, a file): nothing ran that would be lost."""
 

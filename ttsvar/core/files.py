@@ -18,23 +18,14 @@ from typing import Any
 CONTENT_SUFFIX = "#content"
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".npz", ".json", ".model")
 _EDGE = 1 << 20
-_MAX_DIR_FILES = 512  # a folder of more files than this is identified by the first ones in sorted order
 
 
 def content_id(path: str | Path) -> str | None:
-    """`size:hash` of a file (its size and first and last MiB), or a hash of every file's relative name and
-    content id under a folder (hidden files skipped); None when nothing is at `path`."""
+    """`size:hash` of a file (its size and first and last MiB); None for anything else. Folders are not
+    identified: a lookup folder (`reward.weights_dir`, a models directory) gains unrelated files, which must not
+    make a job another configuration, and hashing every file in one would cost seconds at each start."""
     p = Path(path).expanduser()
-    if p.is_file():
-        return _file_id(p)
-    if not p.is_dir():
-        return None
-    h = hashlib.sha256()
-    files = sorted(f for f in p.rglob("*") if f.is_file() and not any(s.startswith(".") for s in
-                                                                     f.relative_to(p).parts))
-    for f in files[:_MAX_DIR_FILES]:
-        h.update(f"{f.relative_to(p).as_posix()}={_file_id(f)}\n".encode())
-    return f"{len(files)} files:{h.hexdigest()[:16]}"
+    return _file_id(p) if p.is_file() else None
 
 
 def _file_id(p: Path) -> str:
@@ -54,7 +45,7 @@ def _names_a_path(value: str) -> bool:
 
 def content_ids(fields: Mapping[str, Any], skip: frozenset[str] = frozenset()) -> dict[str, str]:
     """`{key + CONTENT_SUFFIX: content_id}` for every string in `fields` (flat keys, values may be nested
-    dicts and lists, walked with dotted / indexed keys) that names an existing file or folder, except `skip`.
+    dicts and lists, walked with dotted / indexed keys) that names an existing file, except `skip`.
     Only strings that look like paths (a separator, `~`, or a weights suffix) are tried, so a value such as
     `cpu` never matches a file of that name in the working directory."""
     out: dict[str, str] = {}
