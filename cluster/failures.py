@@ -52,12 +52,11 @@ class Recovery:
         why = err.splitlines()[-1] if err else ""
         verdict = coord.fail(unit, e)
         if verdict.action is Action.SPLIT:
-            log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit_id,
-                        unit.prompt_indices, why)
+            log.warning("prompts %s failed together (%s); running them one by one", unit.prompt_indices, why)
             self.sched.queue.extendleft(reversed(verdict.units))
         elif verdict.action is Action.RETRY:
-            log.warning("unit %d failed (attempt %d of %d), re-queued: %s", unit_id, verdict.attempts,
-                        self.retries + 1, why)
+            log.warning("prompt %d failed (attempt %d of %d), re-queued: %s", unit.prompt_indices[0],
+                        verdict.attempts, self.retries + 1, why)
             self.stats.units_retried += 1
             self.sched.queue.append(unit)
         else:

@@ -117,3 +117,20 @@ def test_console_script_is_installed(tmp_path):
         pytest.skip("console script not installed (package not installed with pip)")
     r = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "generate" in r.stdout
+
+
+def test_library_log_lines_are_lower_case_one_liners(capsys):
+    import logging
+
+    from ttsvar.cli import _StderrHandler
+
+    lg = logging.getLogger("ttsvar.test-handler")
+    h = _StderrHandler()
+    lg.addHandler(h)
+    try:
+        lg.warning("retrying %s", "prompt 3")
+        lg.error("prompt %d recorded as failed", 4)
+    finally:
+        lg.removeHandler(h)
+    assert capsys.readouterr().err.splitlines() == ["ttsvar: warning: retrying prompt 3",
+                                                   "ttsvar: error: prompt 4 recorded as failed"]

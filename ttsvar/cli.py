@@ -366,8 +366,17 @@ def describe_error(e: BaseException) -> tuple[int, str]:
 
 
 class _StderrHandler(logging.Handler):
+    """`ttsvar: warning: ...` / `ttsvar: error: ...` lines, written past a running progress bar (tqdm clears
+    and redraws it) instead of onto its line."""
+
     def emit(self, record: logging.LogRecord) -> None:
-        print(self.format(record).replace("ttsvar: WARNING:", "ttsvar: warning:"), file=sys.stderr)
+        text = f"ttsvar: {record.levelname.lower()}: {record.getMessage()}"
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(text, file=sys.stderr)
+        except ImportError:
+            print(text, file=sys.stderr)
 
 
 def _setup_logging() -> None:
@@ -375,9 +384,7 @@ def _setup_logging() -> None:
     root, lg = logging.getLogger(), logging.getLogger("ttsvar")
     if root.handlers or lg.handlers:
         return
-    h = _StderrHandler()
-    h.setFormatter(logging.Formatter("ttsvar: %(levelname)s: %(message)s"))
-    lg.addHandler(h)
+    lg.addHandler(_StderrHandler())
     lg.setLevel(logging.WARNING)
     _show_config_deprecations()
 

@@ -776,8 +776,8 @@ def _run_local(job: JobConfig, generator, prep: PreparedJob) -> dict:
         worker.drop(unit.unit_id)
         verdict = coord.fail(unit, error)
         if verdict.action is Action.SPLIT:
-            log.warning("unit %d (prompts %s) failed (%s); running its prompts one by one", unit.unit_id,
-                        unit.prompt_indices, one_line(error))
+            log.warning("prompts %s failed together (%s); running them one by one", unit.prompt_indices,
+                        one_line(error))
             queue.extendleft(reversed(verdict.units))
         elif verdict.action is Action.RETRY:  # right away: the local runtime runs one unit at a time anyway
             retried += 1
