@@ -169,23 +169,33 @@ def test_failing_unit_is_retried_then_recorded_as_failed(ray_local, prompts_file
     assert sorted(read_outputs(tmp_path)) == [i for i in range(len(PROMPTS)) if i not in squares]
 
 
+def _driver_with_results(args: list[str], out: Path, lines: int = 2) -> subprocess.Popen:
+    """`python -m ttsvar run ARGS` in a subprocess (its own session, so its Ray can be killed with it), returned
+    once `lines` prompts are in its manifest."""
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.Popen([sys.executable, "-m", "ttsvar", "run", *args], cwd=ROOT, env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    manifest, t0 = out / "manifest.jsonl", time.monotonic()
+    try:
+        while not (manifest.exists() and manifest.read_text().count("\n") >= lines):
+            assert proc.poll() is None, f"driver exited early: {proc.stderr.read().decode()[-2000:]}"
+            assert time.monotonic() - t0 < 150, "no prompt finished in time"
+            time.sleep(0.05)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    return proc
+
+
 def test_driver_killed_mid_job_then_resumed(ray_local, prompts_file, reference, tmp_path):
     """`ttsvar run ... runtime.kind=ray` in a subprocess (it starts its own Ray), SIGKILLed with its Ray
     processes once a unit is on disk; the same job re-run finishes the rest, redoing nothing twice."""
     args = [f"prompts={prompts_file}", f"output.dir={tmp_path}", *COMMON, "runtime.kind=ray",
             "runtime.prompts_per_unit=2"]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    proc = subprocess.Popen([sys.executable, "-m", "ttsvar.cli", "run", *args], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest, t0 = tmp_path / "manifest.jsonl", time.monotonic()
-    try:
-        while not (manifest.exists() and manifest.read_text().count("\n") >= 2):
-            assert proc.poll() is None, f"driver exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() - t0 < 150, "no prompt finished in time"
-            time.sleep(0.1)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started (same session)
-        proc.wait()
+    proc = _driver_with_results(args, tmp_path)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started (same session)
+    proc.wait()
     first = read_outputs(tmp_path)
     assert 2 <= len(first) < len(PROMPTS), "the kill came too late to test a resume"
     s = run_job(load_config(None, args))  # resumed in this process, on the module's Ray
@@ -201,15 +211,8 @@ def test_sigterm_stops_the_command_like_ctrl_c(prompts_file, reference, tmp_path
     finishes the rest. Under Ray, ray.init's native handler used to abort the driver with a stack dump."""
     args = [f"prompts={prompts_file}", f"output.dir={tmp_path}", *COMMON, f"runtime.kind={kind}",
             "runtime.prompts_per_unit=2"]
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    proc = subprocess.Popen([sys.executable, "-m", "ttsvar", "run", *args], cwd=ROOT, env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    manifest, t0 = tmp_path / "manifest.jsonl", time.monotonic()
+    proc = _driver_with_results(args, tmp_path)
     try:
-        while not (manifest.exists() and manifest.read_text().count("\n") >= 2):
-            assert proc.poll() is None, f"driver exited early: {proc.stderr.read().decode()[-2000:]}"
-            assert time.monotonic() - t0 < 150, "no prompt finished in time"
-            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)  # the driver only, as `kill PID` does
         rc = proc.wait(timeout=60)
     finally:
