@@ -36,7 +36,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import JobConfig, load_config, read_job_file
 from .core.errors import ConfigError, OutputError, ResumeError
-from .output import OutputDir, atomic_write_bytes, atomic_write_json
+from .output import OutputDir, atomic_write_bytes, atomic_write_json, inside
 
 log = logging.getLogger("ttsvar")
 
@@ -107,7 +107,7 @@ def _layout_folders(root: Path) -> list[Path]:
     """The numbered folders of `root` in GenEval's layout (holding nothing but metadata, samples and a grid)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.isdigit()
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink() and p.name.isdigit()
                   and {c.name for c in p.iterdir()} <= {"metadata.jsonl", "samples", "grid.png"})
 
 
@@ -205,11 +205,15 @@ def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: b
         # a class-conditional model records the class (`prompt` "5") and its text (`class_name`)
         if i >= len(metadata) or metadata[i]["prompt"].strip() not in (rec.get("prompt"), rec.get("class_name")):
             continue
-        src = root / rec["image"]
-        if src.is_file():
+        src = inside(root / "images", str(rec["image"]).removeprefix("images/"))  # the job's own images only
+        if src is not None and str(rec["image"]).startswith("images/") and src.is_file():
             by_folder.setdefault(i, {})[j] = src
     for i, samples in sorted(by_folder.items()):
         folder = root / f"{i:05d}"
+        for d in (folder, folder / "samples"):
+            if d.is_symlink():  # writing (or removing stale samples) through it would touch files outside the run
+                raise OutputError(f"{d} is a symbolic link; ttsvar writes GenEval's layout only into real folders "
+                                  "inside output.dir: remove the link and run again")
         (folder / "samples").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(folder / "metadata.jsonl", json.dumps(metadata[i]).encode("utf-8"))  # as GenEval writes
         for j, src in sorted(samples.items()):
@@ -240,7 +244,7 @@ def _drop_stale_samples(root: Path, finished: dict[int, dict[int, Path]], n_prom
             shutil.rmtree(folder)
             continue
         samples = folder / "samples"
-        for f in sorted(samples.glob("*.png")) if samples.is_dir() else []:
+        for f in sorted(samples.glob("*.png")) if samples.is_dir() and not samples.is_symlink() else []:
             if not (f.stem.isdigit() and int(f.stem) in keep):
                 f.unlink()
 

@@ -17,6 +17,7 @@ Every file is created with the permissions the umask gives (like the manifest), 
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -77,6 +78,31 @@ def file_mode() -> int:
         umask = os.umask(0o022)  # elsewhere: read it by setting it (briefly)
         os.umask(umask)
     return 0o666 & ~umask
+
+
+def inside(root: Path, rel: Any) -> Path | None:
+    """`root / rel` if `rel` (a path read from a manifest, trace or results file) names something inside `root`:
+    relative, no `..`, and not leading out of `root` through a symbolic link; else None. A crafted record must
+    not make a report embed, a layout link, or an evaluator read a file outside the run."""
+    if not isinstance(rel, str) or not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
+        return None
+    path = Path(root) / rel
+    try:
+        path.resolve().relative_to(Path(root).resolve())
+    except (ValueError, OSError):
+        return None
+    return path
+
+
+def _open_nofollow(path: Path, flags: int, what: str) -> int:
+    """os.open refusing a symbolic link at `path` (a planted link would make the job write through it)."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, file_mode())
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OutputError(f"{path} is a symbolic link; ttsvar writes {what} only as a real file inside "
+                              "output.dir: remove the link or choose another output.dir") from None
+        raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -170,10 +196,16 @@ class OutputDir:
     def check_writable(self, subdirs: tuple[str, ...] = ("images", "traces")) -> None:
         """Create the folders a job writes to and write (then delete) a file in each, so that a read-only or
         full output.dir is refused before any model loads. Raises `OutputError` naming the path."""
+        if self.manifest.is_symlink():
+            raise OutputError(f"{self.manifest} is a symbolic link; ttsvar appends only to a real file inside "
+                              "output.dir: remove the link or choose another output.dir")
         if self.manifest.exists() and not self.manifest.is_file():
             raise OutputError(f"{self.manifest} is not a file; remove it or choose another output.dir")
         for d in ("", *subdirs):
             path = self.root / d
+            if d and path.is_symlink():  # files written there would land wherever it points
+                raise OutputError(f"{path} is a symbolic link; ttsvar writes only into real folders inside "
+                                  "output.dir: remove the link or choose another output.dir")
             try:
                 if path.exists() and not path.is_dir():
                     raise OutputError(f"{path} is a file, but the job writes files into a folder of that name; "
@@ -236,7 +268,7 @@ class OutputDir:
             return
         path = self.root / LOCK_FILE
         try:
-            f = open(path, "a+", encoding="ascii")
+            f = os.fdopen(_open_nofollow(path, os.O_RDWR | os.O_CREAT, "its lock"), "r+", encoding="ascii")
         except OSError as e:
             raise OutputError(f"cannot create {path} ({e.strerror or e}); fix its permissions or choose another "
                               "output.dir") from None
@@ -266,7 +298,7 @@ class OutputDir:
         otherwise it is cut off (its prompt is redone). Returns a warning, or None if the file was intact."""
         if not self.manifest.is_file():
             return None
-        with open(self.manifest, "rb+") as f:
+        with os.fdopen(_open_nofollow(self.manifest, os.O_RDWR, "the manifest"), "rb+") as f:
             size = f.seek(0, os.SEEK_END)
             if size == 0:
                 return None
@@ -399,7 +431,8 @@ class OutputDir:
         if not records:
             return
         data = "".join(json.dumps(r, default=_json_default) + "\n" for r in records).encode()
-        with open(self.manifest, "ab") as f:
+        with os.fdopen(_open_nofollow(self.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, "the manifest"),
+                       "ab") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -19,14 +19,17 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..core.errors import InputError, ManifestError, MissingFileError, OutputError
-from ..output import OutputDir, atomic_write_json
+from ..output import OutputDir, atomic_write_json, inside
 from .evaluator import Evaluator
 from .geneval import iter_sample_folder, summarize, write_results
 from .registry import create_evaluator
 
 
 def _read_image(out: OutputDir, rec: dict) -> np.ndarray:
-    path = out.root / rec["image"]
+    path = inside(out.root, rec["image"])
+    if path is None:
+        raise ManifestError(f"{out.manifest} line of prompt {rec['index']} names the image {rec['image']!r}, which "
+                            "is not inside the output.dir; a manifest names its images relative to it (images/...)")
     try:
         with Image.open(path) as im:
             return np.asarray(im.convert("RGB"))

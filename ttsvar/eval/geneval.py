@@ -445,10 +445,11 @@ def result_record(
 
 
 def write_results(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write result records (see `result_record`) as JSONL."""
-    with open(path, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
+    """Write result records (see `result_record`) as JSONL, atomically (a link planted at `path` is replaced,
+    not written through)."""
+    from ..output import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), "".join(json.dumps(rec) + "\n" for rec in records).encode("utf-8"))
 
 
 def read_results(path: str | os.PathLike) -> list[dict]:
@@ -533,20 +534,19 @@ def write_sample_folder(
     root: str | os.PathLike, index: int, metadata: dict, images: Sequence[np.ndarray]
 ) -> list[Path]:
     """Save the images generated for prompt ``index`` the way GenEval's generation script does."""
-    from PIL import Image
-
     validate_metadata(metadata, f"prompt {index}")
+    from ..output import atomic_write_bytes, atomic_write_png
+
     folder = Path(root) / f"{index:05d}"
     (folder / "samples").mkdir(parents=True, exist_ok=True)
-    with open(folder / "metadata.jsonl", "w", encoding="utf-8") as f:
-        json.dump(metadata, f)
+    atomic_write_bytes(folder / "metadata.jsonl", json.dumps(metadata).encode("utf-8"))
     paths = []
     for n, img in enumerate(images):
         img = np.asarray(img)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image {n} for prompt {index} must be uint8 [H,W,3], got {img.dtype} {img.shape}")
         paths.append(folder / "samples" / f"{n:05d}.png")
-        Image.fromarray(img).save(paths[-1])
+        atomic_write_png(paths[-1], img)
     return paths
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import ManifestError, OutputError
-from ..output import MANIFEST, OutputDir
+from ..output import MANIFEST, OutputDir, inside
 
 log = logging.getLogger("ttsvar")
 
@@ -171,8 +171,8 @@ def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
         rel = rec.get("trace")
         if not isinstance(rel, str):
             continue
-        path = root / rel
-        if not path.is_file():
+        path = inside(root, rel)
+        if path is None or not path.is_file():
             missing.append(rel)
             continue
         tr = _read_json(path)
@@ -252,9 +252,9 @@ class Images:
         self.paths: list[Path] = []
 
     def add(self, root: Path, rel: str | None) -> int | None:
-        if not rel:
+        path = inside(root, rel)  # a crafted record must not embed a file from outside the run
+        if path is None:
             return None
-        path = root / rel
         if path not in self.ids:
             if not path.is_file():
                 return None
