@@ -116,7 +116,8 @@ def load_value(path: str | Path) -> ValueModel:
     p = Path(path).expanduser()
     where = f"value: {p}"
     if not p.is_file():
-        raise ValueError(f"{where} does not exist; write one with `ttsvar fit-value RUN_DIR -o {p.name}`")
+        what = "is a folder; give the value file in it" if p.is_dir() else "does not exist"
+        raise ValueError(f"{where} {what}; write one with `ttsvar fit-value RUN_DIR -o {p.name}`")
     jp = json_path(p)
     if not jp.is_file():
         raise ValueError(f"{where}: its config {jp.name} is missing beside it (fit-value writes both)")

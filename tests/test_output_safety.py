@@ -167,10 +167,15 @@ def test_content_ids_take_only_values_that_name_paths(tmp_path, monkeypatch):
     assert content_id(big) != before
 
 
-def test_a_moved_checkpoint_is_named_by_its_path_alone(tmp_path):
+def test_a_moved_checkpoint_resumes_only_with_the_same_content(tmp_path):
     out = OutputDir(tmp_path / "out")
-    out.check_fingerprint({"model.weights": "/a/w.pth", "model.weights#content": "1:aa"})
+    out.check_fingerprint({"model.weights": "/a/w.pth", "model.weights#content": "1:aa",
+                           "search.options.value": "v.safetensors", "search.value_sha256": "ff"})
     (out.root / "manifest.jsonl").write_text('{"index": 0, "prompt": "p", "status": "ok"}\n')
-    with pytest.raises(ResumeError) as info:
-        out.check_fingerprint({"model.weights": "/b/w.pth", "model.weights#content": "2:bb"})
+    with pytest.raises(ResumeError) as info:  # moved and changed: named by its path
+        out.check_fingerprint({"model.weights": "/b/w.pth", "model.weights#content": "2:bb",
+                               "search.options.value": "v.safetensors", "search.value_sha256": "ff"})
     assert 'model.weights: "/a/w.pth" -> "/b/w.pth")' in str(info.value) and "changed (size" not in str(info.value)
+    # moved (or named from another working directory), same bytes: the same job
+    out.check_fingerprint({"model.weights": "/b/w.pth", "model.weights#content": "1:aa",
+                           "search.options.value": "/runs/v.safetensors", "search.value_sha256": "ff"})

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -167,6 +168,65 @@ def test_value_strategy_needs_its_file_and_a_matching_feature_dimension(runs, ca
     assert main(["run", f"prompts={tmp / 'prompts.jsonl'}", f"output.dir={tmp / 'x'}", "search.strategy=value"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "search.options.value" in err[0]
+
+
+@pytest.mark.parametrize("fitted, match", [
+    ({"model": "shapes-var-tiny"}, "fitted on runs of model 'shapes-var-tiny', but this job uses 'shapes-tiny'"),
+    ({"reward": "shapes-clip"}, "fitted on runs of reward 'shapes-clip', but this job uses 'shapes-reward'"),
+    ({"features": "dinov2"}, "fitted on runs of features 'dinov2', but this job uses 'shapes-clip'"),
+    ({"reward_scale": 4.4}, "fitted on rewards in units of 4.4, but this job's reward scale is"),
+])
+def test_a_value_fitted_for_another_model_reward_or_features_is_refused(runs, fitted, match):
+    tmp, _, _ = runs
+    other = write_value_file(tmp / "other" / "value.safetensors", feature_dim=64, scales=[1, 2, 3, 4], **fitted)
+    with pytest.raises(ConfigError, match=match):
+        run_job(job(tmp, tmp / "x", "search.strategy=value", f"search.options.value={other}"))
+
+
+def test_fit_value_pools_one_model_and_leaves_out_stale_search_data(runs, tmp_path, capsys, caplog):
+    _, _, data = runs
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    meta = json.loads((other / "job.json").read_text())
+    meta["fingerprint"]["model.name"] = "shapes-var-tiny"
+    (other / "job.json").write_text(json.dumps(meta))
+    assert main(["fit-value", str(data), str(other), "-o", str(tmp_path / "v.safetensors")]) == 2
+    assert "model = 'shapes-var-tiny', but earlier runs have 'shapes-tiny'" in capsys.readouterr().err
+    # a prompt redone without search data: its old file is not its record's, and is left out with a warning
+    stale = tmp_path / "stale"
+    shutil.copytree(data, stale)
+    recs = [json.loads(x) for x in (stale / "manifest.jsonl").read_text().splitlines()]
+    recs[0]["reward"] += 1.0
+    (stale / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    full = load_search_data([data])
+    assert len(set(load_search_data([stale]).group.tolist())) == len(set(full.group.tolist())) - 1
+    assert "left out 1 search-data file(s)" in caplog.text
+    fitted = run_fit_value([str(data)], str(tmp_path / "w.safetensors"), epochs=2)
+    assert json.loads(Path(fitted["json"]).read_text())["model"] == "shapes-tiny"  # checked when the job uses it
+
+
+def test_fit_value_arguments_that_would_lose_the_fit_are_refused(runs, tmp_path, capsys):
+    _, _, data = runs
+    assert main(["fit-value", str(data), "-o", str(tmp_path / "value.json")]) == 2
+    assert "give the weights' path, e.g." in capsys.readouterr().err and not (tmp_path / "value.json").exists()
+    assert main(["fit-value", str(tmp_path / "nope"), "-o", str(tmp_path / "v.safetensors")]) == 2
+    assert "run folder" in capsys.readouterr().err
+    assert main(["fit-value", str(data), "-o", str(tmp_path / "v.safetensors"), "--threads", "1000000",
+                 "--epochs", "2"]) == 0  # capped at the machine's cores
+
+
+def test_non_finite_inputs_become_the_mean(runs):
+    from ttsvar.value import fit_value
+
+    _, _, data = runs
+    d = load_search_data([data])
+    col = d.x.shape[1] - 3  # the scale-k reward
+    clean = fit_value(d, epochs=2)[0]
+    d.x[np.flatnonzero(d.scale == d.scale.max())[0], col] = np.inf
+    dirty = fit_value(d, epochs=2)[0]
+    k = int(d.scale.max())
+    assert dirty[k]["norm"]["std"][col] > 0 and dirty[k]["norm"]["std"][col] != 1.0
+    assert abs(dirty[k]["norm"]["mean"][col] - clean[k]["norm"]["mean"][col]) < 5 * clean[k]["norm"]["std"][col]
 
 
 def _break(path, how):

@@ -57,6 +57,17 @@ RETIRED_FIELDS: dict[str, Any] = {"sampling.extra": {}}
 ADDED_FIELDS = frozenset({"search.value_sha256", "reward.batch_size", "search.features_opts.batch_size"})
 
 
+# a path field, and the field holding what it names, beyond `<path>#content`
+_CONTENT_OF = {"search.options.value": "search.value_sha256"}
+
+
+def _same_content(key: str, old: dict, new: dict) -> bool:
+    """A path field whose file holds the same bytes under both configurations (moved, or named relative to
+    another working directory) is the same job."""
+    cid = _CONTENT_OF.get(key, key + CONTENT_SUFFIX)
+    return key in old and key in new and cid in old and cid in new and old[cid] == new[cid]
+
+
 def _under(key: str, keys: list[str]) -> bool:
     """`key` (`reward.options.path`) is one of `keys` or inside one (`reward.options`): its path changed, which
     says more than that its content did."""
@@ -345,7 +356,8 @@ class OutputDir:
                         and not (k not in old and k in ADDED_FIELDS)
                         # a path that holds nothing now is the load's error to report, with its field's name
                         and not (k.endswith(CONTENT_SUFFIX) and (k not in old or k not in fp))]
-                diff = [k for k in diff if not (k.endswith(CONTENT_SUFFIX) and _under(k[:-len(CONTENT_SUFFIX)], diff))]
+                diff = [k for k in diff if not (k.endswith(CONTENT_SUFFIX) and _under(k[:-len(CONTENT_SUFFIX)], diff))
+                        and not _same_content(k, old, fp)]
                 if diff:
                     n = sum(1 for _ in self.done(warn=False))
                     what = "; ".join(_changed(k, old.get(k, "<unset>"), fp.get(k, "<unset>")) for k in diff[:8]) \

@@ -25,8 +25,9 @@ from .output import OutputDir
 
 
 def write_value_file(path, feature_dim: int = 8, scales=range(16), hidden: int = 4, seed: int = 0, layers: int = 2,
-                     output: str = "identity"):
-    """A random but valid value file (`search.value` format) for strategy tests: `path` and its JSON beside."""
+                     output: str = "identity", **fitted):
+    """A random but valid value file (`search.value` format) for strategy tests: `path` and its JSON beside.
+    `fitted`: what it says it was fitted on (`model`, `features`, `reward`, `reward_scale`); unset, not checked."""
     from safetensors.numpy import save_file
 
     rng = np.random.default_rng(seed)
@@ -45,7 +46,7 @@ def write_value_file(path, feature_dim: int = 8, scales=range(16), hidden: int =
     save_file(tensors, str(path))
     path.with_suffix(".json").write_text(json.dumps(
         {"format": FORMAT, "scales": list(scales), "feature_dim": feature_dim, "layers": layers,
-         "output": output, "norm": norm, "features": "test"}))
+         "output": output, "norm": norm, **fitted}))
     return path
 
 

@@ -15,7 +15,11 @@ target and are not used (a limit of data from pruning searches: docs/value.md).
 from __future__ import annotations
 
 import json
+import logging
+import math
+import os
 import time
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +30,8 @@ from search.value import EXTRA_INPUTS, FORMAT, json_path, load_value
 
 from .core.errors import InputError, MissingFileError
 from .output import OutputDir, atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("ttsvar")
 
 TARGETS = ("reward", "verdict")
 
@@ -47,6 +53,7 @@ class SearchData:
     features: str | None = None
     reward: str | None = None
     runs: list[str] = field(default_factory=list)
+    model: str | None = None
 
 
 def _fingerprint(root: Path) -> dict:
@@ -92,13 +99,17 @@ def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluat
         ev = create_evaluator(evaluator, field="--evaluator")
     xs, ys, scales, groups, prompts = [], [], [], [], []
     meta: dict = {}
-    n_groups = 0
+    n_groups = stale = 0
     for run in run_dirs:
         root = Path(run).expanduser()
         out = OutputDir(root, create=False)
         files = sorted((root / "search_data").glob("*.npz"))
         if not files:
-            raise MissingFileError(f"{root} has no search_data/*.npz: run the job with output.save_search_data=true")
+            saved = _fingerprint(root) and (root / "search_data").is_dir()
+            raise MissingFileError(f"{root} has no search_data/*.npz: " + (
+                "its job saved none (a strategy without decisions, such as best-of-n, or no prompt finished); fit "
+                "on runs of a strategy that decides between scales" if saved else
+                "run the job with output.save_search_data=true"))
         records = out.done(warn=False)
         fp = _fingerprint(root)
         for f in files:
@@ -118,8 +129,12 @@ def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluat
             scale_r = float(d["reward_scale"])
             if d["features"].shape[1] == 0:
                 raise InputError(f"{f}: no preview features were stored")
+            if not _matches_record(d, rec):
+                stale += 1  # written for an earlier text of the prompt, redone since without search data
+                continue
             this = {"feature_dim": int(d["features"].shape[1]), "num_scales": int(d["num_scales"]),
-                    "reward_scale": scale_r, "features": fp.get("search.features"), "reward": fp.get("reward.name")}
+                    "reward_scale": scale_r, "features": fp.get("search.features"), "reward": fp.get("reward.name"),
+                    "model": fp.get("model.name")}
             for k, v in this.items():
                 if meta.setdefault(k, v) != v:
                     raise InputError(f"{f}: {k} = {v!r}, but earlier runs have {meta[k]!r}; fit runs of one "
@@ -142,11 +157,25 @@ def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluat
             groups.append(np.full(int(keep.sum()), n_groups, np.int64))
             prompts += [rec["prompt"]] * int(keep.sum())
             n_groups += 1
+    if stale:
+        log.warning("left out %d search-data file(s) whose picked row is not their prompt's manifest record (the "
+                    "prompt was redone since without output.save_search_data)", stale)
     if not xs or sum(len(y) for y in ys) == 0:
         raise InputError(f"no decision rows with a surviving descendant in {[str(r) for r in run_dirs]}")
     return SearchData(np.concatenate(xs), np.concatenate(ys), np.concatenate(scales).astype(np.int64),
                       np.concatenate(groups), prompts, meta["feature_dim"], target, meta["num_scales"],
-                      meta["reward_scale"], meta["features"], meta["reward"], [str(r) for r in run_dirs])
+                      meta["reward_scale"], meta["features"], meta["reward"], [str(r) for r in run_dirs],
+                      meta["model"])
+
+
+def _matches_record(d: dict, rec: dict) -> bool:
+    """The search data's picked final row is the manifest record's (its row id and reward)."""
+    try:
+        picked = int(d["picked"])
+        return int(d["final_row_id"][picked]) == int(rec["row_id"]) and \
+            math.isclose(float(d["final_reward"][picked]), float(rec["reward"]), rel_tol=1e-6, abs_tol=1e-9)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return True  # an older file or record without these fields: not checkable
 
 
 def split_prompts(prompts: list[str], fraction: float = 0.2, seed: int = 0) -> set[str]:
@@ -193,7 +222,7 @@ def fit_value(data: SearchData, hidden: int = 32, epochs: int = 400, lr: float =
     import torch
 
     if threads is not None:
-        torch.set_num_threads(int(threads))
+        torch.set_num_threads(min(int(threads), os.cpu_count() or 1))  # more threads than cores only slows it
     held = split_prompts(data.prompt, val_fraction, seed)
     is_val = np.asarray([p in held for p in data.prompt])
     models, metrics = {}, {"held_out_prompts": len(held), "prompts": len(set(data.prompt)), "scales": {}}
@@ -202,10 +231,12 @@ def fit_value(data: SearchData, hidden: int = 32, epochs: int = 400, lr: float =
         tr, va = at & ~is_val, at & is_val
         if tr.sum() < 2:
             continue
-        x_tr = data.x[tr]
-        mean = np.nanmean(x_tr, axis=0)
+        x_tr = np.where(np.isfinite(data.x[tr]), data.x[tr], np.nan)  # inf too: non-finite inputs become the mean
+        with warnings.catch_warnings():  # a column with no finite value (no token statistics): mean 0, std 1
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(x_tr, axis=0)
+            std = np.nanstd(x_tr, axis=0)
         mean = np.where(np.isfinite(mean), mean, 0.0)
-        std = np.nanstd(x_tr, axis=0)
         std = np.where(np.isfinite(std) & (std > 1e-6), std, 1.0)
         if data.target == "verdict":
             y_mean, y_std = 0.0, 1.0
@@ -276,7 +307,7 @@ def save_value(path: str | Path, data: SearchData, models: dict, metrics: dict, 
               "layers": len(first["weights"]), "output": "sigmoid" if data.target == "verdict" else "identity",
               "inputs": [f"features[{data.feature_dim}]", *EXTRA_INPUTS], "target": data.target,
               "num_scales": data.num_scales, "reward_scale": data.reward_scale, "features": data.features,
-              "reward": data.reward, "runs": data.runs, "train": options,
+              "reward": data.reward, "model": data.model, "runs": data.runs, "train": options,
               "norm": {str(k): m["norm"] for k, m in models.items()}, "metrics": metrics}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -316,6 +347,13 @@ def run_fit_value(run_dirs: list[str], out: str, target: str = "reward", evaluat
     dest = Path(out).expanduser()
     if dest.is_dir():
         raise InputError(f"-o {out}: is a folder; give the value file's path (e.g. {dest / 'value.safetensors'})")
+    if json_path(dest) == dest:  # the weights and their JSON would be one file: the JSON would overwrite them
+        raise InputError(f"-o {out}: the value file's config is written beside it as .json; give the weights' "
+                         f"path, e.g. {dest.with_suffix('.safetensors')}")
+    missing = [d for d in run_dirs if not Path(d).expanduser().is_dir()]
+    if missing:
+        raise MissingFileError(f"run folder {missing[0]} does not exist: give the output.dir of a job run with "
+                               "output.save_search_data=true")
     data = load_search_data(run_dirs, target, evaluator)
     options = {"hidden": hidden, "epochs": epochs, "seed": seed, "val_fraction": 0.2, "rows": int(len(data.y))}
     models, metrics = fit_value(data, hidden=hidden, epochs=epochs, seed=seed, threads=threads)
