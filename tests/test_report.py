@@ -252,6 +252,19 @@ def test_a_geneval_generate_folder_scored_by_geneval_score_shows_its_scores(tmp_
     assert got == {f * 2 + k: ok for (f, k), ok in verdicts.items()}
 
 
+def test_runs_scored_by_different_rewards_get_no_mean_reward_chart(tmp_path):
+    a = fabricate_run(tmp_path / "A", "tts-var", prompts=2, num_scales=6)
+    b = fabricate_run(tmp_path / "B", "best-of-n", prompts=2, num_scales=6, seed=1)
+    lines = [json.loads(x) for x in (b / "manifest.jsonl").read_text().splitlines()]
+    for r in lines:
+        r["reward_name"] = "another-reward"
+    (b / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    page = build_report([a, b], out=f"{tmp_path}/rep/new/").path  # a trailing slash: a folder to create
+    assert page == tmp_path / "rep" / "new" / "report.html"
+    assert "No chart: the runs score with different rewards" in page.read_text()
+    assert 'id="quality-chart"' not in page.read_text()
+
+
 def test_stale_scores_and_runs_of_other_prompts_are_flagged(tmp_path):
     run = fabricate_run(tmp_path / "R", "tts-var", prompts=4, num_scales=6, evaluated=True)
     page = build_report([run]).path.read_text()
@@ -264,6 +277,10 @@ def test_stale_scores_and_runs_of_other_prompts_are_flagged(tmp_path):
         f.write(json.dumps(extra) + "\n")
     page = build_report([run]).path.read_text()
     assert "GenEval scores stale" in page and "the scores cover 4 of the run&#x27;s 5 finished images" in page
+    summary = json.loads((run / "geneval_summary.json").read_text())
+    summary["skipped_without_metadata"] = [4]  # a prompt without GenEval metadata is never scored: not stale
+    (run / "geneval_summary.json").write_text(json.dumps(summary))
+    assert "GenEval scores stale" not in build_report([run]).path.read_text()
     other = fabricate_run(tmp_path / "O", "best-of-n", prompts=4, num_scales=6, seed=1)
     lines = [json.loads(x) for x in (other / "manifest.jsonl").read_text().splitlines()]
     lines[1]["prompt"] = "another prompt file's line"

@@ -19,6 +19,7 @@ report, which then has to stay next to the run folders. The page loads nothing f
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +55,8 @@ def report_path(out: str | Path | None, first_dir: Path) -> Path:
     if out is None:
         return first_dir / REPORT_NAME
     path = Path(out).expanduser()
-    return path / REPORT_NAME if path.is_dir() else path
+    folder = path.is_dir() or str(out).endswith(("/", os.sep))  # `-o rep/new/`: a folder to create
+    return path / REPORT_NAME if folder else path
 
 
 def build_report(dirs: Sequence[str | Path], out: str | Path | None = None, embed: str = "auto",

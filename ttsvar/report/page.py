@@ -139,6 +139,11 @@ def chart(runs: list[Run], width: int = 560, height: int = 320) -> str:
     pts = [(x, y, lab) for x, y, lab in pts if x and x > 0 and y is not None]
     if not pts:
         return "<p>No run has both compute and a score to plot.</p>"
+    rewards = sorted({str(rec.get("reward_name")) for r in runs for rec in r.records if rec.get("reward_name")})
+    if not use_geneval and len(rewards) > 1:
+        return (f"<p>No chart: the runs score with different rewards ({escape(', '.join(rewards))}), whose "
+                "mean rewards are not on one scale; evaluate every run (<code>ttsvar evaluate</code>) to chart them "
+                "by GenEval score.</p>")
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     log_x = max(xs) / min(xs) > 10
     fx = (lambda v: math.log10(v)) if log_x else (lambda v: v)

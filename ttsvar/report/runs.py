@@ -111,8 +111,10 @@ def _coverage(geneval: dict | None, correct: dict[str, bool], scored: int, recor
     if geneval is None:
         return None
     notes = []
-    if len(correct) < len(records) or scored > len(correct):
-        notes.append(f"the scores cover {len(correct)} of the run's {len(records)} finished images"
+    skipped = set(geneval.get("skipped_without_metadata") or [])  # no GenEval metadata: never scored, not stale
+    judged = [r for r in records if r.get("index") not in skipped]
+    if len(correct) < len(judged) or scored > len(correct):
+        notes.append(f"the scores cover {len(correct)} of the run's {len(judged)} finished images"
                      + (f" and {scored - len(correct)} it no longer has" if scored > len(correct) else "")
                      + ": evaluate it again")
     if failed:
