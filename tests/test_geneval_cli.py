@@ -220,6 +220,10 @@ def test_a_class_conditional_model_gets_genevals_layout_too(tmp_path, capsys):
 
     run = load_run(out)  # the report matches each verdict to its image by the class's text
     assert len(run.correct) == 4 and run.geneval_note is None
+    from ttsvar.report.runs import Images, page_data
+
+    shown = [p["p"] for p in page_data([run], Images(out, embed=False))["runs"][0]["prompts"]]
+    assert shown[0] == f"{md[0]['prompt']} (class 0)"  # the table shows (and filters by) the class's text
     # `ttsvar evaluate` on the same job's manifest: its verdicts carry the class's text too
     assert main(["evaluate", str(out), "--evaluator", "shapes"]) == 0
     assert len(load_run(out).correct) == 4

@@ -167,6 +167,12 @@ def _texts(rec: dict) -> tuple:
     return (rec.get("prompt"), rec.get("class_name")) if rec.get("class_name") else (rec.get("prompt"),)
 
 
+def _shown(rec: dict) -> str:
+    """The prompt as the table shows (and filters) it: a class-conditional model's class by its text."""
+    prompt = str(rec.get("prompt", ""))
+    return f"{rec['class_name']} (class {prompt})" if rec.get("class_name") else prompt
+
+
 def _traces(root: Path, records: list[dict]) -> dict[int, dict]:
     out, missing = {}, []
     for rec in records:
@@ -313,7 +319,7 @@ def page_data(runs: list[Run], images: Images) -> dict:
             tr = run.traces.get(rec["index"])
             reward = rec.get("reward")
             prompts.append({
-                "i": rec["index"], "p": rec.get("prompt", ""), "tag": md.get("tag"),
+                "i": rec["index"], "p": _shown(rec), "tag": md.get("tag"),
                 "r": _num(reward) if isinstance(reward, (int, float)) else None,
                 "ok": run.correct.get(rec.get("image")) if run.correct else None,
                 "img": images.add(run.root, rec.get("image")), "cand": cands,
@@ -322,7 +328,7 @@ def page_data(runs: list[Run], images: Images) -> dict:
             })
         for rec in run.failed:
             err = str(rec.get("error") or "").strip().splitlines()
-            prompts.append({"i": rec["index"], "p": rec.get("prompt", ""), "failed": err[-1] if err else "failed"})
+            prompts.append({"i": rec["index"], "p": _shown(rec), "failed": err[-1] if err else "failed"})
         prompts.sort(key=lambda p: p["i"])
         out_runs.append({"label": run.label, "strategy": run.setting("search.strategy"), "n": run.setting("search.n"),
                          "evaluated": run.geneval is not None, "prompts": prompts})
