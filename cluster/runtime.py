@@ -190,6 +190,9 @@ def plan_actors(rt: RuntimeConfig, model_device: str, local: bool = False) -> Ac
         raise ClusterError(f"model.device={model_device!r}: on Ray each actor sees only its own GPU (as cuda:0); "
                            "use model.device=auto or cuda")
     use_gpu = gpus > 0 and model_device != "cpu"
+    if not use_gpu and float(rt.gpus_per_actor) != 1.0:  # set on purpose, and it will not apply
+        log.warning("runtime.gpus_per_actor=%s is ignored: the actors run on CPUs (%s)", rt.gpus_per_actor,
+                    "model.device=cpu" if gpus else "the Ray cluster has no GPUs")
     n_reward = int(rt.reward_actors)
     if n_reward < 0:
         raise ClusterError(f"runtime.reward_actors must be >= 0, got {n_reward}")

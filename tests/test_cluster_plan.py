@@ -103,3 +103,9 @@ def test_a_malformed_address_is_refused_before_ray_starts(address, message):
         load_config(None, ["runtime.kind=ray", f"runtime.address={good}"])
     with pytest.raises(ConfigError, match="quote it"):
         load_config(None, ["runtime.kind=ray", "runtime.address=[::1]:6379"])
+
+
+def test_a_gpu_share_on_cpu_actors_is_named_as_ignored(monkeypatch, caplog):
+    monkeypatch.setattr(rt_mod.ray, "cluster_resources", lambda: {"CPU": 4.0})
+    rt_mod.plan_actors(RuntimeConfig(kind="ray", gpus_per_actor=0.5), "auto")
+    assert "runtime.gpus_per_actor=0.5 is ignored: the actors run on CPUs (the Ray cluster has no GPUs)" in caplog.text
