@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 import traceback
 from collections import deque
@@ -65,6 +64,7 @@ from .prompts import (
     read_prompts,
     resolve_prompts,
 )
+from .value import check_value_fit
 
 log = logging.getLogger("ttsvar")
 
@@ -389,7 +389,11 @@ def build_components(job: JobConfig, generator=None, reward=None, features=None,
                           f"{len(gen.classes or ())}) differ from its registered ModelDefaults.classes, which the job "
                           "resolved the prompts with; register the model with the same class list")
     preview = job.runtime.preview_size or model_defaults(job.model.name).preview_size
-    check_value_fit(job, strategy, feats)
+    from rewards.config import reward_score_scale
+
+    check_value_fit(getattr(strategy, "value_model", None), getattr(feats, "dim", None),
+                    {"model": job.model.name, "features": features_name(job), "reward": reward_config(job).name},
+                    reward_score_scale(reward_config(job))[0])
     comp = Components(gen, reward, feats, strategy, plan, preview)
     check_memory(job, comp, unit_prompts)
     return comp
@@ -419,33 +423,6 @@ def resolve_batch_invariant(value, device) -> bool:
         raise ConfigError(f"runtime.batch_invariant=true is a CPU mode, but the model runs on {device}; use auto "
                           "(off there) or false")
     return bool(value)
-
-
-def check_value_fit(job: JobConfig, strategy, features) -> None:
-    """A learned value (`search.options.value`) reads the features, rewards (in its reward's scale) and model it
-    was fitted on: refuse another feature extractor, reward, reward scale or model before any unit runs
-    (`ConfigError` naming the file; a file written before a field was recorded is not checked on it)."""
-    from rewards.config import reward_score_scale
-
-    vm = getattr(strategy, "value_model", None)
-    if vm is None:
-        return
-    dim = getattr(features, "dim", None)
-    if isinstance(dim, int) and dim != vm.feature_dim:
-        raise ConfigError(f"search.options.value: {vm.path} was fitted on {vm.feature_dim}-d features "
-                          f"({vm.config.get('features')}), but search.features gives {dim}-d; use the features it "
-                          "was fitted with")
-    scale = reward_score_scale(reward_config(job))[0]
-    job_side = {"model": job.model.name, "features": features_name(job), "reward": reward_config(job).name}
-    for key, have in job_side.items():
-        fitted = vm.config.get(key)
-        if fitted is not None and fitted != have:
-            raise ConfigError(f"search.options.value: {vm.path} was fitted on runs of {key} {fitted!r}, but this job "
-                              f"uses {have!r}; fit a value on runs of this job's {key} (`ttsvar fit-value`)")
-    fitted = vm.config.get("reward_scale")
-    if isinstance(fitted, (int, float)) and not math.isclose(fitted, scale, rel_tol=1e-6):
-        raise ConfigError(f"search.options.value: {vm.path} was fitted on rewards in units of {fitted:.6g}, but this "
-                          f"job's reward scale is {scale:.6g} (reward.score_scale); use the scale it was fitted with")
 
 
 def _free_memory(device) -> tuple[int | None, str]:

@@ -168,6 +168,31 @@ def load_search_data(run_dirs: list[str | Path], target: str = "reward", evaluat
                       meta["model"])
 
 
+def check_value_fit(vm, dim: int | None, job_side: dict[str, str], reward_scale: float) -> None:
+    """A learned value (`search.options.value`, loaded as `vm`) reads the features, rewards (in its reward's
+    scale) and model it was fitted on: refuse another feature dimension (`dim`), model, feature extractor or
+    reward (`job_side`) or reward scale before any unit runs (`ConfigError` naming the file; a file written
+    before a field was recorded is not checked on it)."""
+    from .core.errors import ConfigError
+
+    if vm is None:
+        return
+    if isinstance(dim, int) and dim != vm.feature_dim:
+        raise ConfigError(f"search.options.value: {vm.path} was fitted on {vm.feature_dim}-d features "
+                          f"({vm.config.get('features')}), but search.features gives {dim}-d; use the features it "
+                          "was fitted with")
+    for key, have in job_side.items():
+        fitted = vm.config.get(key)
+        if fitted is not None and fitted != have:
+            raise ConfigError(f"search.options.value: {vm.path} was fitted on runs of {key} {fitted!r}, but this job "
+                              f"uses {have!r}; fit a value on runs of this job's {key} (`ttsvar fit-value`)")
+    fitted = vm.config.get("reward_scale")
+    if isinstance(fitted, (int, float)) and not math.isclose(fitted, reward_scale, rel_tol=1e-6):
+        raise ConfigError(f"search.options.value: {vm.path} was fitted on rewards in units of {fitted:.6g}, but this "
+                          f"job's reward scale is {reward_scale:.6g} (reward.score_scale); use the scale it was "
+                          "fitted with")
+
+
 def _matches_record(d: dict, rec: dict) -> bool:
     """The search data's picked final row is the manifest record's (its row id and reward)."""
     try:

@@ -468,7 +468,7 @@ def official_state_dict_to_ours(sd: dict[str, torch.Tensor], model: Infinity) ->
     if "trainer" in sd and isinstance(sd["trainer"], dict):
         sd = sd["trainer"].get("gpt_fsdp", sd["trainer"])
     sd = dict(sd)
-    if "vae" in sd and not any(k.startswith("blocks.") for k in sd):
+    if isinstance(sd.get("vae"), dict) and "cfg_uncond" not in sd:
         raise CheckpointError("this is a BSQ-VAE checkpoint (its weights are under 'vae'): pass it as "
                               "model.options.vae_weights, and the Infinity transformer (infinity_2b_reg.pth, ...) "
                               "as model.weights")
