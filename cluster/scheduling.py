@@ -127,7 +127,6 @@ class Scheduler:
     def forget_unit(self, unit_id: int) -> WorkUnit:
         """A unit that will not finish where it runs: out of its actor, its awaited replies dropped."""
         fl = self.finish(unit_id)
-        self.suspects.discard(unit_id)
         for ref, rec in list(self.pending.items()):
             if getattr(rec, "unit_id", None) == unit_id:
                 del self.pending[ref]
