@@ -75,9 +75,20 @@ def _start_error(who: str, check: str, e: BaseException) -> ClusterError:
                        "traceback)")
     err.detail = str(e)
     cause = getattr(e, "cause", None)
-    if isinstance(cause, TtsvarError):  # bad input in the actor (missing weights): the same exit code as local
-        err.exit_code = cause.exit_code
+    err.exit_code = cause.exit_code if isinstance(cause, TtsvarError) else _exit_code_named(last_line(e))
     return err
+
+
+def _exit_code_named(line: str) -> int:
+    """The exit code of the ttsvar error a remote traceback's last line names (`...MissingFileError: ...`): Ray
+    hands an actor constructor's error back as text only, and bad input (2) must not read as a crash (1)."""
+    head = line.split(":", 1)[0].rsplit(".", 1)[-1].strip()
+    todo, seen = [TtsvarError], {}
+    while todo:
+        cls = todo.pop()
+        seen[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+    return seen[head].exit_code if head in seen else ClusterError.exit_code
 
 
 class RayJob:

@@ -231,8 +231,9 @@ def test_sigterm_stops_the_command_like_ctrl_c(prompts_file, reference, tmp_path
 def test_actor_constructor_error_stops_the_job_with_its_message(ray_local, prompts_file, tmp_path):
     job = make_job(prompts_file, tmp_path, "runtime.kind=ray", "runtime.actors=1",
                    "model.weights=/nonexistent/shapes.safetensors")
-    with pytest.raises(ClusterError, match="could not start(.|\n)*nonexistent/shapes.safetensors"):
+    with pytest.raises(ClusterError, match="could not start(.|\n)*nonexistent/shapes.safetensors") as info:
         run_job(job)
+    assert info.value.exit_code == 2  # bad input (MissingFileError), as on the local runtime
 
 
 def test_actors_that_never_fit_stop_the_job(ray_local, prompts_file, tmp_path, monkeypatch):

@@ -179,3 +179,16 @@ def test_a_moved_checkpoint_resumes_only_with_the_same_content(tmp_path):
     # moved (or named from another working directory), same bytes: the same job
     out.check_fingerprint({"model.weights": "/b/w.pth", "model.weights#content": "1:aa",
                            "search.options.value": "/runs/v.safetensors", "search.value_sha256": "ff"})
+    # a path inside a mapping field (reward.options): the same rule, entry by entry
+    fp = {"reward.options": {"weights": "/a/r.safetensors", "sigma": 1}, "reward.options.weights#content": "3:cc"}
+    out = OutputDir(tmp_path / "out2")
+    out.check_fingerprint(fp)
+    (out.root / "manifest.jsonl").write_text('{"index": 0, "prompt": "p", "status": "ok"}\n')
+    out.check_fingerprint({**fp, "reward.options": {"weights": "/b/r.safetensors", "sigma": 1}})
+    for changed in ({"weights": "/c/r.safetensors", "sigma": 2}, {"weights": "/c/r.safetensors", "sigma": 1,
+                                                                  "extra": 0}):
+        with pytest.raises(ResumeError, match="reward.options"):
+            out.check_fingerprint({**fp, "reward.options": changed})
+    with pytest.raises(ResumeError, match="reward.options"):
+        out.check_fingerprint({"reward.options": {"weights": "/d/r.safetensors", "sigma": 1},
+                               "reward.options.weights#content": "4:dd"})

@@ -63,9 +63,16 @@ _CONTENT_OF = {"search.options.value": "search.value_sha256"}
 
 def _same_content(key: str, old: dict, new: dict) -> bool:
     """A path field whose file holds the same bytes under both configurations (moved, or named relative to
-    another working directory) is the same job."""
+    another working directory) is the same job; in a mapping field (`reward.options`), every entry that differs
+    must be such a path (`reward.options.weights` with an equal `reward.options.weights#content`)."""
+    if key not in old or key not in new:
+        return False
+    a, b = old[key], new[key]
+    if isinstance(a, dict) and isinstance(b, dict):
+        return set(a) == set(b) and all(a[k] == b[k] or _same_content(f"{key}.{k}", {f"{key}.{k}": a[k], **old},
+                                                                       {f"{key}.{k}": b[k], **new}) for k in a)
     cid = _CONTENT_OF.get(key, key + CONTENT_SUFFIX)
-    return key in old and key in new and cid in old and cid in new and old[cid] == new[cid]
+    return cid in old and cid in new and old[cid] == new[cid]
 
 
 def _under(key: str, keys: list[str]) -> bool:
