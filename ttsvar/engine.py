@@ -189,10 +189,23 @@ class Worker:
             row_ids.append(np.asarray(sel.row_ids[p], dtype=np.int64))
         full = self.gen.concat(u.chunks) if len(u.chunks) > 1 else u.chunks[0]
         state = self.gen.select(full, np.concatenate(index), np.concatenate(row_ids))
+        self._check_rows(state, np.repeat(u.unit.prompt_indices, sizes), np.concatenate(row_ids))
         u.chunks, u.sizes, u.row_ids = self.gen.split(state, self._chunk_sizes(len(state))), sizes, row_ids
         # the states before the selection hold the KV blocks of the rows it dropped: let them go before stepping on
         del full, state
         return self._advance(u)
+
+    def _check_rows(self, state, prompts: np.ndarray, ids: np.ndarray) -> None:
+        """A generator's `select` keeps the rows it is given, in order, under their new candidate ids: one that
+        does not would hand one prompt's paths to another, or run duplicates as distinct rows, silently."""
+        rows = getattr(state, "rows", None)
+        if rows is None or (len(rows) == len(ids) and np.array_equal(rows.prompt_index, prompts)
+                            and np.array_equal(rows.candidate_id, ids)):
+            return
+        raise ValueError(f"{type(self.gen).__name__}.select returned {len(rows)} rows of prompts "
+                         f"{rows.prompt_index.tolist()[:8]} with candidate ids {rows.candidate_id.tolist()[:8]}; the "
+                         f"engine asked for {len(ids)} rows of prompts {prompts.tolist()[:8]} with ids "
+                         f"{ids.tolist()[:8]} (select must keep the rows at `index`, in order, as `new_ids`)")
 
     def collect(self, unit_id: int, picks: dict[int, int], keep_all: bool = False) -> UnitImages:
         from .output import to_uint8
@@ -304,6 +317,18 @@ class Worker:
         for g, (p, n) in enumerate(zip(u.unit.prompt_indices, u.sizes)):
             u.counters[p][key] += int(owned[g]) if owned is not None else seconds * n / total
 
+    def _checked_images(self, images, n: int, method: str) -> torch.Tensor:
+        """What `Generator.finish` / `preview` promise: float images [n, 3, H, W] in [0, 1], one per row asked
+        for; else a ValueError naming the generator (rewards would score the wrong rows, or blame themselves)."""
+        ok = isinstance(images, torch.Tensor) and images.ndim == 4 and images.shape[:2] == (n, 3) and \
+            images.is_floating_point()
+        if not ok:
+            what = (f"{type(images).__name__} {tuple(images.shape)} {images.dtype}" if isinstance(images, torch.Tensor)
+                    else type(images).__name__)
+            raise ValueError(f"{type(self.gen).__name__}.{method} returned {what} for {n} rows; it must return float "
+                             f"images [{n}, 3, H, W] in [0, 1], one per row of `rows`")
+        return images
+
     def _decode_unique(self, u: _Unit, final: bool) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
         """Decode one row of each set of equal rows of the same prompt.
 
@@ -331,8 +356,9 @@ class Worker:
                 if key is not None:
                     seen[key] = inverse[g]
             if sel:
-                parts.append(self.gen.finish(c, rows=sel) if final
-                             else self.gen.preview(c, self.preview_size, rows=sel, cheap=self.cheap_previews))
+                part = self.gen.finish(c, rows=sel) if final else \
+                    self.gen.preview(c, self.preview_size, rows=sel, cheap=self.cheap_previews)
+                parts.append(self._checked_images(part, len(sel), "finish" if final else "preview"))
             offset += len(c)
         first_arr = np.asarray(first, dtype=np.int64)
         self._count(u, "time_decode", seconds=time.perf_counter() - t0)
