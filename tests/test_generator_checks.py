@@ -49,3 +49,40 @@ def test_a_generator_that_breaks_its_contract_fails_its_prompts_naming_the_metho
     failed = [r for r in manifest(tmp_path / "out") if r["status"] == "failed"]
     seen = [r["error"] for r in failed] + [m for m in caplog.messages if "failed together" in m]
     assert seen and all(message in m for m in seen), json.dumps(seen)[:600]
+
+
+def test_results_of_a_prebuilt_generator_are_not_resumed_as_model_names(tmp_path):
+    from ttsvar.core.errors import ConfigError, ResumeError
+    from ttsvar.models.infinity.builders import tiny_random
+
+    job = make_job(tmp_path, "model.name=shapes-tiny", "search.strategy=random", "search.n=1", prompts=PROMPTS[:1])
+    run_job(job, generator=tiny_random(0, vocab=("a", "photo", "of", "red", "circle")))
+    with pytest.raises(ResumeError, match="model.prebuilt"):  # the plain job would build shapes-tiny itself
+        run_job(job)
+    ray_job = make_job(tmp_path, "runtime.kind=ray", out="ray", prompts=PROMPTS[:1])
+    with pytest.raises(ConfigError, match="a prebuilt generator runs on the local runtime only"):
+        run_job(ray_job, generator=create_generator("shapes-tiny"))
+
+
+def test_a_registered_builder_is_held_to_the_generator_contract():
+    from ttsvar.core.errors import ConfigError
+    from ttsvar.core.generator import SamplingConfig
+    from ttsvar.models.registry import ModelDefaults, register_generator
+
+    with pytest.raises(TypeError, match=r"must take \(cfg, sampling, \*\*options\)"):
+        register_generator("test-one-arg-builder")(lambda cfg: None)
+
+    @register_generator("test-returns-a-module", ModelDefaults())
+    def returns_module(cfg, sampling):
+        return create_generator("shapes-tiny").model
+
+    with pytest.raises(ConfigError, match="returned Infinity, not a ttsvar Generator"):
+        create_generator("test-returns-a-module")
+
+    @register_generator("test-drops-sampling", ModelDefaults())
+    def drops_sampling(cfg, sampling):
+        return create_generator("shapes-tiny")  # its own defaults, not `sampling`
+
+    gen = create_generator("test-drops-sampling", SamplingConfig(cfg=1.0, tau=1.0))
+    assert gen.cfg_list == [1.0] * gen.num_scales  # what job.json records is what runs
+    assert ModelDefaults().reward == "clip-score"  # a registered name, not a typo

@@ -237,7 +237,7 @@ def _is_registered(obj) -> bool:
     return any(obj is v for v in _REGISTRY.values())
 
 
-def job_fingerprint(job: JobConfig) -> dict:
+def job_fingerprint(job: JobConfig, prebuilt: str | None = None) -> dict:
     """The fields that change a job's results, flat (`search.n`, ...), with `auto` resolved. Stored in
     `output.dir/job.json`; a resume with a different fingerprint is refused. Not in it: runtime and output
     fields, the device, `limit` and the prompts file (each prompt's text is matched per line anyway).
@@ -272,6 +272,8 @@ def job_fingerprint(job: JobConfig) -> dict:
         fp[f"reward.{f.name}"] = getattr(r, f.name)  # batch_size too: a forward's batch moves the last bits
     fp["reward.options"] = _without_device(r.options)
     fp.update(content_ids(fp, skip=frozenset({"search.options.value"})))  # what the weights paths hold
+    if prebuilt:  # `run_job(job, generator=...)`: not necessarily model.name's model
+        fp["model.prebuilt"] = prebuilt
     return fp
 
 
@@ -288,7 +290,7 @@ def _without_device(options: dict | None) -> dict:
     return {k: v for k, v in (options or {}).items() if k not in ("device", "batch_size")}
 
 
-def open_output(job: JobConfig) -> OutputDir:
+def open_output(job: JobConfig, prebuilt: str | None = None) -> OutputDir:
     """output.dir, checked before any model loads: not in use by another job (a lock held until the job ends),
     writable (every folder the job writes to), a manifest whose torn last line is repaired, and results of the
     same configuration (`job.json`), else an error. With `output.overwrite` the earlier results are not touched
@@ -302,7 +304,7 @@ def open_output(job: JobConfig) -> OutputDir:
             msg = out.repair_tail()
             if msg:
                 log.warning("%s", msg)
-            out.check_fingerprint(job_fingerprint(job))
+            out.check_fingerprint(job_fingerprint(job, prebuilt))
     except BaseException:
         out.unlock()
         raise
@@ -316,7 +318,7 @@ def output_subdirs(job: JobConfig) -> tuple[str, ...]:
         (("search_data",) if job.output.save_search_data else ())
 
 
-def start_over(job: JobConfig, out: OutputDir) -> None:
+def start_over(job: JobConfig, out: OutputDir, prebuilt: str | None = None) -> None:
     """`output.overwrite`: delete what earlier jobs wrote in output.dir (`OutputDir.clear`), then set it up for
     this one (its folders, its `job.json`)."""
     from .geneval_jobs import clear_layout, is_geneval_output
@@ -327,7 +329,7 @@ def start_over(job: JobConfig, out: OutputDir) -> None:
     if gone:
         log.warning("output.overwrite: deleted %s in %s", ", ".join(gone), out.root)
     out.check_writable(output_subdirs(job))
-    out.check_fingerprint(job_fingerprint(job))
+    out.check_fingerprint(job_fingerprint(job, prebuilt))
 
 
 def search_config(job: JobConfig):
@@ -506,8 +508,10 @@ class ResultWriter:
     `flush()` waits for the writes and re-raises any error; `summary()` flushes first.
     """
 
-    def __init__(self, job: JobConfig, items: list[PromptItem], out: OutputDir | None = None):
-        self.job, self.out = job, out if out is not None else open_output(job)
+    def __init__(self, job: JobConfig, items: list[PromptItem], out: OutputDir | None = None,
+                 prebuilt: str | None = None):
+        self.job, self.prebuilt = job, prebuilt
+        self.out = out if out is not None else open_output(job, prebuilt)
         self._start_over = bool(job.output.overwrite)  # done before the first write (`start_over`)
         self.items = {it.index: it for it in items}
         self.totals: dict[str, float] = {}
@@ -519,7 +523,7 @@ class ResultWriter:
     def _submit(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
         self.check()
         if self._start_over:
-            start_over(self.job, self.out)
+            start_over(self.job, self.out, self.prebuilt)
             self._start_over = False
         self._futures.append(self._io.submit(self._persist, files, records))
 
@@ -664,7 +668,7 @@ class ResultWriter:
         """This run's numbers (what `run_job` returns), and under `job` the totals over every prompt of the job
         as the manifest holds them (earlier runs of a resumed job included); written to summary.json."""
         if self._start_over:  # nothing was written: the earlier results still go, as asked
-            start_over(self.job, self.out)
+            start_over(self.job, self.out, self.prebuilt)
             self._start_over = False
         self.flush()
         s = {"prompts_ok": self.ok, "prompts_failed": self.failed, "wall_time_s": round(wall, 3),
@@ -715,13 +719,13 @@ class PreparedJob:
                 "output_dir": str(self.writer.out.root)}
 
 
-def prepare_job(job: JobConfig) -> PreparedJob:
+def prepare_job(job: JobConfig, prebuilt: str | None = None) -> PreparedJob:
     """Validation that needs no model (`preflight`), the prompts, output.dir (writable, same fingerprint) and the
     units still to run. The caller closes `writer` on any exit (`ResultWriter.close`)."""
     t0 = time.perf_counter()
     items = job_items(job)
     preflight(job)
-    writer = ResultWriter(job, items)
+    writer = ResultWriter(job, items, prebuilt=prebuilt)
     todo = writer.pending()
     units = make_units([it.index for it in todo], [it.prompt for it in todo], job.seed, job.runtime.prompts_per_unit)
     return PreparedJob(items, todo, units, writer, t0)
@@ -730,10 +734,14 @@ def prepare_job(job: JobConfig) -> PreparedJob:
 def run_job(job: JobConfig, generator=None) -> dict:
     """Run (or resume) a batch job; returns the summary (also written to output.dir/summary.json)."""
     if job.runtime.kind == "ray":
+        if generator is not None:  # the actors build their own from model.name: it would be dropped
+            raise ConfigError("run_job(job, generator=...): a prebuilt generator runs on the local runtime only "
+                              "(runtime.kind=local); on Ray the actors build model.name's")
         from cluster import run_ray_job
 
         return run_ray_job(job)
-    prep = prepare_job(job)
+    kind = type(generator)
+    prep = prepare_job(job, None if generator is None else f"{kind.__module__}.{kind.__qualname__}")
     try:
         return _run_local(job, generator, prep)
     finally:

@@ -11,6 +11,7 @@ which sits above the models, registers its own generator.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -41,7 +42,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class ModelDefaults:
-    reward: str = "clipscore"
+    reward: str = "clip-score"
     features: str = "dinov2"
     preview_size: int | None = None
     sampling: dict = field(default_factory=dict)
@@ -72,6 +73,13 @@ def register_generator(name: str, defaults: ModelDefaults | None = None) -> Call
     def deco(fn: Builder) -> Builder:
         if name in _BUILDERS:
             raise ValueError(f"generator {name!r} is already registered")
+        try:
+            inspect.signature(fn).bind(None, None)
+        except TypeError:
+            raise TypeError(f"register_generator({name!r}): the builder {fn.__qualname__} must take (cfg, sampling, "
+                            "**options): the model's config and sampling, then its own options") from None
+        except ValueError:  # no signature to read (a builtin): called as is
+            pass
         _BUILDERS[name] = fn
         _DEFAULTS[name] = defaults or ModelDefaults()
         return fn
@@ -124,7 +132,13 @@ def create_generator(cfg: ModelConfig | str, sampling: SamplingConfig | None = N
         else:
             cfg.options[k] = v
     _check_name(cfg.name)
-    return _BUILDERS[cfg.name](cfg, sampling, **cfg.options)
+    gen = _BUILDERS[cfg.name](cfg, sampling, **cfg.options)
+    if not isinstance(gen, Generator):  # a builder that forgot `return`, or returned its nn.Module
+        raise ConfigError(f"model.name={cfg.name!r}: its builder {_BUILDERS[cfg.name].__qualname__} returned "
+                          f"{type(gen).__name__}, not a ttsvar Generator (ttsvar.core.generator.Generator)")
+    if sampling is not None:  # what job.json records as what ran, even if the builder dropped it
+        gen.set_sampling(sampling)
+    return gen
 
 
 def require_file(value: str | None, field_name: str, what: str) -> Path:
