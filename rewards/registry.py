@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.metadata
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -73,6 +74,11 @@ def register_reward(name: str | None = None, *, overwrite: bool = False,
             )
         if not callable(obj):
             raise TypeError(f"register_reward: {obj!r} is not a class or factory function")
+        if not isinstance(obj, type) and _looks_like_scorer(obj):
+            raise TypeError(f"register_reward({key!r}): {getattr(obj, '__name__', obj)!r} takes (images, prompts), "
+                            "a scoring function; a registered function is a factory called with the reward's options "
+                            "that returns a Reward. Register `lambda **options: create_reward(fn, **options)`, "
+                            "subclass rewards.Reward, or name the function by its import path 'pkg.module:fn'")
         if score_scale is not None:
             if isinstance(obj, type):
                 raise TypeError(f"register_reward({key!r}, score_scale=...): a Reward class declares its scale "
@@ -82,6 +88,16 @@ def register_reward(name: str | None = None, *, overwrite: bool = False,
         return obj
 
     return deco
+
+
+def _looks_like_scorer(fn: Callable) -> bool:
+    """A function whose first parameters are `images` (and `prompts`): `f(images, prompts) -> scores`, not a
+    factory `(**options) -> Reward`."""
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return False
+    return bool(params) and params[0] == "images"
 
 
 def _load_builtins() -> None:
