@@ -162,6 +162,10 @@ def load_open_clip(
     cfg["quick_gelu"] = quick_gelu
     net = _build(cfg)
     sd = read_state_dict(ckpt, nested_key=nested_key)
+    ours = net.state_dict()
+    for k in ("input_resolution", "context_length", "vocab_size"):  # OpenAI's own file's extras; open_clip drops them
+        if k in sd and k not in ours:
+            del sd[k]
     if "logit_scale" in sd and sd["logit_scale"].ndim != net.logit_scale.ndim:
         sd["logit_scale"] = sd["logit_scale"].reshape(net.logit_scale.shape)
     load_strict(net, sd, ckpt)

@@ -179,11 +179,51 @@ def test_a_missing_or_extra_key_is_refused_naming_the_file_and_keys(tiny_checkpo
 def test_missing_weights_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="needs GenEval's detector weights: --model-path"):
         m2f.Mask2FormerEvaluator()
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="holds no mask2former_swin-s"):
         m2f.Mask2FormerEvaluator(model_path=str(tmp_path))
     (tmp_path / m2f.CHECKPOINT).write_bytes(b"")
     with pytest.raises(InputError, match="--clip-weights"):
         m2f.Mask2FormerEvaluator(model_path=str(tmp_path))
+    with pytest.raises(InputError, match="--clip-weights: .* is a folder"):
+        m2f.Mask2FormerEvaluator(model_path=str(tmp_path), clip_weights=str(tmp_path))
+
+
+def test_the_checkpoint_in_every_form_a_user_has_it(tiny_checkpoint, tmp_path):
+    """The model zoo's own file name in a folder, mmcv's legacy (non-zip) save, a DataParallel prefix; and an
+    empty file (what a failed `wget -O` leaves), an HTML error page or a truncated file in one clear line."""
+    path, sd = tiny_checkpoint
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    hashed = zoo / (m2f.CHECKPOINT.removesuffix(".pth") + "_20220504_001756-743b7d99.pth")
+    torch.save({"meta": {"CLASSES": ("person",)}, "state_dict": {"module." + k: v for k, v in sd.items()}}, hashed,
+               _use_new_zipfile_serialization=False)
+    assert m2f.find_checkpoint(zoo) == hashed
+    m2f.build_mask2former(hashed, TINY)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for content, says in ((b"", "it is empty"), (b"<html>404 Not Found</html>", "not a torch checkpoint"),
+                          (path.read_bytes()[:5000], "truncated or corrupt")):
+        (bad / m2f.CHECKPOINT).write_bytes(content)
+        with pytest.raises(InputError, match=says) as e:
+            m2f.build_mask2former(m2f.find_checkpoint(bad), TINY)
+        assert "\n" not in str(e.value) and "weights_only` argument" not in str(e.value)
+
+
+def test_the_colour_classifier_uses_openais_activation(monkeypatch, tmp_path):
+    """GenEval builds ViT-L-14 with open_clip's 'openai' tag, which means QuickGELU; a bare weights file must get
+    it too (the built-in ViT-L-14 config says GELU, which changes every embedding, silently)."""
+    import rewards.open_clip_loader as loader
+
+    seen = {}
+
+    def fake(arch, weights, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(loader, "load_open_clip", fake)
+    with pytest.raises(RuntimeError, match="stop here"):
+        m2f.ColorClassifier(tmp_path / "vit_l14_openai.safetensors")
+    assert seen["quick_gelu"] is True
 
 
 def test_test_pipeline_sizes():

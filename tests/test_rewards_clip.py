@@ -236,6 +236,19 @@ def test_a_clip_file_gets_the_activation_its_weights_were_trained_with(tmp_path)
     torch.testing.assert_close(reward.score(x, PROMPTS), 100 * (img * txt).sum(-1), rtol=1e-4, atol=1e-4)
 
 
+def test_openais_own_state_dict_with_its_extra_entries_loads(tmp_path):
+    """`torch.save(model.state_dict())` of OpenAI's TorchScript ViT-L-14.pt (what the refusal of TorchScript
+    suggests) keeps three scalar entries open_clip drops (input_resolution, context_length, vocab_size)."""
+    sd = dict(open_clip_model(SEEDS["aesthetic-clip"], quick_gelu=True).state_dict())
+    sd.update(input_resolution=torch.tensor(32), context_length=torch.tensor(16), vocab_size=torch.tensor(49408))
+    torch.save(sd, tmp_path / "openai.pt")
+    reward = create_reward("clip-score", model="tiny", pretrained=str(tmp_path / "openai.pt"), model_config=TINY_CLIP,
+                           quick_gelu=True)
+    x = _images(2)
+    img, txt = _openclip_reference(open_clip_model(SEEDS["aesthetic-clip"], quick_gelu=True), x, PROMPTS[:2])
+    torch.testing.assert_close(reward.score(x, PROMPTS[:2]), 100 * (img * txt).sum(-1), rtol=1e-4, atol=1e-4)
+
+
 def test_aesthetic_rejects_wrong_embedding_width(tmp_path):
     build("aesthetic", tmp_path)
     from rewards.aesthetic import AestheticMLP

@@ -45,6 +45,8 @@ def read_state_dict(path: str | Path, *, nested_key: str | None = None) -> dict[
 
 
 def _read_file(path: Path) -> object:
+    if path.stat().st_size == 0:  # what a failed `wget -O file` leaves behind
+        raise CheckpointError(f"cannot read {path}: it is empty (0 bytes), a download that failed; download it again")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -84,7 +86,10 @@ def _torch_load_problem(e: BaseException) -> str:
 
     text = str(e)
     first = text.strip().splitlines()[0] if text.strip() else type(e).__name__
-    if "central directory" in text or "zip archive" in text or isinstance(e, EOFError) or "Ran out of input" in text:
+    if isinstance(e, PermissionError):
+        return f"it cannot be read ({first}); fix its permissions"
+    if "central directory" in text or "zip archive" in text or isinstance(e, (EOFError, OSError)) or \
+            "Ran out of input" in text:  # a zip cut short makes torch seek past its end: OSError EINVAL
         return "it is truncated or corrupt (torch could not read its archive); download or save it again"
     if "invalid load key" in text or "Unsupported operand" in text:
         return "it is not a torch checkpoint (not a zip archive nor a pickle)"

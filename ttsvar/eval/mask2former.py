@@ -228,7 +228,16 @@ def find_checkpoint(model_path: str | os.PathLike | None) -> Path:
         raise InputError(f"--detector mask2former needs GenEval's detector weights: --model-path <{CHECKPOINT} or "
                          "the folder holding it> (GenEval's evaluation/download_models.sh fetches it)")
     p = Path(model_path).expanduser()
-    p = p / CHECKPOINT if p.is_dir() else p
+    if p.is_dir():
+        # GenEval's download script renames the model zoo's file; the zoo's own name carries a date and a hash
+        zoo = sorted(p.glob(CHECKPOINT.removesuffix(".pth") + "_*.pth"))
+        found = p / CHECKPOINT if (p / CHECKPOINT).is_file() or not zoo else zoo[0]
+        if not found.is_file():
+            there = sorted(x.name for x in p.glob("*.pth"))
+            raise MissingFileError(f"--model-path: {p} holds no {CHECKPOINT} (nor the model zoo's "
+                                   f"{CHECKPOINT.removesuffix('.pth')}_<date>-<hash>.pth)"
+                                   + (f"; its .pth files: {', '.join(there[:5])}" if there else ""))
+        return found
     if not p.is_file():
         raise MissingFileError(f"--model-path: {p} does not exist; give {CHECKPOINT} or the folder holding it")
     return p
@@ -238,21 +247,17 @@ def build_mask2former(checkpoint: str | os.PathLike | dict, size: Mask2FormerSiz
                       where: str | None = None):
     """transformers' Mask2Former with the weights of an mmdet checkpoint (a path, read with weights_only=True, or
     an mmdet state dict), in eval mode."""
-    import torch
     from transformers import Mask2FormerForUniversalSegmentation
+
+    from ..core.checkpoint import read_state_dict
 
     if isinstance(checkpoint, dict):
         sd, where = checkpoint, where or "state dict"
     else:
         where = where or str(checkpoint)
-        try:
-            raw = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - a pickle needing code, a truncated file
-            raise InputError(f"{where} cannot be read as a weights-only torch checkpoint ({type(e).__name__}: "
-                             f"{str(e).strip().splitlines()[0][:160]})") from None
-        sd = raw.get("state_dict", raw) if isinstance(raw, dict) else raw
-        if not isinstance(sd, dict):
-            raise InputError(f"{where} holds a {type(sd).__name__}, not a state dict")
+        # the project's reader: weights_only, one classified line for an empty, truncated, HTML or pickled file,
+        # mmcv's {'meta', 'state_dict'} wrapper, a DataParallel `module.` prefix
+        sd = read_state_dict(checkpoint, nested_key="state_dict")
     model = Mask2FormerForUniversalSegmentation(size.hf_config())
     load_converted(model, convert_mmdet_state_dict(sd, where), where)
     return model.eval()
@@ -334,7 +339,9 @@ class ColorClassifier:
 
         from rewards.open_clip_loader import load_open_clip
 
-        bundle = load_open_clip(arch, str(weights), device=device)
+        # GenEval builds it with open_clip's 'openai' tag, which means QuickGELU (OpenAI trained with it); a bare
+        # weights file would get ViT-L-14's config, GELU: other embeddings, other colour verdicts, no error
+        bundle = load_open_clip(arch, str(weights), device=device, quick_gelu=True)
         self.model, self.tokenize, self.device = bundle.model.eval(), bundle.tokenize, device
         size = self.model.visual.image_size
         self.transform = open_clip.image_transform(size[0] if isinstance(size, tuple) else size, is_train=False)
@@ -401,8 +408,10 @@ class Mask2FormerEvaluator(Evaluator):
         if clip_weights is None:
             raise InputError("--detector mask2former needs the CLIP colour classifier's weights: --clip-weights "
                              "<open_clip ViT-L-14 'openai' weights file>")
-        if not Path(clip_weights).expanduser().is_file():
-            raise MissingFileError(f"--clip-weights: {clip_weights} does not exist")
+        clip = Path(clip_weights).expanduser()
+        if not clip.is_file():
+            raise MissingFileError(f"--clip-weights: {clip_weights} " + ("is a folder; give the weights file in it"
+                                                                         if clip.is_dir() else "does not exist"))
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.model = build_mask2former(ckpt).to(self.device)
         self.colors_of = ColorClassifier(Path(clip_weights).expanduser(), self.device)
