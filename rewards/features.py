@@ -72,8 +72,7 @@ def features_class(name: str) -> type:
         if not (isinstance(cls, type) and callable(getattr(cls, "extract", None))):
             raise TypeError(f"feature extractor import path {name!r} names {cls!r}, not a class with "
                             "extract(images) -> np.ndarray [B, D] (subclass rewards.FeatureExtractor)")
-        registered = [k for k, v in _FEATURES.items() if v is cls]
-        return cls if registered else register_features(name)(cls)
+        return cls if any(v is cls for v in _FEATURES.values()) else register_features(name)(cls)
     raise ValueError(f"unknown feature extractor {name!r}; available: {list_features()} (or an import path "
                      "'package.module:Class')")
 

@@ -65,12 +65,12 @@ def _same_content(key: str, old: dict, new: dict) -> bool:
     """A path field whose file holds the same bytes under both configurations (moved, or named relative to
     another working directory) is the same job; in a mapping field (`reward.options`), every entry that differs
     must be such a path (`reward.options.weights` with an equal `reward.options.weights#content`)."""
-    if key not in old or key not in new:
-        return False
-    a, b = old[key], new[key]
+    return key in old and key in new and _same_at(key, old[key], new[key], old, new)
+
+
+def _same_at(key: str, a: Any, b: Any, old: dict, new: dict) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
-        return set(a) == set(b) and all(a[k] == b[k] or _same_content(f"{key}.{k}", {f"{key}.{k}": a[k], **old},
-                                                                       {f"{key}.{k}": b[k], **new}) for k in a)
+        return set(a) == set(b) and all(a[k] == b[k] or _same_at(f"{key}.{k}", a[k], b[k], old, new) for k in a)
     cid = _CONTENT_OF.get(key, key + CONTENT_SUFFIX)
     return cid in old and cid in new and old[cid] == new[cid]
 
