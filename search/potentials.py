@@ -1,4 +1,4 @@
-"""Potentials, weight normalisation and multinomial resampling (numpy only).
+"""Potentials, weight normalisation and resampling (numpy only).
 
 A potential scores a candidate from its current reward r_t and the rewards seen earlier along its lineage
 (TTS-VAR, arXiv 2507.18537, Sec. 3.3):
@@ -20,6 +20,15 @@ Weight policy (one place, used by every resampling strategy):
   * otherwise weights are exp(logw - max finite logw); -inf -> 0;
   * no row with positive weight (all NaN / -inf) -> uniform over all rows.
 The official code instead sets every non-NaN row to 1 as soon as one NaN appears; we keep the potentials.
+
+Resamplers (`resampler` option; every one draws row i an expected m * p_i times, so all are unbiased):
+  * multinomial: m independent draws (the official code's `torch.multinomial(..., replacement=True)`);
+  * stratified:  one uniform draw in each of the m strata [j/m, (j+1)/m) of the weights' CDF;
+  * systematic:  one uniform offset u, points (u + j)/m: row i gets floor(m p_i) or ceil(m p_i) copies;
+  * residual:    floor(m p_i) copies of row i, the rest drawn multinomially from the remainders.
+The last three are the standard low-variance schemes of sequential Monte Carlo (Douc & Cappe, 2005). With
+multinomial draws a row of weight 1/m survives only with probability 1 - (1 - 1/m)^m ~ 63%, so near-uniform
+weights still throw away a third of the distinct rows; systematic resampling keeps all of them.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import math
 import numpy as np
 
 POTENTIALS = ("value", "diff", "max", "sum", "learned")
+RESAMPLERS = ("multinomial", "stratified", "systematic", "residual")
 VALUE_STRATEGIES = ("tts-var", "resample-only", "value")  # the strategies with a `value` option (potential learned)
 
 
@@ -107,9 +117,47 @@ def effective_sample_size(probs: np.ndarray) -> float:
     return float(1.0 / np.sum(p * p))
 
 
+def check_resampler(resampler: str) -> str:
+    """Validate the `resampler` option; the error names it."""
+    if not isinstance(resampler, str) or resampler not in RESAMPLERS:
+        raise ValueError(f"resampler: {resampler!r} is not one of {list(RESAMPLERS)}")
+    return resampler
+
+
 def multinomial_resample(probs: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """Draw `m` parent positions with replacement, P(i) = probs[i]; returned sorted (int64 [m]) so
     siblings are adjacent; the order carries no information."""
     p = np.asarray(probs, dtype=np.float64)
     idx = rng.choice(p.shape[0], size=m, replace=True, p=p)
+    return np.sort(idx).astype(np.int64)
+
+
+def _inverse_cdf(p: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Row of each point in [0, 1) under the CDF of `p`; rows of weight 0 are never hit, even where rounding
+    leaves the CDF's last steps a hair below 1."""
+    cdf = np.cumsum(p / p.sum())
+    cdf[int(np.flatnonzero(p > 0)[-1]):] = 1.0
+    return np.searchsorted(cdf, points, side="right").astype(np.int64)
+
+
+def resample(probs: np.ndarray, m: int, rng: np.random.Generator, resampler: str = "multinomial") -> np.ndarray:
+    """`m` parent positions drawn by `resampler` (see the module docstring), sorted (int64 [m]). `probs` are
+    normalised weights (`normalize_log_weights`)."""
+    if resampler == "multinomial":
+        return multinomial_resample(probs, m, rng)
+    p = np.asarray(probs, dtype=np.float64)
+    p = p / p.sum()
+    if resampler == "systematic":
+        idx = _inverse_cdf(p, (rng.random() + np.arange(m)) / m)
+    elif resampler == "stratified":
+        idx = _inverse_cdf(p, (rng.random(m) + np.arange(m)) / m)
+    elif resampler == "residual":
+        copies = np.floor(m * p).astype(np.int64)
+        rest = m - int(copies.sum())  # >= 0: the floors of m * p sum to at most m
+        idx = np.repeat(np.arange(p.shape[0], dtype=np.int64), copies)
+        if rest > 0:
+            remainder = m * p - copies
+            idx = np.concatenate([idx, multinomial_resample(remainder / remainder.sum(), rest, rng)])
+    else:
+        raise ValueError(f"resampler: {resampler!r} is not one of {list(RESAMPLERS)}")
     return np.sort(idx).astype(np.int64)

@@ -80,10 +80,10 @@ def map_paper_by_side(sides: Sequence[int]) -> dict[str, tuple[int, ...]]:
 # which of a model's TTS-VAR options each strategy of the family reads; `value` shares the schedule and both
 # decision scales but not lam (its lam weighs the learned V_k, not the reward)
 FAMILY_KEYS = {
-    "tts-var": ("batch_schedule", "cluster_scales", "resample_scales", "lam"),
+    "tts-var": ("batch_schedule", "cluster_scales", "resample_scales", "lam", "resampler"),
     "cluster-only": ("batch_schedule", "cluster_scales"),
-    "resample-only": ("batch_schedule", "resample_scales", "lam"),
-    "value": ("batch_schedule", "cluster_scales", "resample_scales"),
+    "resample-only": ("batch_schedule", "resample_scales", "lam", "resampler"),
+    "value": ("batch_schedule", "cluster_scales", "resample_scales", "resampler"),
 }
 
 

@@ -1,4 +1,4 @@
-"""Potentials, weight normalisation (NaN/inf policy), ESS and multinomial resampling."""
+"""Potentials, weight normalisation (NaN/inf policy), ESS and the resamplers."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import pytest
 from scipy import stats
 
 from search.potentials import (
+    RESAMPLERS,
     check_potential,
+    check_resampler,
     effective_sample_size,
     log_potential,
     multinomial_resample,
     normalize_log_weights,
     potential_argument,
+    resample,
 )
 
 
@@ -70,3 +73,46 @@ def test_option_errors_name_the_option():
         check_potential("value", float("inf"))
     with pytest.raises(ValueError, match="lam: -1"):
         check_potential("value", -1)
+
+
+@pytest.mark.parametrize("resampler", RESAMPLERS)
+def test_every_resampler_is_unbiased_and_skips_zero_weights(resampler):
+    # zero-weight rows last and in the middle: rounding must not let the CDF's flat tail pick them
+    p = np.array([0.1, 0.0, 0.4 - 1e-17, 0.25, 0.25, 0.0])
+    rng = np.random.default_rng(0)
+    counts = np.zeros(6)
+    for _ in range(4000):
+        idx = resample(p, 4, rng, resampler)
+        assert idx.dtype == np.int64 and idx.shape == (4,) and np.all(np.diff(idx) >= 0)
+        counts += np.bincount(idx, minlength=6)
+    assert counts[1] == counts[5] == 0
+    np.testing.assert_allclose(counts / counts.sum(), p, atol=0.012)
+
+
+@pytest.mark.parametrize("resampler", ["systematic", "residual", "stratified"])
+def test_low_variance_resamplers_keep_every_row_of_uniform_weights(resampler):
+    # the point of them: m of m rows with equal weights survive all; multinomial keeps ~63%
+    rng = np.random.default_rng(1)
+    for m in (2, 4, 7, 16):
+        np.testing.assert_array_equal(resample(np.full(m, 1 / m), m, rng, resampler), np.arange(m))
+    kept = [len(set(resample(np.full(16, 1 / 16), 16, rng, "multinomial").tolist())) for _ in range(200)]
+    assert 9 < np.mean(kept) < 12
+
+
+@pytest.mark.parametrize("m", [1, 3, 8])
+def test_systematic_and_residual_copies_are_floor_or_ceil_of_m_p(m):
+    rng = np.random.default_rng(2)
+    p = normalize_log_weights(rng.normal(size=7))
+    for resampler in ("systematic",):
+        for _ in range(200):
+            c = np.bincount(resample(p, m, rng, resampler), minlength=7)
+            assert np.all(c >= np.floor(m * p)) and np.all(c <= np.ceil(m * p))
+    for _ in range(200):
+        assert np.all(np.bincount(resample(p, m, rng, "residual"), minlength=7) >= np.floor(m * p))
+
+
+def test_resampler_option_errors_name_it():
+    assert check_resampler("systematic") == "systematic"
+    for bad in ("sys", 3, None):
+        with pytest.raises(ValueError, match=f"resampler: {bad!r} is not one of"):
+            check_resampler(bad)

@@ -11,7 +11,8 @@ import pytest
 from scipy import stats
 
 from search import Observation, SearchPlan, create_strategy, list_strategies
-from search.potentials import normalize_log_weights
+from search.base import RNG_RESAMPLE, group_rng
+from search.potentials import normalize_log_weights, resample
 from ttsvar.testing import strategy_options
 
 F_DIM = 8
@@ -306,6 +307,37 @@ def test_tts_var_resamples_down_to_the_next_batch_size():
     assert plan.batch_sizes[7] == 4 and d.parents.tolist() == [0, 0, 0, 0]
     assert state.past_rewards.shape == (4, 1)
 
+
+
+@pytest.mark.parametrize("name", ["tts-var", "resample-only", "importance", "fk"])
+def test_resampler_option_reaches_every_resampling_strategy(name):
+    opts = {"resample_scales": [0], "lam": 1.0, "resampler": "systematic"}
+    if name in ("tts-var", "resample-only"):
+        opts["batch_schedule"] = [1, 1]
+    if name == "tts-var":
+        opts["cluster_scales"] = []
+    if name == "fk":
+        opts["ess_threshold"] = 1.0  # resample whenever the weights are not flat
+    strategy = create_strategy(name, **opts)
+    strategy.plan(2, 6)
+    rewards = np.array([0.0, 0.3, -0.2, 1.5, 0.1, -1.0], np.float32)
+    for seed in range(20):
+        d = strategy.decide(strategy.init_group(0, seed), Observation(0, 2, np.arange(6), rewards, None))
+        expected = resample(np.array(d.trace["weight"]), 6, group_rng(seed, 0, RNG_RESAMPLE), "systematic")
+        np.testing.assert_array_equal(d.parents, expected)
+    if name != "fk":  # fk's info says whether it resampled; the option is in the job's config
+        assert d.info["resampler"] == "systematic"
+    with pytest.raises(ValueError, match="resampler: 'sorted' is not one of"):
+        create_strategy(name, resampler="sorted")
+
+
+def test_systematic_resampling_keeps_every_row_of_flat_weights():
+    strategy = create_strategy("tts-var", batch_schedule=[1, 1], cluster_scales=[], resample_scales=[0],
+                               lam=0.0, resampler="systematic")
+    strategy.plan(2, 6)
+    for seed in range(20):
+        d = strategy.decide(strategy.init_group(0, seed), Observation(0, 2, np.arange(6), np.zeros(6), None))
+        assert d.parents.tolist() == list(range(6))
 
 # ---------------------------------------------------------------- beam, best-of-n, random, fk
 

@@ -3,7 +3,7 @@
 n particles. After each potential scale t every particle multiplies its weight by its potential G_t (value,
 diff, max or sum of its preview rewards, as in TTS-VAR) and accumulates log G_t along its lineage. When the
 effective sample size of the weights drops below `ess_threshold * n`, the particles are resampled
-multinomially and their weights reset to 1. After the last scale a final weight correction
+(multinomially by default; `resampler`) and their weights reset to 1. After the last scale a final weight correction
 G_final = exp(lam * r_final) / prod(G_t along the lineage) makes the particle system target
 p(x) * exp(lam * r(x)) whatever potential steered it. `fk_pick="weights"` then draws the final image from the
 corrected weights (the SMC answer); `fk_pick="reward"` takes the highest final reward instead.
@@ -31,10 +31,12 @@ from search.base import (
 )
 from search.potentials import (
     check_potential,
+    check_resampler,
     effective_sample_size,
     log_potential,
     multinomial_resample,
     normalize_log_weights,
+    resample,
 )
 from search.registry import register_strategy
 from search.schedule import check_scales, option_list
@@ -51,7 +53,7 @@ class FKState(GroupState):
 @register_strategy("fk")
 class FK(PlannedStrategy):
     """Options: `resample_scales` (potential scales; None: 0..S-2), `potential`, `lam`, `ess_threshold`
-    in (0, 1], `fk_pick` in weights|reward."""
+    in (0, 1], `fk_pick` in weights|reward, `resampler` (as tts-var; search.potentials)."""
 
     def __init__(
         self,
@@ -60,6 +62,7 @@ class FK(PlannedStrategy):
         lam: float = 10.0,
         ess_threshold: float = 0.5,
         fk_pick: str = "weights",
+        resampler: str = "multinomial",
     ) -> None:
         self.resample_scales = option_list(resample_scales, "resample_scales")
         self.potential, self.lam = check_potential(potential, lam)
@@ -70,6 +73,7 @@ class FK(PlannedStrategy):
             raise ValueError(f"fk_pick: {fk_pick!r} is not one of {list(FK_PICKS)}")
         self.ess_threshold = float(ess_threshold)
         self.fk_pick = fk_pick
+        self.resampler = check_resampler(resampler)
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:
         scales = range(num_scales - 1) if self.resample_scales is None else self.resample_scales
@@ -95,7 +99,7 @@ class FK(PlannedStrategy):
         history = np.concatenate([state.past_rewards, rewards[:, None]], axis=1)
         resampled = ess < self.ess_threshold * n
         if resampled:
-            parents = multinomial_resample(probs, n, group_rng(state.seed, obs.scale, RNG_RESAMPLE))
+            parents = resample(probs, n, group_rng(state.seed, obs.scale, RNG_RESAMPLE), self.resampler)
             state.log_weights = np.zeros(n)
         else:
             parents = np.arange(n, dtype=np.int64)

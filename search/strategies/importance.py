@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from search.base import Decision, GroupState, Observation, PlannedStrategy, SearchPlan, argmax_reward
-from search.potentials import check_potential
+from search.potentials import check_potential, check_resampler
 from search.registry import register_strategy
 from search.schedule import check_scales, option_list
 from search.strategies.steps import resample_step
@@ -20,12 +20,13 @@ from search.strategies.steps import resample_step
 
 @register_strategy("importance")
 class Importance(PlannedStrategy):
-    """Options: `resample_scales` (None: 0..S-2), `potential`, `lam`."""
+    """Options: `resample_scales` (None: 0..S-2), `potential`, `lam`, `resampler` (as tts-var)."""
 
     def __init__(self, resample_scales: Sequence[int] | None = None, potential: str = "value",
-                 lam: float = 10.0) -> None:
+                 lam: float = 10.0, resampler: str = "multinomial") -> None:
         self.resample_scales = option_list(resample_scales, "resample_scales")
         self.potential, self.lam = check_potential(potential, lam)
+        self.resampler = check_resampler(resampler)
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:
         scales = range(num_scales - 1) if self.resample_scales is None else self.resample_scales
@@ -34,7 +35,7 @@ class Importance(PlannedStrategy):
 
     def decide(self, state: GroupState, obs: Observation) -> Decision:
         self.check_decide(state, obs)
-        return resample_step(state, obs, obs.num_rows, self.potential, self.lam)
+        return resample_step(state, obs, obs.num_rows, self.potential, self.lam, resampler=self.resampler)
 
     def pick(self, state: GroupState, obs: Observation) -> int:
         return argmax_reward(self.check_pick(state, obs))

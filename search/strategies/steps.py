@@ -23,8 +23,8 @@ from search.potentials import (
     effective_sample_size,
     learned_values,
     log_potential,
-    multinomial_resample,
     normalize_log_weights,
+    resample,
 )
 
 
@@ -73,16 +73,17 @@ def best_per_cluster(assign: np.ndarray, scores: np.ndarray, k: int) -> np.ndarr
 
 
 def resample_step(state: GroupState, obs: Observation, m: int, potential: str, lam: float,
-                  value_model=None) -> Decision:
-    """Resampling-based potential selection: draw `m` parents with replacement, P(i) proportional to the
-    potential of row i (see search.potentials for the NaN/inf policy); the reward joins the row history.
+                  value_model=None, resampler: str = "multinomial") -> Decision:
+    """Resampling-based potential selection: draw `m` parents with replacement by `resampler`, each row an
+    expected m * P(i) times, P(i) proportional to the potential of row i (see search.potentials for the NaN/inf
+    policy and the resamplers); the reward joins the row history.
     `potential="learned"` weighs V_k of `value_model` (`search.value.ValueModel`) where it was fitted."""
     n = obs.num_rows
     rewards = np.asarray(obs.rewards, dtype=np.float64)
     values = learned_values(obs, value_model) if potential == "learned" else rewards
     logp = log_potential(values, state.past_rewards, potential, lam)
     probs = normalize_log_weights(logp)
-    parents = multinomial_resample(probs, m, group_rng(state.seed, obs.scale, RNG_RESAMPLE))
+    parents = resample(probs, m, group_rng(state.seed, obs.scale, RNG_RESAMPLE), resampler)
     state.past_rewards = np.concatenate([state.past_rewards, rewards[:, None]], axis=1)[parents]
     trace = {
         "row_id": jsonable(obs.row_ids),
@@ -93,4 +94,4 @@ def resample_step(state: GroupState, obs: Observation, m: int, potential: str, l
         "children": children_counts(parents, n),
     }
     return Decision(parents, trace, {"kind": "resample", "potential": potential, "lam": lam,
-                                     "ess": effective_sample_size(probs)})
+                                     "resampler": resampler, "ess": effective_sample_size(probs)})

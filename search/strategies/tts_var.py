@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from search.base import Decision, GroupState, Observation, PlannedStrategy, SearchPlan, argmax_reward
-from search.potentials import check_potential
+from search.potentials import check_potential, check_resampler
 from search.registry import register_strategy
 from search.schedule import (
     check_scales,
@@ -34,7 +34,8 @@ class TTSVar(PlannedStrategy):
     `batch_schedule` rows kept after each scale as multiples of n; `cluster_scales`; `resample_scales`;
     `potential` in value|diff|max|sum|learned; `lam` the potential temperature; `value` the file of a learned
     value (`ttsvar fit-value`), read here, which `potential="learned"` weighs instead of the raw reward at the
-    resampling scales it was fitted for."""
+    resampling scales it was fitted for; `resampler` in multinomial|stratified|systematic|residual how the
+    resampling draws its rows (multinomial, the paper's, by default; search.potentials)."""
 
     def __init__(
         self,
@@ -44,6 +45,7 @@ class TTSVar(PlannedStrategy):
         potential: str = "value",
         lam: float = 10.0,
         value: str | None = None,
+        resampler: str = "multinomial",
     ) -> None:
         self.batch_schedule = option_list(batch_schedule, "batch_schedule",
                                           "a list with one multiplier per scale")
@@ -51,6 +53,7 @@ class TTSVar(PlannedStrategy):
         self.resample_scales = option_list(resample_scales, "resample_scales")
         self.value_model: ValueModel | None = None if value is None else load_value(value)
         self.potential, self.lam = check_potential(potential, lam, self.value_model is not None, True)
+        self.resampler = check_resampler(resampler)
         if self.value_model is not None and self.potential != "learned":
             raise ValueError(f"value: {value} is read only by potential 'learned' (search.options.potential="
                              f"learned); potential {self.potential!r} ignores it")
@@ -91,7 +94,7 @@ class TTSVar(PlannedStrategy):
         k = state.plan.batch_sizes[obs.scale + 1]
         if obs.scale in self._cluster:
             return cluster_step(state, obs, k)
-        return resample_step(state, obs, k, self.potential, self.lam, self.value_model)
+        return resample_step(state, obs, k, self.potential, self.lam, self.value_model, self.resampler)
 
     def pick(self, state: GroupState, obs: Observation) -> int:
         return argmax_reward(self.check_pick(state, obs))
@@ -117,6 +120,7 @@ class ResampleOnly(TTSVar):
         potential: str = "value",
         lam: float = 10.0,
         value: str | None = None,
+        resampler: str = "multinomial",
     ) -> None:
         super().__init__(batch_schedule, cluster_scales=[], resample_scales=resample_scales,
-                         potential=potential, lam=lam, value=value)
+                         potential=potential, lam=lam, value=value, resampler=resampler)

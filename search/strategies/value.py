@@ -33,7 +33,8 @@ COARSE = ("cluster", "top")
 @register_strategy("value")
 class ValueSearch(TTSVar):
     """Options: `value` (required: the file of `ttsvar fit-value`), `batch_schedule`, `cluster_scales`,
-    `resample_scales` (as tts-var), `lam` (the learned potential's temperature), `coarse` in cluster|top."""
+    `resample_scales` (as tts-var), `lam` (the learned potential's temperature), `coarse` in cluster|top,
+    `resampler` (as tts-var)."""
 
     def __init__(
         self,
@@ -43,6 +44,7 @@ class ValueSearch(TTSVar):
         resample_scales: Sequence[int] | None = None,
         lam: float = 10.0,
         coarse: str = "cluster",
+        resampler: str = "multinomial",
     ) -> None:
         if value is None:
             raise ValueError("value: the value strategy needs search.options.value=PATH (a value file written by "
@@ -50,7 +52,7 @@ class ValueSearch(TTSVar):
         if coarse not in COARSE:
             raise ValueError(f"coarse: {coarse!r} is not one of {list(COARSE)}")
         super().__init__(batch_schedule, cluster_scales, resample_scales, potential="learned", lam=lam,
-                         value=value)
+                         value=value, resampler=resampler)
         self.coarse = coarse
 
     def make_plan(self, num_scales: int, n: int) -> SearchPlan:
@@ -63,7 +65,7 @@ class ValueSearch(TTSVar):
         self.check_decide(state, obs)
         k = state.plan.batch_sizes[obs.scale + 1]
         if obs.scale not in self._cluster:
-            return resample_step(state, obs, k, "learned", self.lam, self.value_model)
+            return resample_step(state, obs, k, "learned", self.lam, self.value_model, self.resampler)
         if obs.scale not in self.value_model.scales:
             return cluster_step(state, obs, k)
         values = self.value_model.predict(obs)

@@ -103,6 +103,7 @@
     if (kind === "cluster" && info.k !== undefined) line.textContent += " · k=" + info.k;
     if (kind === "beam" && info.width !== undefined) line.textContent += " · width " + info.width;
     if (kind === "resample" && info.lam !== undefined) line.textContent += " · λ=" + info.lam;
+    if (kind === "resample" && info.resampler && info.resampler !== "multinomial") line.textContent += " · " + info.resampler;
     if (kind === "final") line.textContent += " · " + rows.length + " candidates";
     box.appendChild(line);
     if (info.ess !== undefined && info.ess !== null) {

@@ -32,7 +32,7 @@ from ..output import MANIFEST, OutputDir, inside
 log = logging.getLogger("ttsvar")
 
 # the decision info fields shown in a column header (the rest stay in the trace files)
-INFO_FIELDS = ("kind", "k", "ess", "resampled", "width", "lam", "potential")
+INFO_FIELDS = ("kind", "k", "ess", "resampled", "width", "lam", "potential", "resampler")
 
 
 @dataclass
