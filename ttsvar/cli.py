@@ -139,7 +139,7 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 def cmd_demo(ns: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    return run_demo(Path(ns.out), seed=ns.seed, per_tag=ns.per_tag, n=ns.n, overrides=ns.overrides)
+    return run_demo(ns.out, seed=ns.seed, per_tag=ns.per_tag, n=ns.n, overrides=ns.overrides)
 
 
 def cmd_evaluate(ns: argparse.Namespace) -> int:
@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="plain sampling vs TTS-VAR on the embedded default model, scored exactly, "
                                     "with a grid.png of the images")
     s.add_argument("--out", default="outputs/demo")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, default=0, help="draws the prompts and seeds both runs (the job seed)")
     s.add_argument("--per-tag", type=int, default=4, help="prompts per GenEval tag (6 tags)")
     s.add_argument("--n", type=int, default=2, help="TTS-VAR's N (plain sampling always uses N=1)")
-    s.add_argument("overrides", nargs="*")
+    s.add_argument("overrides", nargs="*", help="key=value overrides of both runs (search.* ones: TTS-VAR's only)")
     s.set_defaults(fn=cmd_demo)
     s = sub.add_parser("evaluate", help="GenEval-style evaluation of a job's output dir with a registered evaluator")
     s.add_argument("dir")
@@ -430,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         return ns.fn(ns)
     except KeyboardInterrupt as e:
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
-        print(f"ttsvar: {what}; finished prompts are in the manifest, re-run the same command to resume",
-              file=sys.stderr)
+        hint = getattr(e, "hint", None) or "finished prompts are in the manifest, re-run the same command to resume"
+        print(f"ttsvar: {what}; {hint}", file=sys.stderr)
         return code
     except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --debug
         code, msg = describe_error(e)

@@ -3,6 +3,8 @@
 `run_demo` is called by `ttsvar.cli.cmd_demo`; `write_grid` by `run_demo` (and the tests). Layout of the
 demo's output directory:
 
+    demo.json       the demo's settings (marks the folder as the demo's: its entries listed here are replaced
+                    by the next demo run; anything else in it is never touched)
     prompts.jsonl   the GenEval-format prompts (`per_tag` per GenEval tag, shapes world, train split)
     plain/          job output of plain sampling (search.strategy=random, search.n=1)
     tts-var/        job output of TTS-VAR (search.n=n, output.save_candidates=true, output.save_previews=true)
@@ -23,11 +25,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .core.errors import OutputError
 from .output import OutputDir, atomic_write_bytes
 
 PLAIN, SEARCH = "plain", "tts-var"
+MARKER = "demo.json"  # the demo's settings; marks --out as a folder the demo owns the entries of `_OWN` in
+_OWN = ("prompts.jsonl", PLAIN, SEARCH, "grid.png", "report.html", MARKER)  # all else in --out stays untouched
 # fields the demo sets for each run; a user override of one of them would be silently replaced
-_DEMO_KEYS = ("prompts", "model.name", "search.strategy", "search.n", "output.dir", "output.save_candidates",
+_DEMO_KEYS = ("seed", "prompts", "model.name", "search.strategy", "search.n", "output.dir", "output.save_candidates",
               "output.save_previews")
 _STALE = ("manifest.jsonl", "summary.json", "images", "traces", "candidates", "previews", "geneval_results.jsonl",
           "geneval_summary.json")
@@ -50,53 +55,114 @@ def grid_size(n_rows: int, n_cols: int, tile: int) -> tuple[int, int]:
 MAX_PER_TAG = 50
 
 
-def run_demo(out: Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, overrides: Sequence[str] = (),
+def run_demo(out: str | Path, *, seed: int = 0, per_tag: int = 4, n: int = 2, overrides: Sequence[str] = (),
              max_candidates: int = 4, tile: int = 96) -> int:
     """Run the demo into `out`; returns the exit code (1 when a prompt failed in either run).
 
-    Called by `ttsvar.cli.cmd_demo`. Both runs use the same prompts, seed and user `overrides`; each run's
-    directory is started afresh. Without the shapes-tiny weights only TTS-VAR runs, on a random-weight
-    Infinity, and there is nothing to judge or compare.
+    Called by `ttsvar.cli.cmd_demo`. Both runs use the same prompts and job seed (`seed`, which also draws the
+    prompts); the user's `overrides` apply to both, except `search.*` ones, which only TTS-VAR takes. Everything
+    is checked before anything is written. `out` is locked for the demo's whole run, and the demo starts afresh
+    each time, touching only its own entries (`_OWN`): a folder holding any of them that no demo wrote is
+    refused. Without the shapes-tiny weights only TTS-VAR runs, on a random-weight Infinity, and there is nothing
+    to judge or compare.
     """
-    from .config import load_config
+    from .config import MAX_SEARCH_N, load_config
     from .jobs import run_job
     from .testbed import world
     from .testbed.model import weights_available
 
-    fixed = [o for o in overrides if o.split("=", 1)[0].strip() in _DEMO_KEYS]
+    _check_arguments(out, seed, per_tag, n, MAX_SEARCH_N)
+    fixed = [o for o in overrides if _sets_demo_key(o.split("=", 1)[0].strip())]
     if fixed:
-        raise ValueError(f"the demo sets {', '.join(_DEMO_KEYS)} itself (got {', '.join(fixed)}); use --n for "
-                         "TTS-VAR's N, --per-tag for the number of prompts, or `ttsvar run` for other jobs")
-    if not 1 <= per_tag <= MAX_PER_TAG or n < 1:
-        raise ValueError(f"--per-tag must be in 1..{MAX_PER_TAG} and --n >= 1, got {per_tag} and {n}; for a larger "
-                         "job use `ttsvar run` with a prompts file")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    metadata = world.eval_prompts(per_tag, seed=seed, split="train")
+        raise ValueError(f"the demo sets {', '.join(_DEMO_KEYS)} itself (got {', '.join(fixed)}); use --seed, --n "
+                         "for TTS-VAR's N, --per-tag for the number of prompts, or `ttsvar run` for other jobs")
+    out = Path(out).expanduser()
     prompts = out / "prompts.jsonl"  # GenEval format, so the results can be judged exactly
-    atomic_write_bytes(prompts, "".join(json.dumps(m) + "\n" for m in metadata).encode())
     model = "shapes-tiny" if weights_available() else "infinity-tiny-random"
     runs = [(PLAIN, "random", 1, "plain sampling (N=1)"), (SEARCH, "tts-var", n, f"TTS-VAR (N={n})")]
     if model != "shapes-tiny":
-        print("NOTE: the embedded shapes-tiny weights are not available; running TTS-VAR on a tiny Infinity with "
-              "RANDOM weights (images are noise-like), without evaluation or comparison.")
         runs = runs[1:]
-    print(f"ttsvar demo: {' vs '.join(r[3] for r in runs)} with {model} on {len(metadata)} GenEval-style "
-          f"prompts (seed {seed}):")
-    for m in metadata:
-        print(f"  [{m['tag']}] {m['prompt']}")
+    jobs = {}  # both configs first: a bad override is refused before a file is touched or a model runs
+    for sub, strategy, k, _ in runs:
+        mine = [o for o in overrides if strategy == "tts-var" or not o.strip().startswith("search.")]
+        jobs[sub] = load_config(None, mine, seed=seed, prompts=str(prompts), model={"name": model},
+                                search={"strategy": strategy, "n": k},
+                                output={"dir": str(out / sub), "save_candidates": strategy == "tts-var",
+                                        "save_previews": strategy == "tts-var"})
+    metadata = world.eval_prompts(per_tag, seed=seed, split="train")
 
+    folder = _claim(out)
+    try:
+        atomic_write_bytes(out / MARKER, json.dumps({"seed": seed, "per_tag": per_tag, "n": n, "model": model,
+                                                     "overrides": list(overrides)}, indent=1).encode())
+        atomic_write_bytes(prompts, "".join(json.dumps(m) + "\n" for m in metadata).encode())
+        if model != "shapes-tiny":
+            print("NOTE: the embedded shapes-tiny weights are not available; running TTS-VAR on a tiny Infinity "
+                  "with RANDOM weights (images are noise-like), without evaluation or comparison.")
+        print(f"ttsvar demo: {' vs '.join(r[3] for r in runs)} with {model} on {len(metadata)} GenEval-style "
+              f"prompts (seed {seed}):")
+        for m in metadata:
+            print(f"  [{m['tag']}] {m['prompt']}")
+        try:
+            return _run_and_compare(out, runs, jobs, model, n, max_candidates, tile, run_job)
+        except KeyboardInterrupt as e:  # the CLI's usual advice (re-run to resume) is wrong here
+            e.hint = "the demo starts over when run again"
+            raise
+    finally:
+        folder.unlock()
+
+
+def _check_arguments(out: str | Path, seed: int, per_tag: int, n: int, max_n: int) -> None:
+    if not str(out).strip():
+        raise ValueError("--out is empty; give the demo's output folder (default outputs/demo)")
+    if not 1 <= per_tag <= MAX_PER_TAG:
+        raise ValueError(f"--per-tag must be in 1..{MAX_PER_TAG}, got {per_tag}; for a larger job use `ttsvar run` "
+                         "with a prompts file")
+    if not 1 <= n <= max_n:
+        raise ValueError(f"--n must be in 1..{max_n} (TTS-VAR's N), got {n}")
+    if seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {seed}")
+
+
+def _sets_demo_key(key: str) -> bool:
+    """`search.n`, and also `search` (a whole section, `search={n: 3}`), would replace what the demo sets."""
+    return any(k == key or k.startswith(key + ".") for k in _DEMO_KEYS)
+
+
+def _claim(out: Path) -> OutputDir:
+    """`out` created and locked for this demo (`OutputError` if another ttsvar process holds it), after checking
+    that the demo's own entries in it, if any, were written by a demo; the previous demo's results are cleared."""
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"--out {str(out)!r} is a file, not a folder; choose another --out")
+    ours = [name for name in _OWN if (out / name).exists() or (out / name).is_symlink()]
+    written_by_demo = (out / MARKER).is_file() or any((out / d / "job.json").is_file() for d in (PLAIN, SEARCH))
+    if ours and not written_by_demo:
+        raise OutputError(f"--out {str(out)!r} holds {', '.join(ours)}, which no ttsvar demo wrote; the demo "
+                          "would replace them: choose another --out or move them")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create --out {str(out)!r} ({e.strerror or e}); choose another --out") from None
+    folder = OutputDir(out)
+    folder.lock(field="--out")
+    try:
+        for name in ("grid.png", "report.html"):  # they would describe the runs about to be deleted
+            (out / name).unlink(missing_ok=True)
+        for sub in (PLAIN, SEARCH):
+            _start_afresh(out / sub)
+    except BaseException:
+        folder.unlock()
+        raise
+    return folder
+
+
+def _run_and_compare(out: Path, runs: list, jobs: dict, model: str, n: int, max_candidates: int, tile: int,
+                     run_job) -> int:
     summaries = {}
-    for sub, strategy, k, label in runs:
-        d = out / sub
-        _start_afresh(d)
-        job = load_config(None, list(overrides), prompts=str(prompts), model={"name": model},
-                          search={"strategy": strategy, "n": k},
-                          output={"dir": str(d), "save_candidates": strategy == "tts-var",
-                                  "save_previews": strategy == "tts-var"})
-        s = summaries[sub] = run_job(job)
+    for sub, _, _, label in runs:
+        s = summaries[sub] = run_job(jobs[sub])
         print(f"{label}: {s['prompts_ok']} images in {s['wall_time_s']:.1f} s, "
-              f"{s['compute'].get('token_forwards', 0):,} token forwards -> {d}")
+              f"{s['compute'].get('token_forwards', 0):,} token forwards -> {out / sub}")
     rc = 0 if all(s.get("prompts_failed", 0) == 0 for s in summaries.values()) else 1
     if model != "shapes-tiny":
         _write_report(out, [r[0] for r in runs])

@@ -275,9 +275,10 @@ class OutputDir:
             raise OutputError(f"cannot delete {path} to start over ({e.strerror or e}); fix its permissions "
                               "or choose another output.dir") from None
 
-    def lock(self) -> None:
+    def lock(self, field: str = "output.dir") -> None:
         """Hold output.dir for this process until `unlock` (or exit): a second job on the same folder is refused
-        (`OutputError`) instead of interleaving its results with another configuration's. POSIX only."""
+        (`OutputError`, naming the folder as `field`) instead of interleaving its results with another
+        configuration's. POSIX only."""
         try:
             import fcntl
         except ImportError:  # not POSIX: no lock
@@ -289,15 +290,15 @@ class OutputDir:
             f = os.fdopen(_open_nofollow(path, os.O_RDWR | os.O_CREAT, "its lock"), "r+", encoding="ascii")
         except OSError as e:
             raise OutputError(f"cannot create {path} ({e.strerror or e}); fix its permissions or choose another "
-                              "output.dir") from None
+                              f"{field}") from None
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             f.seek(0)
             who = f.read().strip()
             f.close()
-            raise OutputError(f"output.dir={str(self.root)!r} is in use by another ttsvar job"
-                              f"{f' ({who})' if who else ''}; wait for it to finish or choose another output.dir"
+            raise OutputError(f"{field}={str(self.root)!r} is in use by another ttsvar job"
+                              f"{f' ({who})' if who else ''}; wait for it to finish or choose another {field}"
                               ) from None
         f.seek(0)
         f.truncate()
