@@ -450,7 +450,7 @@ def test_trainer_overrides_are_parsed_by_type(capsys):
     assert main(["--set", "dev=maybe"]) == 2
     assert "dev is true or false" in capsys.readouterr().err
     assert main(["--set", "steps=x"]) == 2
-    assert "steps must be a int" in capsys.readouterr().err
+    assert "steps must be an integer" in capsys.readouterr().err
     assert main(["--set", "nope=1"]) == 2
 
 
@@ -587,12 +587,12 @@ def test_every_testbed_trainer_rejects_bad_overrides_in_one_line(module, capsys)
 
     main = importlib.import_module(f"ttsvar.testbed.{module}").main
     for bad, says in (["nope=1", "expected key=value with key in"], ["seed", "expected key=value"],
-                      ["seed=x", "seed must be a int"]):
+                      ["seed=x", "seed must be an integer"]):
         assert main(["--set", bad]) == 2
         err = capsys.readouterr().err
         assert says in err and err.count("\n") == 1 and "Traceback" not in err
     assert main(["--quick"]) == 2  # a smoke test never writes over the shipped weights (the default --out)
-    assert "--quick writes smoke-test weights; give --out DIR" in capsys.readouterr().err
+    assert "--quick writes smoke-test weights; give --out outside" in capsys.readouterr().err
     if module in ("train", "train_reward"):  # amp is checked before the data is built, not when it is read
         assert main(["--set", "amp=fp99"]) == 2
         assert "fp99" in capsys.readouterr().err

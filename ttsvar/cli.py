@@ -414,8 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     if argv[:1] == ["train-testbed"]:  # its trainer's own parser reads the rest (REMAINDER would not take options)
-        return cmd_train_testbed(argparse.Namespace(args=argv[1:]))
-    ns, extra = parser.parse_known_args(argv)
+        ns, extra = argparse.Namespace(args=argv[1:], fn=cmd_train_testbed), []
+    else:
+        ns, extra = parser.parse_known_args(argv)
     # key=value overrides may follow options (`generate "p" --n 4 search.options.lam=5`): argparse leaves them over
     if extra and hasattr(ns, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
         ns.overrides = list(ns.overrides) + extra

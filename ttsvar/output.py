@@ -144,6 +144,39 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
 
 
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Several files that belong together (weights and their JSON record): every one written to a synced temp
+    file first, then all renamed into place, so an interrupted write leaves the old set, never a truncated file
+    or new weights beside an old record. Umask permissions."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            staged.append((tmp, path))
+            os.fchmod(fd, file_mode())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+def write_weights(path: Path, tensors: dict, record: Any) -> None:
+    """A trainer's safetensors file at `path` and its JSON record at `path` with `.json`, together
+    (`atomic_write_files`). `tensors` are written as given (contiguous CPU tensors)."""
+    from safetensors.torch import save
+
+    atomic_write_files({path: save(tensors), path.with_suffix(".json"):
+                        (json.dumps(record, indent=1, default=_json_default) + "\n").encode()})
+
+
 def atomic_write_png(path: Path, image: np.ndarray) -> None:
     import io
 

@@ -39,7 +39,7 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.model import set_model_preprocess_cfg
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from scipy import ndimage
 from scipy.stats import rankdata
 
@@ -125,26 +125,19 @@ def build_shapes_clip(config: dict | None = None, preprocess_cfg: dict | None = 
 def save_shapes_clip(model: open_clip.CLIP, path: str | os.PathLike, record: dict | None = None) -> tuple[Path, Path]:
     """Write ``<path>.safetensors`` and ``<path>.json``; ``record`` (seed, command, metrics) goes in the
     JSON."""
-    path = Path(path).with_suffix("")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    wfile, cfile = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    from ..output import write_weights
+
+    path = Path(path)
+    wfile = path.with_suffix(".safetensors") if path.suffix in (".safetensors", ".json", "") else \
+        path.with_name(path.name + ".safetensors")  # `--out run.v2`: a name with a dot, not a suffix to replace
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(wfile))
-    cfg = {
+    write_weights(wfile, state, {
         "model_cfg": getattr(model, "shapes_cfg", SHAPES_CLIP_CONFIG),
         "preprocess_cfg": dict(model.visual.preprocess_cfg),
         "tokenizer": {"kind": "shapes-word", "vocab": world.VOCAB, "sot_id": SOT_ID, "eot_id": EOT_ID},
         "training": record or {},
-    }
-    with open(cfile, "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=1, default=_json_default)
-    return wfile, cfile
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+    })
+    return wfile, wfile.with_suffix(".json")
 
 
 def load_shapes_clip(path: str | os.PathLike | None = None, device: str | torch.device = "cpu",
@@ -545,6 +538,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-images-per-prompt", type=int, default=4)
     args = p.parse_args(argv)
     cfg = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, threads=args.threads)
+    from .overrides import check_run_args
+
+    try:
+        check_run_args(args.out, False, args.seed, args.threads)
+        if args.steps < 1 or args.batch < 2 or args.eval_images_per_prompt < 0:
+            raise ValueError(f"--steps {args.steps}, --batch {args.batch}, --eval-images-per-prompt "
+                             f"{args.eval_images_per_prompt}: need steps >= 1, batch >= 2 (a contrastive batch), "
+                             "images >= 0")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     model, metrics = train_clip(cfg, eval_images_per_prompt=args.eval_images_per_prompt)
     command = "python -m ttsvar.testbed.clip " + " ".join(argv if argv is not None else sys.argv[1:])
     record = {"seed": args.seed, "command": command.strip(), "torch": torch.__version__, **metrics}

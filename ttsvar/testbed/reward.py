@@ -442,13 +442,11 @@ class ShapesRewardModel(nn.Module):
 
 
 def save_shapes_reward(model: ShapesRewardModel, path: str | Path, meta: dict) -> None:
-    """Weights as float16 safetensors (`path`) and the config + training record as JSON beside it."""
-    from safetensors.torch import save_file
+    """Weights as float16 safetensors (`path`) and the config + training record as JSON beside it, together."""
+    from ..output import write_weights
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}, str(path))
-    path.with_suffix(".json").write_text(json.dumps({"config": asdict(model.cfg), **meta}, indent=1) + "\n")
+    write_weights(Path(path), {k: v.detach().cpu().to(torch.float16).contiguous()
+                               for k, v in model.state_dict().items()}, {"config": asdict(model.cfg), **meta})
 
 
 def load_shapes_reward(path: str | Path | None = None,

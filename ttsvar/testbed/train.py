@@ -153,24 +153,19 @@ def train_generator(gen: InfinityGenerator, text: WordTextEncoder, bits: list[to
 
 
 def save_testbed(out: Path, gen: InfinityGenerator, text: WordTextEncoder, tc: TestbedConfig, info: dict) -> None:
-    from safetensors.torch import save_file
-
-    from ..output import atomic_write_json
+    from ..output import write_weights
 
     vcfg, icfg, wcfg = model_configs(tc)
     sd = {f"gpt.{k}": v for k, v in gen.model.state_dict().items()}
     sd.update({f"text.{k}": v for k, v in text.state_dict().items()})
     sd.update({f"vae.{k}": v for k, v in gen.vae.state_dict().items()})
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "shapes_tiny.safetensors.tmp"
     # float16 halves the shipped size; the loader computes in float32
-    save_file({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in sd.items()}, str(tmp))
-    tmp.replace(out / "shapes_tiny.safetensors")
-    atomic_write_json(out / "shapes_tiny.json", {
-        "testbed": asdict(tc), "vae": _cfg_dict(vcfg), "infinity": asdict(icfg),
-        "text": {**asdict(wcfg), "vocab": list(wcfg.vocab)}, "scale_schedule": [list(s) for s in TINY_SCALE_SCHEDULE],
-        **info})
+    write_weights(out / "shapes_tiny.safetensors",
+                  {k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+                   for k, v in sd.items()},
+                  {"testbed": asdict(tc), "vae": _cfg_dict(vcfg), "infinity": asdict(icfg),
+                   "text": {**asdict(wcfg), "vocab": list(wcfg.vocab)},
+                   "scale_schedule": [list(s) for s in TINY_SCALE_SCHEDULE], **info})
 
 
 def _cfg_dict(cfg) -> dict:
@@ -191,13 +186,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-vae", action="store_true", help="reuse the VAE in --out")
     p.add_argument("--set", nargs="*", default=[], help="TestbedConfig overrides, e.g. gen_steps=100")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tc = TestbedConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
-    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, check=lambda: amp_dtype(tc)):
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, check=lambda: amp_dtype(tc),
+                     seed=args.seed, threads=args.threads, device=args.device):
         return 2  # amp: a bad value fails here, not after the data is built
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out, device = Path(args.out), torch.device(args.device)
     command = "python -m ttsvar.testbed.train " + " ".join(argv if argv is not None else sys.argv[1:])
     t_all = time.time()

@@ -716,15 +716,20 @@ def main(argv: list[str] | None = None) -> int:
     if a.workers < 1:
         print(f"error: --workers {a.workers}: use 1 or more sampling processes", file=sys.stderr)
         return 2
-    if a.threads:
-        torch.set_num_threads(a.threads)
     tc = RewardTrainConfig()
     if a.quick:
         tc = RewardTrainConfig(samples_per_prompt=4, val_per_prompt=2, steps=3, prompts_per_batch=4,
                                images_per_prompt=2, width=32, det_width=8, fusion_layers=1, warmup=1,
                                det_steps=3, det_batch=4)
-    if not configure(tc, a.set, a.quick, a.out, DEFAULT_WEIGHTS, check=lambda: check_train_config(tc)):
+    if not configure(tc, a.set, a.quick, a.out, DEFAULT_WEIGHTS, check=lambda: check_train_config(tc),
+                     out_is_folder=False, seed=tc.seed, threads=a.threads):
         return 2
+    for flag, path in (("--generator", a.generator),):
+        if path and not Path(path).is_file():
+            print(f"error: {flag} {path}: no such file (give a shapes_tiny.safetensors)", file=sys.stderr)
+            return 2
+    if a.threads:
+        torch.set_num_threads(a.threads)
     from .model import load_shapes_tiny
 
     t_start = time.perf_counter()

@@ -271,22 +271,16 @@ def train_var(model: VAR, vae: VQVAE, indices: list[torch.Tensor], labels: torch
 def save_shapes_var(out: Path, model: VAR, vae: VQVAE, classes: list[dict], record: dict,
                     name: str = NAME) -> Path:
     """float16 safetensors (`var.*`, `vae.*`) and the JSON record beside it; returns the weights path."""
-    from safetensors.torch import save_file
-
-    from ..output import atomic_write_json
+    from ..output import write_weights
 
     sd = {f"var.{k}": v for k, v in model.state_dict().items()}
     sd.update({f"vae.{k}": v for k, v in vae.state_dict().items()})
-    out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.safetensors"
-    tmp = path.with_suffix(".safetensors.tmp")
     # float16 halves the shipped size; the loader computes in float32
-    save_file({k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-               for k, v in sd.items()}, str(tmp))
-    tmp.replace(path)
-    atomic_write_json(path.with_suffix(".json"), {
-        "var": asdict(model.config), "vqvae": asdict(vae.config),
-        "classes": [m["prompt"] for m in classes], "class_metadata": classes, **record})
+    write_weights(path, {k: v.detach().cpu().to(torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+                         for k, v in sd.items()},
+                  {"var": asdict(model.config), "vqvae": asdict(vae.config),
+                   "classes": [m["prompt"] for m in classes], "class_metadata": classes, **record})
     return path
 
 
@@ -310,13 +304,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--vae-from", default=None, help="reuse the VQ-VAE of this shapes_var_tiny.safetensors")
     p.add_argument("--set", nargs="*", default=[], help="VarTrainConfig overrides, e.g. gen_steps=100")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     tc = VarTrainConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.vae_batch, tc.gen_batch = 20, 20, 512, 16, 16
-    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR):
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, seed=args.seed, threads=args.threads):
         return 2
+    if args.vae_from and not Path(args.vae_from).is_file():
+        print(f"error: --vae-from {args.vae_from}: no such file (give an earlier run's shapes_var_tiny.safetensors)",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     command = "python -m ttsvar.testbed.train_var " + " ".join(argv if argv is not None else sys.argv[1:])
     classes = class_prompts()
