@@ -7,6 +7,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 import torch
 
@@ -108,3 +109,34 @@ def test_weights_and_record_are_written_together_or_not_at_all(tmp_path, monkeyp
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # safetensors' own save_file made 0600 files
+
+
+def test_the_reward_data_cache_is_reused_only_under_its_own_settings(tmp_path):
+    from ttsvar.testbed.data_cache import data_cache_path, data_settings, read_data_cache, write_data_cache
+
+    path = data_cache_path(str(tmp_path / "cache"))  # np.savez appended .npz, so the cache was never found again
+    assert path == tmp_path / "cache.npz"
+    built = data_settings(0, 4, 2, None)
+    assert built["generator"]  # the shipped generator, by content
+    write_data_cache(path, {"images": np.zeros((2, 3), np.uint8), "prompts": np.asarray(["a", "b"])}, built)
+    stored = read_data_cache(path, built)
+    assert sorted(stored) == ["images", "prompts"] and stored["images"].shape == (2, 3)
+    with pytest.raises(ValueError, match="built with other settings \\(samples_per_prompt, seed\\)"):
+        read_data_cache(path, data_settings(7, 16, 2, None))
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ValueError, match="not a readable data cache"):
+        read_data_cache(path, built)
+    np.savez(tmp_path / "old.npz", images=np.zeros(2))
+    with pytest.raises(ValueError, match="written before caches recorded their settings"):
+        read_data_cache(tmp_path / "old.npz", built)
+    for bad in (tmp_path, tmp_path / "missing" / "c.npz"):
+        with pytest.raises(ValueError, match="give a .npz file in an existing folder"):
+            data_cache_path(str(bad))
+
+
+def test_train_reward_refuses_a_bad_data_cache_before_sampling(tmp_path, capsys):
+    (tmp_path / "c.npz").write_bytes(b"not a zip")
+    assert train_reward.main(["--quick", "--out", str(tmp_path / "r.safetensors"), "--data",
+                              str(tmp_path / "c.npz")]) == 2
+    assert "not a readable data cache" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz"]

@@ -45,6 +45,7 @@ from ..core.generator import Rows, SamplingConfig
 from ..eval.geneval import check_metadata
 from ..output import to_uint8
 from . import world
+from .data_cache import data_cache_path, data_settings, read_data_cache, write_data_cache
 from .evaluator import ShapesEvaluator
 from .overrides import configure
 from .reward import (
@@ -735,9 +736,14 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     gen = load_shapes_tiny(a.generator)
     timings = {}
-    cache = Path(a.data) if a.data else None
-    if cache and cache.is_file():
-        stored = dict(np.load(cache))
+    try:
+        cache = data_cache_path(a.data) if a.data else None
+        built_with = data_settings(tc.seed, tc.samples_per_prompt, tc.val_per_prompt, a.generator)
+        stored = read_data_cache(cache, built_with) if cache and cache.is_file() else None
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stored is not None:
         data = {k: v for k, v in stored.items() if not k.startswith("val_")}
         val = {k[4:]: v for k, v in stored.items() if k.startswith("val_")}
         data["prompts"], val["prompts"], val["tags"] = ([str(x) for x in d] for d in
@@ -752,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["val_data_s"] = time.perf_counter() - t0
         data["prompts"] = [str(x) for x in data["prompts"]]
         if cache:
-            np.savez(cache, **data, **{f"val_{k}": np.asarray(v) for k, v in val.items()})
+            write_data_cache(cache, {**data, **{f"val_{k}": np.asarray(v) for k, v in val.items()}}, built_with)
     model = build_model(tc, data["images"])
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters; detector {tc.det_steps} steps of {tc.det_batch} images, then "
