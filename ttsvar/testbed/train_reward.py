@@ -32,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -41,11 +42,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..core.generator import Rows, SamplingConfig
 from ..eval.geneval import check_metadata
-from ..output import to_uint8
 from . import world
-from .data_cache import data_cache_path, data_settings, read_data_cache, write_data_cache
+from .data_cache import (  # noqa: F401 - sample_images: imported from here by benches and tests
+    data_cache_path,
+    data_settings,
+    read_data_cache,
+    sample_images,
+    sample_settings,
+    write_data_cache,
+)
 from .evaluator import ShapesEvaluator
 from .overrides import configure
 from .reward import (
@@ -130,25 +136,6 @@ DEV_COMBOS: dict[str, frozenset] = {
 # ----------------------------------------------------------------------------------------------- data
 
 
-def sample_images(gen, prompts: list[str], k: int, seeds: list[int], batch: int = 256,
-                  previews: dict[int, list[np.ndarray]] | None = None, preview_size: int = 32) -> np.ndarray:
-    """`k` plain samples per prompt (candidate ids 0..k-1, prompt seeds `seeds`): uint8 [P, k, H, W, 3]; with
-    `previews` {scale: []}, each batch's uint8 previews [rows, size, size, 3] after that scale are appended."""
-    if not prompts:
-        return np.zeros((0, k, world.IMAGE_SIZE, world.IMAGE_SIZE, 3), np.uint8)
-    rows = Rows.for_prompts(k, seeds)
-    out = []
-    for s in range(0, len(rows), batch):
-        sub = rows.select(np.arange(s, min(len(rows), s + batch)))
-        state = gen.start(prompts, sub)
-        for sc in range(gen.num_scales):
-            state = gen.step(state)
-            if previews is not None and sc in previews:
-                previews[sc].append(to_uint8(gen.preview(state, preview_size).float().clamp(0, 1)))
-        out.append(to_uint8(gen.finish(state)))
-    return np.concatenate(out).reshape(len(prompts), k, *out[0].shape[1:])
-
-
 def partial_credit(detections, metadata: dict) -> float:
     """Share of the prompt's clauses that hold, in [0, 1]; a count clause earns 1 - |found - asked| / asked."""
     by_class: dict[str, int] = {}
@@ -176,41 +163,6 @@ def label(ev: ShapesEvaluator, images: np.ndarray, metadata: list[dict]) -> tupl
     correct = np.array([check_metadata(d, m)[0] for d, m in zip(dets, metadata)], dtype=np.int8)
     partial = np.array([1.0 if c else partial_credit(d, m) for d, m, c in zip(dets, metadata, correct)], np.float32)
     return correct, partial
-
-
-_WORKER_GEN: dict = {}
-
-
-def _sample_part(gen, generator: str | None, cfg: float, tau: float, prompts: list[str], k: int, seeds: list[int],
-                 batch: int) -> np.ndarray:
-    """`sample_images` under one sampling setting; `gen` None (in a worker process): load `generator` first."""
-    if gen is None:
-        if generator not in _WORKER_GEN:  # once per worker process, not per task
-            from .model import load_shapes_tiny
-
-            torch.set_num_threads(1)
-            _WORKER_GEN[generator] = load_shapes_tiny(generator)
-        gen = _WORKER_GEN[generator]
-    gen.set_sampling(SamplingConfig(cfg=cfg, tau=tau, top_k=0, top_p=0.0))
-    return sample_images(gen, prompts, k, seeds, batch)
-
-
-def sample_settings(gen, jobs: list[tuple[float, float, int, list[int]]], prompts: list[str], batch: int,
-                    workers: int = 1, generator: str | None = None) -> list[np.ndarray]:
-    """`sample_images` of `prompts` for each (cfg, tau, k, seeds) job; with `workers` > 1 split among that many
-    processes of one torch thread each (`generator`: the weights they load; 12% faster than two threads on the
-    2-core machine). Rows carry their own seeds and the CPU forward is batch-invariant: same images (tested)."""
-    if workers <= 1:
-        return [_sample_part(gen, generator, c, t, prompts, k, seeds, batch) for c, t, k, seeds in jobs]
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor
-
-    cut = np.linspace(0, len(prompts), workers + 1).astype(int)
-    parts = [(a, b) for a, b in zip(cut[:-1], cut[1:])]
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        futures = [[pool.submit(_sample_part, None, generator, c, t, prompts[a:b], k, seeds[a:b], batch)
-                    for a, b in parts] for c, t, k, seeds in jobs]
-        return [np.concatenate([f.result() for f in fs]) for fs in futures]
 
 
 def make_data(gen, tc: RewardTrainConfig, log=print, workers: int = 1, generator: str | None = None) -> dict:
@@ -702,6 +654,10 @@ def build_model(tc: RewardTrainConfig, images_u8: np.ndarray) -> ShapesRewardMod
     return ShapesRewardModel(cfg)
 
 
+def _exit_on_sigterm(signum, frame):  # unwinds like Ctrl-C, so `sample_settings` stops its worker processes
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ttsvar.testbed.train_reward", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -733,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     from .model import load_shapes_tiny
 
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     t_start = time.perf_counter()
     gen = load_shapes_tiny(a.generator)
     timings = {}
