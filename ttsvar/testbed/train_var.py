@@ -10,7 +10,7 @@ held-out combinations have no meaning here (docs/testbed.md).
 
 Outputs (in --out, default the package's `weights/` folder): `shapes_var_tiny.safetensors` (float16, keys
 `var.*` and `vae.*`) and `shapes_var_tiny.json` (both configs, the class list with each class's metadata, the
-sampling defaults, the training record and the command).
+training record and the command; the sampling defaults live in the model's registration, not in the file).
 
 Everything trains in float32: this project's bf16 autocast recipe (`train.py`) needs a CPU with bf16 matmuls,
 and on a CPU without them PyTorch's bf16 convolutions and matmuls ran 5-10x slower than float32.
