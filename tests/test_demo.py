@@ -117,3 +117,13 @@ def test_a_demo_folder_in_use_is_refused_before_anything_is_deleted(tmp_path, ca
         other.unlock()
     assert "--out='" in (err := capsys.readouterr().err) and "in use by another ttsvar job" in err
     assert (out / "plain" / "manifest.jsonl").is_file() and (out / "grid.png").is_file()
+
+
+def test_evaluate_and_report_on_the_demo_folder_point_at_its_runs(tmp_path, capsys):
+    for sub in ("plain", "tts-var"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "manifest.jsonl").write_text("")
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "its subfolders plain/, tts-var/ are" in capsys.readouterr().err
+    assert main(["report", str(tmp_path), "-o", str(tmp_path / "r.html")]) == 2
+    assert "its subfolders plain/, tts-var/ are" in capsys.readouterr().err

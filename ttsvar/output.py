@@ -140,6 +140,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def subfolder_runs_hint(root: Path) -> str:
+    """For an error about a folder that is not a job's output: "; its subfolders a/, b/ are" when some of its
+    subfolders hold a manifest (the demo's top folder, a sweep's parent), else ""."""
+    try:
+        runs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file())
+    except OSError:
+        return ""
+    return f"; its subfolders {', '.join(r + '/' for r in runs)} are" if runs else ""
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
 

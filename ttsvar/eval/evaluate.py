@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..core.errors import InputError, ManifestError, MissingFileError, OutputError
-from ..output import OutputDir, atomic_write_json, inside
+from ..output import OutputDir, atomic_write_json, inside, subfolder_runs_hint
 from .evaluator import Evaluator
 from .geneval import iter_sample_folder, summarize, write_results
 from .registry import create_evaluator
@@ -47,7 +47,8 @@ def evaluate_output_dir(root: str | Path, evaluator: Evaluator | str = "shapes")
     ev = create_evaluator(evaluator) if isinstance(evaluator, str) else evaluator
     out = OutputDir(root, create=False)
     if not out.manifest.is_file():
-        raise OutputError(f"{out.root} has no {out.manifest.name}: give the output.dir of a `ttsvar run` job")
+        raise OutputError(f"{out.root} has no {out.manifest.name}: give the output.dir of a `ttsvar run` job"
+                          f"{subfolder_runs_hint(out.root)}")
     records = sorted(out.records(strict=True), key=lambda r: r["index"])
     if not records:
         raise ManifestError(f"{out.manifest} has no finished prompts to evaluate")

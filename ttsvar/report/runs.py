@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import ManifestError, OutputError
-from ..output import MANIFEST, OutputDir, inside
+from ..output import MANIFEST, OutputDir, inside, subfolder_runs_hint
 
 log = logging.getLogger("ttsvar")
 
@@ -83,7 +83,8 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise OutputError(f"{root} is a file, not a job's output folder; {expected}")
     out = OutputDir(root, create=False)
     if not out.manifest.is_file():
-        raise OutputError(f"{root} is not a job's output folder: it has no {MANIFEST}; {expected}")
+        raise OutputError(f"{root} is not a job's output folder: it has no {MANIFEST}; {expected}"
+                          f"{subfolder_runs_hint(root)}")
     latest: dict[int, dict] = {}
     for no, rec, why in out.lines():
         if rec is None:
