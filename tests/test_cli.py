@@ -105,6 +105,17 @@ def test_config_prints_resolved_yaml(tmp_path, capsys):
     assert "'n': 3" in out and "seed: 9" in out
 
 
+def test_config_shows_what_the_models_defaults_resolve_to(tmp_path, capsys):
+    assert main(["config", "model.name=shapes-tiny", "search.options.lam=2"]) == 0
+    out = capsys.readouterr().out
+    assert "#   search.options: {'batch_schedule': [4, 3, 3, 2, 2, 2], " in out
+    assert "'lam': 2" in out and "'resampler': 'systematic'" in out  # the user's lam over the model's
+    assert "#   reward.name: shapes-reward   search.features: shapes-clip" in out
+    (tmp_path / "job.yaml").write_text(out)  # still a job file: the resolution is comments
+    assert main(["config", str(tmp_path / "job.yaml")]) == 0
+    assert "lam: 2" in capsys.readouterr().out
+
+
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["run", f"prompts={tmp_path / 'missing.txt'}", *FAST]) == 2
     assert "prompts file not found" in capsys.readouterr().err

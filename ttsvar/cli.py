@@ -223,10 +223,20 @@ def cmd_fit_value(ns: argparse.Namespace) -> int:
 
 
 def cmd_config(ns: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
     from .config import load_config, to_yaml
+    from .jobs import features_name, reward_config, search_config
 
     path, overrides = _split_job_args(ns.args)
-    print(to_yaml(load_config(path, overrides)))
+    job = load_config(path, overrides)
+    print(to_yaml(job))
+    # what `auto` and the model's defaults resolve to, as comments: the YAML above still loads as a job file
+    options = {k: list(v) if isinstance(v, tuple) else v for k, v in (search_config(job).options or {}).items()}
+    print(f"# resolved for model {job.model.name!r} (the model's defaults under yours; job.json records them):")
+    print(f"#   search.options: {dict(options) if options else '{}'}")
+    print(f"#   reward.name: {reward_config(job).name}   search.features: {features_name(job)}")
+    print(f"#   sampling: {asdict(job.sampling.resolve(job.model.name))}")
     return 0
 
 
