@@ -7,7 +7,7 @@ config checks each mapping here before anything loads, so a typo fails in a seco
 
     check_options(FK, {"lam": 2.0, "ess_treshold": 0.3}, "search.options", "strategy 'fk'")
     -> ConfigError: search.options.ess_treshold: strategy 'fk' has no option(s) ['ess_treshold']; its options
-       are ['ess_threshold', 'fk_pick', 'lam', 'potential', 'resample_scales']
+       are ['ess_threshold', 'fk_pick', 'lam', 'potential', 'resample_scales', 'resampler']
 
 Callers: `ttsvar.config.validate` (model and search options), `ttsvar.jobs.preflight` (reward and feature
 options), `rewards.registry.accepts_option`. `search` cannot import this (it imports no other package of the
