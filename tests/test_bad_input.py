@@ -273,7 +273,8 @@ CASES = [
          r"search\.options\.lam: inf must be finite"),
     Case("search-option-of-another-strategy", ("search.strategy=tts-var", "search.options.beam_width=3"),
          ConfigError, r"search\.options\.beam_width: strategy 'tts-var' has no option\(s\) \['beam_width'\]; its "
-         r"options are \['batch_schedule', 'cluster_scales', 'lam', 'potential', 'resample_scales', 'resampler', 'value'\]"),
+         r"options are \['batch_schedule', 'cluster_scales', 'lam', 'potential', 'resample_scales', 'resampler', "
+         r"'value'\]"),
     Case("search-option-typo", ("search.strategy=fk", "search.options.ess_treshold=0.3"), ConfigError,
          r"search\.options\.ess_treshold: strategy 'fk' has no option"),
     Case("search-options-not-a-mapping", ("search.options=3",), ConfigError, r"search.options"),

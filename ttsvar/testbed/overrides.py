@@ -60,6 +60,18 @@ def check_ranges(cfg: Any) -> None:
             raise ValueError(f"--set {f.name}={v}: is a probability, at most 1")
 
 
+def check_buildable(build: Callable[[], Any]) -> None:
+    """`build()` (the trainer's models from its config) on the meta device, so that settings the architecture
+    cannot take (`vae_norm_groups=5`) fail in a second with one line, not after minutes of data."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            build()
+    except (ValueError, AssertionError, RuntimeError, TypeError, ZeroDivisionError) as e:
+        raise ValueError(f"--set: the models cannot be built with these settings: {str(e).splitlines()[0]}") from None
+
+
 def check_quick_out(quick: bool, out: str | Path, shipped: str | Path) -> None:
     """`--quick` trains a few steps (a smoke test): refuse to write its weights anywhere in the package's shipped
     weights folder, which holds every trainer's default `--out` (ValueError, one line)."""

@@ -29,7 +29,7 @@ from ..models.infinity.training import teacher_inputs, token_bits
 from ..models.infinity.vae import BSQVAE, TINY_SCALE_SCHEDULE, BSQVAEConfig
 from ..models.text import WordEncoderConfig, WordTextEncoder
 from . import world
-from .overrides import configure
+from .overrides import check_buildable, configure
 from .train_vae import (
     StepLog,
     adamw_no_decay_1d,
@@ -174,6 +174,12 @@ def _cfg_dict(cfg) -> dict:
             for k, v in d.items()}
 
 
+def _check_config(tc: TestbedConfig) -> None:
+    amp_dtype(tc)
+    vcfg, icfg, wcfg = model_configs(tc)
+    check_buildable(lambda: (BSQVAE(vcfg), Infinity(icfg), WordTextEncoder(wcfg)))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ttsvar.testbed.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     tc = TestbedConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.gen_batch = 20, 20, 512, 8
-    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, check=lambda: amp_dtype(tc),
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, check=lambda: _check_config(tc),
                      seed=args.seed, threads=args.threads, device=args.device):
         return 2  # amp: a bad value fails here, not after the data is built
     if args.threads:

@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..models.var.model import VAR, VARConfig
 from ..models.var.vqvae import VQVAE, MultiScaleQuantizer, VQVAEConfig
 from . import world
-from .overrides import configure
+from .overrides import check_buildable, configure
 from .train_vae import StepLog, adamw_no_decay_1d, warmup_cosine
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -307,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     tc = VarTrainConfig(seed=args.seed)
     if args.quick:
         tc.vae_steps, tc.gen_steps, tc.train_examples, tc.vae_batch, tc.gen_batch = 20, 20, 512, 16, 16
-    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, seed=args.seed, threads=args.threads):
+    if not configure(tc, args.set, args.quick, args.out, WEIGHTS_DIR, seed=args.seed, threads=args.threads,
+                     check=lambda: check_buildable(lambda: [f(c) for f, c in zip(
+                         (VQVAE, VAR), model_configs(tc, len(class_prompts())))])):
         return 2
     if args.vae_from and not Path(args.vae_from).is_file():
         print(f"error: --vae-from {args.vae_from}: no such file (give an earlier run's shapes_var_tiny.safetensors)",
