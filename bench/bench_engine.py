@@ -80,9 +80,12 @@ def _quality_run(args: tuple) -> dict:
     j = job(prompts, out, strategy, n, device, f"seed={seed}", *extra,
             *(["output.save_candidates=true"] if oracle else []))
     s = run_job(j)
+    if s.get("prompts_failed"):  # the evaluator judges finished prompts only: a failure would raise the score
+        raise RuntimeError(f"{strategy}:{n} seed {seed}: {s['prompts_failed']} prompt(s) failed (see "
+                           f"{j.output.dir}/manifest.jsonl); the benchmark reports whole runs only")
     ev = evaluate_output_dir(j.output.dir)["summary"]
     k, c = s["prompts_ok"], s["compute"]
-    res = {"strategy": strategy, "n": n, "seed": seed, "overall": ev["overall"],
+    res = {"strategy": strategy, "n": n, "seed": seed, "prompts": k, "overall": ev["overall"],
            "per_tag": {t: _tag(ev["per_tag"], t) for t in TAGS}, "token_forwards": c["token_forwards"] / k,
            "preview_decodes": c["preview_decodes"] / k, "reward_images": c["reward_images"] / k,
            "s_per_prompt": s["wall_time_s"] / k}
@@ -118,6 +121,22 @@ def _oracle(root: Path) -> float:
     return float(np.mean([np.mean(v) for v in per.values()]))
 
 
+def _read_results(paths: list[str], seeds: list[int]) -> list[dict]:
+    """The records of `--json` files, merged: only the given seeds, and each (strategy, n, seed) once (a record
+    counted twice would shrink the standard error)."""
+    results, seen = [], {}
+    for path in paths:
+        for r in json.loads(Path(path).read_text()):
+            key = (r["strategy"], r["n"], r["seed"])
+            if key in seen:
+                raise SystemExit(f"error: {key[0]}:{key[1]} seed {key[2]} is in both {seen[key]} and {path}; "
+                                 "merge files of disjoint runs")
+            seen[key] = path
+            if r["seed"] in seeds:
+                results.append(r)
+    return results
+
+
 def _mean_se(xs: list[float]) -> tuple[float, float]:
     x = np.asarray(xs, dtype=np.float64)
     return float(x.mean()), float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
@@ -136,8 +155,9 @@ def quality(a) -> None:
     tasks = [(prompts, root / f"{st}_{n}_s{seed}", st, n, seed, a.device, extra)
              for seed in a.seeds for st, n in configs]
     t0 = time.perf_counter()
-    if a.from_json:  # re-tabulate / re-plot a previous run's numbers
-        results = json.loads(Path(a.from_json).read_text())
+    if a.from_json:  # re-tabulate / re-plot earlier runs' numbers (several files: merged)
+        results = _read_results(a.from_json, a.seeds)
+        configs = [c for c in configs if any((r["strategy"], r["n"]) == c for r in results)]
     else:
         with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn")) as pool:
             results = list(pool.map(_quality_run, tasks))
@@ -152,9 +172,16 @@ def quality(a) -> None:
                      ("token_forwards", "preview_decodes", "reward_images", "s_per_prompt", "ess_ratio")},
                      "per_tag": {t: float(np.mean([r["per_tag"][t] for r in rs])) for t in TAGS},
                      "oracle": _mean_se([r["oracle"] for r in rs]) if "oracle" in rs[0] else None})
-    print(f"{n_prompts} prompts ({a.split} split, {a.per_tag} per tag, prompt seed {a.prompt_seed}), seeds "
-          f"{' '.join(map(str, a.seeds))}; reward: the model default unless overridden; judged by the exact evaluator; "
-          f"model {a.model}; overrides: {' '.join(a.set) or 'none'}; {wall:.0f} s wall with {a.jobs} processes")
+    seeds = sorted({r["seed"] for r in results})
+    if a.from_json:  # the runs' own prompt count where recorded; the rest of their setting is not in the files
+        n_prompts = max((r.get("prompts", 0) for r in results), default=0) or n_prompts
+        print(f"{n_prompts} prompts ({a.split} split), seeds {' '.join(map(str, seeds))}; re-tabulated from "
+              f"{' '.join(a.from_json)} (model, reward and overrides as in the original runs)")
+    else:
+        print(f"{n_prompts} prompts ({a.split} split, {a.per_tag} per tag, prompt seed {a.prompt_seed}), seeds "
+              f"{' '.join(map(str, seeds))}; reward: the model default unless overridden; judged by the exact "
+              f"evaluator; model {a.model}; overrides: {' '.join(a.set) or 'none'}; {wall:.0f} s wall with {a.jobs} "
+              "processes")
     print("| strategy | N | score (mean ± SE) | " + " | ".join(TAGS) +
           " | token-fwd/prompt | decodes/prompt | reward imgs/prompt | s/prompt | ESS/n |")
     print("|---|---|---|" + "---|" * len(TAGS) + "---|---|---|---|---|")
@@ -328,7 +355,8 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="quality: parallel processes (1 torch thread each)")
     p.add_argument("--plot", default=None, help="quality: write the Pareto PNG here")
     p.add_argument("--json", default=None, help="quality: write every run's numbers here")
-    p.add_argument("--from-json", default=None, help="quality: tabulate and plot a --json file instead of running")
+    p.add_argument("--from-json", nargs="+", default=None,
+                   help="quality: tabulate and plot --json files (merged; --seeds filters) instead of running")
     p.add_argument("--out", default="/tmp/bench_engine")
     p.add_argument("--set", nargs="*", default=[], help="extra job overrides for every run, e.g. search.options.lam=1")
     a = p.parse_args()
