@@ -146,6 +146,8 @@ def resample(probs: np.ndarray, m: int, rng: np.random.Generator, resampler: str
     if resampler == "multinomial":
         return multinomial_resample(probs, m, rng)
     p = np.asarray(probs, dtype=np.float64)
+    if not (np.all(np.isfinite(p)) and np.all(p >= 0) and p.sum() > 0):
+        raise ValueError("resample: weights must be finite, >= 0 and not all 0 (normalize_log_weights gives such)")
     p = p / p.sum()
     if resampler == "systematic":
         idx = _inverse_cdf(p, (rng.random() + np.arange(m)) / m)

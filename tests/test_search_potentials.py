@@ -116,3 +116,10 @@ def test_resampler_option_errors_name_it():
     for bad in ("sys", 3, None):
         with pytest.raises(ValueError, match=f"resampler: {bad!r} is not one of"):
             check_resampler(bad)
+
+
+@pytest.mark.parametrize("resampler", ["systematic", "residual", "stratified"])
+def test_resample_refuses_weights_without_mass(resampler):
+    for bad in (np.zeros(3), np.array([0.5, np.nan, 0.5]), np.array([1.0, -0.5, 0.5])):
+        with pytest.raises(ValueError, match="weights must be finite"):
+            resample(bad, 2, np.random.default_rng(0), resampler)
