@@ -135,7 +135,7 @@ def multinomial_resample(probs: np.ndarray, m: int, rng: np.random.Generator) ->
 def _inverse_cdf(p: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Row of each point in [0, 1) under the CDF of `p`; rows of weight 0 are never hit, even where rounding
     leaves the CDF's last steps a hair below 1."""
-    cdf = np.cumsum(p / p.sum())
+    cdf = np.cumsum(p)  # `p` sums to 1 (`resample` normalised it)
     cdf[int(np.flatnonzero(p > 0)[-1]):] = 1.0
     return np.searchsorted(cdf, points, side="right").astype(np.int64)
 
@@ -143,6 +143,7 @@ def _inverse_cdf(p: np.ndarray, points: np.ndarray) -> np.ndarray:
 def resample(probs: np.ndarray, m: int, rng: np.random.Generator, resampler: str = "multinomial") -> np.ndarray:
     """`m` parent positions drawn by `resampler` (see the module docstring), sorted (int64 [m]). `probs` are
     normalised weights (`normalize_log_weights`)."""
+    check_resampler(resampler)
     if resampler == "multinomial":
         return multinomial_resample(probs, m, rng)
     p = np.asarray(probs, dtype=np.float64)
@@ -153,13 +154,11 @@ def resample(probs: np.ndarray, m: int, rng: np.random.Generator, resampler: str
         idx = _inverse_cdf(p, (rng.random() + np.arange(m)) / m)
     elif resampler == "stratified":
         idx = _inverse_cdf(p, (rng.random(m) + np.arange(m)) / m)
-    elif resampler == "residual":
+    else:  # residual
         copies = np.floor(m * p).astype(np.int64)
         rest = m - int(copies.sum())  # >= 0: the floors of m * p sum to at most m
         idx = np.repeat(np.arange(p.shape[0], dtype=np.int64), copies)
         if rest > 0:
             remainder = m * p - copies
             idx = np.concatenate([idx, multinomial_resample(remainder / remainder.sum(), rest, rng)])
-    else:
-        raise ValueError(f"resampler: {resampler!r} is not one of {list(RESAMPLERS)}")
     return np.sort(idx).astype(np.int64)

@@ -123,49 +123,18 @@ def _open_nofollow(path: Path, flags: int, what: str) -> int:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path` (umask permissions)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def subfolder_runs_hint(root: Path) -> str:
-    """For an error about a folder that is not a job's output: "; its subfolders a/, b/ are" when some of its
-    subfolders hold a manifest (the demo's top folder, a sweep's parent), else ""."""
-    try:
-        runs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file())
-    except OSError:
-        return ""
-    return f"; its subfolders {', '.join(r + '/' for r in runs)} are" if runs else ""
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
-
-
 def atomic_write_files(files: dict[Path, bytes]) -> None:
-    """Several files that belong together (weights and their JSON record): every one written to a synced temp
-    file first, then all renamed into place, so an interrupted write leaves the old set, never a truncated file
-    or new weights beside an old record. Umask permissions."""
+    """Files that belong together (weights and their JSON record), or one file: every one written to a synced
+    temp file in its folder first, then all renamed into place, so an interrupted write leaves the old set, never
+    a truncated file or new weights beside an old record. Umask permissions."""
     staged: list[tuple[str, Path]] = []
     try:
         for path, data in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
             staged.append((tmp, path))
-            os.fchmod(fd, file_mode())
             with os.fdopen(fd, "wb") as f:
+                os.fchmod(f.fileno(), file_mode())
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
@@ -178,6 +147,15 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         raise
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path` (umask permissions)."""
+    atomic_write_files({path: data})
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=_json_default) + "\n").encode())
+
+
 def write_weights(path: Path, tensors: dict, record: Any) -> None:
     """A trainer's safetensors file at `path` and its JSON record at `path` with `.json`, together
     (`atomic_write_files`). `tensors` are written as given (contiguous CPU tensors)."""
@@ -185,6 +163,16 @@ def write_weights(path: Path, tensors: dict, record: Any) -> None:
 
     atomic_write_files({path: save(tensors), path.with_suffix(".json"):
                         (json.dumps(record, indent=1, default=_json_default) + "\n").encode()})
+
+
+def subfolder_runs_hint(root: Path) -> str:
+    """For an error about a folder that is not a job's output: "; its subfolders a/, b/ are" when some of its
+    subfolders hold a manifest (the demo's top folder, a sweep's parent), else ""."""
+    try:
+        runs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file())
+    except OSError:
+        return ""
+    return f"; its subfolders {', '.join(r + '/' for r in runs)} are" if runs else ""
 
 
 def atomic_write_png(path: Path, image: np.ndarray) -> None:

@@ -681,10 +681,9 @@ def main(argv: list[str] | None = None) -> int:
     if not configure(tc, a.set, a.quick, a.out, DEFAULT_WEIGHTS, check=lambda: check_train_config(tc),
                      out_is_folder=False, seed=tc.seed, threads=a.threads):
         return 2
-    for flag, path in (("--generator", a.generator),):
-        if path and not Path(path).is_file():
-            print(f"error: {flag} {path}: no such file (give a shapes_tiny.safetensors)", file=sys.stderr)
-            return 2
+    if a.generator and not Path(a.generator).is_file():
+        print(f"error: --generator {a.generator}: no such file (give a shapes_tiny.safetensors)", file=sys.stderr)
+        return 2
     if a.threads:
         torch.set_num_threads(a.threads)
     from .model import load_shapes_tiny
