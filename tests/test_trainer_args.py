@@ -49,6 +49,7 @@ def test_bad_arguments_are_one_line_errors_before_any_work(tmp_path, capsys, nam
     ("train_var", ["--set", "vae_norm_groups=5"], "cannot be built with these settings: num_channels"),
     ("train_var", ["--vae-from", "/nonexistent.safetensors"], "--vae-from /nonexistent.safetensors: no such file"),
     ("train_reward", ["--set", "steps=0"], "steps=0: must be > 0"),
+    ("train_reward", ["--set", "data_seed=-2"], "data_seed=-2: must be >= 0 (or -1: unset)"),
     ("train_reward", ["--generator", "/nonexistent.safetensors"], "--generator /nonexistent.safetensors: no such"),
     ("clip", ["--steps", "0"], "need steps >= 1"),
 ])
@@ -72,6 +73,9 @@ def test_out_of_the_wrong_kind_is_refused(tmp_path, capsys):
     assert "is a folder; give the weights file" in capsys.readouterr().err
     assert train_reward.main(["--out", str(tmp_path / "f" / "r.safetensors")]) == 2
     assert "is a file, so the output cannot be made there" in capsys.readouterr().err
+    # `model.v2` wrote its record to `model.json`, which `model.v1`'s record also was
+    assert train_reward.main(["--out", str(tmp_path / "model.v2")]) == 2
+    assert "give a .safetensors file (its JSON record goes beside it, model.json)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", ["train", "train_var", "train_reward"])
@@ -134,6 +138,15 @@ def test_the_reward_data_cache_is_reused_only_under_its_own_settings(tmp_path):
     for bad in (tmp_path, tmp_path / "missing" / "c.npz"):
         with pytest.raises(ValueError, match="give a .npz file in an existing folder"):
             data_cache_path(str(bad))
+
+
+def test_ensemble_members_share_one_data_seed():
+    """`data_seed` decides the sampled images (and so which `--data` cache is reused); `seed` alone then varies the
+    model, as members of an ensemble need."""
+    tc = train_reward.RewardTrainConfig(seed=3)
+    assert train_reward.sampling_seed(tc) == 3  # -1: the data follow `seed`, as before the field existed
+    tc.data_seed = 0
+    assert train_reward.sampling_seed(tc) == 0
 
 
 def test_train_reward_refuses_a_bad_data_cache_before_sampling(tmp_path, capsys):

@@ -17,6 +17,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"  # the shipped weights
 _POSITIVE = ("steps", "batch", "lr", "examples", "per_prompt", "per_batch", "depth", "dim", "heads", "width", "ch",
              "size", "bits", "layers", "restart_every", "Cvae", "views")
 _PROBABILITY = ("cond_drop", "p_distractor", "augment", "tag_balance")
+_MINUS_ONE_UNSET = ("data_seed",)  # -1 means "not set" (the trainer falls back to another field)
 
 
 def apply_overrides(cfg: Any, pairs: list[str]) -> None:
@@ -54,8 +55,9 @@ def check_ranges(cfg: Any) -> None:
             raise ValueError(f"--set {f.name}={v}: must be a finite number")
         if f.name.endswith(_POSITIVE) and v <= 0:
             raise ValueError(f"--set {f.name}={v}: must be > 0")
-        if v < 0:
-            raise ValueError(f"--set {f.name}={v}: must be >= 0")
+        if v < 0 and not (f.name in _MINUS_ONE_UNSET and v == -1):
+            raise ValueError(f"--set {f.name}={v}: must be >= 0" + (" (or -1: unset)" if f.name in _MINUS_ONE_UNSET
+                                                                     else ""))
         if f.name in _PROBABILITY and v > 1:
             raise ValueError(f"--set {f.name}={v}: is a probability, at most 1")
 
@@ -84,9 +86,10 @@ def check_quick_out(quick: bool, out: str | Path, shipped: str | Path) -> None:
 
 
 def check_run_args(out: str | Path, out_is_folder: bool, seed: int | None = None, threads: int | None = None,
-                   device: str | None = None) -> None:
-    """The trainer's own arguments (ValueError, one line): `--out` of the right kind with a parent that can be
-    made, `--seed` >= 0, `--threads` >= 0 (0: torch's default), `--device` cpu or an available cuda."""
+                   device: str | None = None, out_suffix: str | None = None) -> None:
+    """The trainer's own arguments (ValueError, one line): `--out` of the right kind (and suffix, if given) with a
+    parent that can be made, `--seed` >= 0, `--threads` >= 0 (0: torch's default), `--device` cpu or an available
+    cuda."""
     path = Path(out).expanduser()
     if not str(out).strip():
         raise ValueError("--out is empty")
@@ -95,6 +98,10 @@ def check_run_args(out: str | Path, out_is_folder: bool, seed: int | None = None
     if not out_is_folder and path.is_dir():
         raise ValueError(f"--out {out}: is a folder; give the weights file to write "
                          f"(e.g. {path / 'model.safetensors'})")
+    if out_suffix and path.suffix != out_suffix:
+        # the JSON record is written to the same name with .json: `model.v2` and `model.v1` would share `model.json`
+        raise ValueError(f"--out {out}: give a {out_suffix} file (its JSON record goes beside it, "
+                         f"{path.with_suffix('.json').name})")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
@@ -116,14 +123,14 @@ def check_run_args(out: str | Path, out_is_folder: bool, seed: int | None = None
 
 def configure(cfg: Any, pairs: list[str], quick: bool, out: str | Path, shipped: str | Path,
               check: Callable[[], Any] | None = None, *, out_is_folder: bool = True, seed: int | None = None,
-              threads: int | None = None, device: str | None = None) -> bool:
+              threads: int | None = None, device: str | None = None, out_suffix: str | None = None) -> bool:
     """A trainer's `main` before anything is built: apply `--set` (`apply_overrides`) and check the ranges
     (`check_ranges`), its arguments (`check_run_args`), refuse `--quick` into the shipped weights
     (`check_quick_out`) and run the trainer's own `check`; a bad one prints a one-line `error:` and returns False
     (the trainer exits 2)."""
     try:
         apply_overrides(cfg, pairs)
-        check_run_args(out, out_is_folder, seed, threads, device)
+        check_run_args(out, out_is_folder, seed, threads, device, out_suffix)
         check_ranges(cfg)
         check_quick_out(quick, out, shipped)
         if check is not None:

@@ -76,7 +76,10 @@ SETTINGS: tuple[tuple[float, float, float], ...] = ((3.0, 1.0, 0.5), (2.0, 1.0, 
 
 @dataclass
 class RewardTrainConfig:
-    seed: int = 0
+    seed: int = 0  # the model's initialisation, batch order and symmetries (and the data's, unless data_seed)
+    # the sampled training and validation images' seed; -1: `seed`. Members of an ensemble trained on one data
+    # set differ by `seed` alone and share a `--data` cache (docs/testbed.md, "An ensemble of fusions")
+    data_seed: int = -1
     samples_per_prompt: int = 64  # generated images per training prompt (over all SETTINGS)
     val_per_prompt: int = 8  # fresh samples per training prompt at the default setting, for the metrics
     extra_prompts: int = 7  # other training prompts scored per image and step (labels: the full verdict matrix)
@@ -170,7 +173,7 @@ def make_data(gen, tc: RewardTrainConfig, log=print, workers: int = 1, generator
     (`workers`, `generator`: see `sample_settings`)."""
     train = world.prompts_of("train")
     texts = [m["prompt"] for m in train]
-    rng = np.random.default_rng(tc.seed)
+    rng = np.random.default_rng(sampling_seed(tc))
     images, prompt_idx, setting = [], [], []
     t0 = time.perf_counter()
     jobs = [(cfg, tau, max(1, round(tc.samples_per_prompt * share)),
@@ -203,6 +206,11 @@ def label_matrix(images: np.ndarray, own: np.ndarray, prompts: list[dict]) -> di
         correct[n] = [check_metadata(d, m)[0] for m in prompts]
         partial[n] = 1.0 if correct[n, own[n]] else partial_credit(d, prompts[own[n]])
     return {"correct": correct, "partial": partial}
+
+
+def sampling_seed(tc: RewardTrainConfig) -> int:
+    """The seed of the sampled images: `data_seed`, or `seed` when it is -1."""
+    return tc.seed if tc.data_seed == -1 else tc.data_seed
 
 
 def make_val(gen, tc: RewardTrainConfig, k: int, seed: int, workers: int = 1, generator: str | None = None) -> dict:
@@ -679,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
                                images_per_prompt=2, width=32, det_width=8, fusion_layers=1, warmup=1,
                                det_steps=3, det_batch=4)
     if not configure(tc, a.set, a.quick, a.out, DEFAULT_WEIGHTS, check=lambda: check_train_config(tc),
-                     out_is_folder=False, seed=tc.seed, threads=a.threads):
+                     out_is_folder=False, seed=tc.seed, threads=a.threads, out_suffix=".safetensors"):
         return 2
     if a.generator and not Path(a.generator).is_file():
         print(f"error: --generator {a.generator}: no such file (give a shapes_tiny.safetensors)", file=sys.stderr)
@@ -694,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = {}
     try:
         cache = data_cache_path(a.data) if a.data else None
-        built_with = data_settings(tc.seed, tc.samples_per_prompt, tc.val_per_prompt, a.generator)
+        built_with = data_settings(sampling_seed(tc), tc.samples_per_prompt, tc.val_per_prompt, a.generator)
         stored = read_data_cache(cache, built_with) if cache and cache.is_file() else None
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -710,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(gen, tc, workers=a.workers, generator=a.generator)
         timings["data_s"] = time.perf_counter() - t_start
         t0 = time.perf_counter()
-        val = make_val(gen, tc, tc.val_per_prompt, tc.seed, a.workers, a.generator)
+        val = make_val(gen, tc, tc.val_per_prompt, sampling_seed(tc), a.workers, a.generator)
         timings["val_data_s"] = time.perf_counter() - t0
         data["prompts"] = [str(x) for x in data["prompts"]]
         if cache:
