@@ -1,8 +1,8 @@
 """Does averaging several `shapes-reward` weights (an ensemble) rank a prompt's images better than one of them?
 
-Each member scores with its own symmetric views; the ensemble is what `reward.name=ensemble` computes with
-`norm: {kind: affine, scale: 1/declared scale}` and equal weights: the mean of the members' scores in their
-declared units. Two sets of images, both from the `--data` cache of `python -m ttsvar.testbed.train_reward`:
+Each member scores with its own symmetric views; the ensemble's score is the mean of the members' log-odds, as
+`shapes-reward` scores an ensemble manifest (`python -m ttsvar.testbed.reward_ensemble`). Two sets of images,
+both from the `--data` cache of `python -m ttsvar.testbed.train_reward`:
 
 * dev: the training images of the compositional dev split (`DEV_COMBOS`), in groups of 8 per prompt, when every
   member was trained with `dev=true` (their stage 2 never saw these prompts): how well the reward scores
@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ttsvar.testbed.reward import declared_scale, load_shapes_reward
+from ttsvar.testbed.reward import load_shapes_reward
 from ttsvar.testbed.reward_metrics import ranking_metrics
 from ttsvar.testbed.train_reward import _score_features, dev_mask, image_features, score_grid, tag_of
 
@@ -89,15 +89,15 @@ def main() -> int:
     if dev_ok:
         rows, prompts, correct = dev_groups(data, a.k)
         scores = []
-        for m, meta in members:
+        for m, _ in members:
             feats = image_features(m, data["images"][rows])
-            scores.append(_score_features(m, feats, prompts, a.k) / declared_scale(meta))
+            scores.append(_score_features(m, feats, prompts, a.k))
         sets["dev"] = (scores, correct, [tag_of(p) for p in prompts])
     else:
         print("dev: skipped (a member's stage 2 trained on dev prompts: train them with --set dev=true)")
     k = min(a.k, val["images"].shape[1])
-    sets["validation"] = ([score_grid(m, val["images"][:, :k], val["prompts"]) / declared_scale(meta)
-                           for m, meta in members], val["correct"][:, :k], val["tags"])
+    sets["validation"] = ([score_grid(m, val["images"][:, :k], val["prompts"]) for m, _ in members],
+                          val["correct"][:, :k], val["tags"])
     names = [Path(w).stem for w in a.weights]
     combos = [c for r in range(1, len(members) + 1) for c in itertools.combinations(range(len(members)), r)]
     results = []

@@ -58,7 +58,7 @@ class ShapesReward(Reward):
         try:  # unknown words are the caller's error: say so before any view maps them
             self.model.tokenize(prompts or [])
         except ValueError as e:
-            raise RewardInputError(str(e)) from None
+            raise RewardInputError(str(e).removeprefix("shapes-reward: ")) from None  # the caller names the reward
         dev, dt = self.model.head.weight.device, self.model.head.weight.dtype
         x = self.model.prepare(images.to(dev)).to(dt)
         return self.model.score(x, list(prompts or []), self.views).float()

@@ -742,7 +742,7 @@ def test_cli_generate_with_a_prompt_the_reward_cannot_read(tmp_path):
             "reward.name=shapes-clip", "runtime.quiet=true", cwd=tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr and "KeyError" not in r.stderr
     last = r.stderr.splitlines()[-1]
-    assert last.startswith("ttsvar: error: ") and "prompts.txt:1: " in last
+    assert last.startswith("ttsvar: error: the prompt: ")
     assert "has 11 words, more than the 10" in last and "needs 13 tokens, more than context_length=12" in last
 
 

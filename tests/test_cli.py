@@ -78,11 +78,49 @@ def test_generate_refused_keeps_its_prompt_file_and_an_empty_prompt_is_one_line(
     out = tmp_path / "g"
     assert main(["generate", "a photo of a red circle", "--n", "1", "--strategy", "best-of-n", "--out", str(out),
                  *FAST]) == 0
-    assert main(["generate", "a photo of a blue square", "--n", "2", "--out", str(out), *FAST]) == 2  # other config
+    assert main(["generate", "a photo of a red circle", "--n", "2", "--out", str(out), *FAST]) == 2  # other config
     assert "another configuration" in capsys.readouterr().err
     assert (out / "prompts.txt").read_text() == "a photo of a red circle\n"  # still the prompt of the results
     assert main(["generate", "  ", "--out", str(tmp_path / "e")]) == 2
     assert "the prompt is empty" in capsys.readouterr().err
+
+
+def test_generate_keeps_one_folder_per_prompt_and_never_replaces_another_prompts_image(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """The audit of session 13: every `generate` without --out wrote outputs/generate, so a second prompt replaced
+    the first's image, and a --out holding another run's results had its result 0 replaced."""
+    monkeypatch.chdir(tmp_path)
+    fast = ["--n", "1", "--strategy", "best-of-n", *FAST]
+    assert main(["generate", "a photo of a red circle", *fast]) == 0
+    assert main(["generate", "A photo of a blue square.", *fast]) == 0  # punctuation: the folder's name adds a hash
+    folders = sorted(p.name for p in (tmp_path / "outputs" / "generate").iterdir())
+    assert folders[0].startswith("a-photo-of-a-blue-square-") and folders[1] == "a-photo-of-a-red-circle"
+    first = (tmp_path / "outputs" / "generate" / folders[1] / "images" / "00000.png").read_bytes()
+    capsys.readouterr()
+    assert main(["generate", "a photo of a red circle", *fast]) == 0  # the same prompt resumes: nothing redone
+    assert (tmp_path / "outputs" / "generate" / folders[1] / "images" / "00000.png").read_bytes() == first
+    out = tmp_path / "outputs" / "generate" / folders[1]
+    assert main(["generate", "a photo of two red circles", *fast, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the result of another prompt ('a photo of a red circle')" in err and "--fresh" in err
+    assert (out / "images" / "00000.png").read_bytes() == first and "red circle" in (out / "prompts.txt").read_text()
+    assert main(["generate", "a photo of two red circles", *fast, "--out", str(out), "--fresh"]) == 0
+    assert "two red circles" in (out / "prompts.txt").read_text()
+
+
+def test_generate_refuses_keys_it_has_no_use_for_and_a_refused_prompt_leaves_no_folder(tmp_path, capsys, caplog):
+    out = tmp_path / "g"
+    for key in ("prompts=other.txt", "limit=5"):
+        assert main(["generate", "a photo of a red circle", "--out", str(out), key, *FAST]) == 2
+        assert "ttsvar generate runs the one prompt on its command line" in capsys.readouterr().err
+    yml = tmp_path / "job.yaml"
+    yml.write_text("prompts: other.txt\nsearch:\n  n: 1\n")
+    assert main(["generate", "a photo of a red circle", "--config", str(yml), "--out", str(out), *FAST]) == 0
+    assert "prompts not used by ttsvar generate" in caplog.text
+    assert main(["generate", "a photo of a zebra", "--out", str(tmp_path / "z"), *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("ttsvar: error: the prompt: ") and "zebra" in err[0], err
+    assert "prompts.txt" not in err[0] and not (tmp_path / "z").exists()  # a file the user never made, and its folder
 
 
 def test_a_prompts_file_where_the_job_yaml_goes_gets_a_hint(tmp_path, capsys):

@@ -89,16 +89,27 @@ def test_score_reads_a_folder_written_by_another_tool(tmp_path, capsys):
     assert summary["n_images"] == 12 and summary["overall"] == 1.0
 
 
-def test_score_errors_are_one_line(tmp_path, capsys):
+def test_score_errors_are_one_line(generated, tmp_path, capsys, monkeypatch):
     assert main(["geneval", "score", str(tmp_path / "nope"), "--detector", "shapes"]) == 2
     assert "is not a folder" in capsys.readouterr().err
     assert main(["geneval", "score", str(tmp_path), "--detector", "nope"]) == 2
     err = capsys.readouterr().err
     assert "--detector='nope' is unknown" in err and "shapes" in err and "Traceback" not in err
-    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--options", "min_score=2"]) == 2
+    assert main(["geneval", "score", str(generated), "--detector", "shapes", "--options", "min_score=2"]) == 2
     assert "min_score" in capsys.readouterr().err
-    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes", "--options", "min_area=abc"]) == 2
+    assert main(["geneval", "score", str(generated), "--detector", "shapes", "--options", "min_area=abc"]) == 2
     assert "min_area must be a number, got 'abc'" in capsys.readouterr().err
+    # a detector's models load only once DIR and --out are known good (they used to load first, then fail)
+    from ttsvar.eval import registry
+
+    built = []
+    real = registry.create_evaluator
+    monkeypatch.setattr(registry, "create_evaluator", lambda *a, **k: built.append(1) or real(*a, **k))
+    assert main(["geneval", "score", str(tmp_path), "--detector", "shapes"]) == 2
+    assert "holds no samples" in capsys.readouterr().err
+    assert main(["geneval", "score", str(generated), "--detector", "shapes", "--out", str(tmp_path)]) == 2
+    assert "--out " in capsys.readouterr().err  # a folder: refused before scoring, not after it
+    assert built == []
 
 
 def test_score_names_a_bad_metadata_file_and_checks_every_sample_first(generated, tmp_path, capsys):
@@ -227,3 +238,71 @@ def test_a_class_conditional_model_gets_genevals_layout_too(tmp_path, capsys):
     # `ttsvar evaluate` on the same job's manifest: its verdicts carry the class's text too
     assert main(["evaluate", str(out), "--evaluator", "shapes"]) == 0
     assert len(load_run(out).correct) == 4
+
+
+def _files(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*") if p.is_file()
+            and p.name != ".ttsvar.lock"}
+
+
+def test_a_refused_run_leaves_the_earlier_layout_and_prompts_as_they_were(prompts, generated, tmp_path, capsys):
+    """The audit of session 13: a refused run rebuilt the layout under its own metadata (deleting every earlier
+    sample) and replaced the expanded prompts the earlier results stand on."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(generated, out)
+    before = _files(out)
+    md = prompts.read_text().splitlines()
+    shifted = tmp_path / "shifted.jsonl"  # one line added at the top: every prompt moves to another folder
+    shifted.write_text("\n".join([md[2], *md]) + "\n")
+    args = ["geneval", "generate", f"prompts={shifted}", f"output.dir={out}", "limit=2", "n_samples=2", *FAST]
+    assert main([*args, "search.n=3"]) == 2  # another configuration: refused
+    assert "another configuration" in capsys.readouterr().err
+    assert _files(out) == before
+    zebra = tmp_path / "zebra.jsonl"  # a prompt the model cannot read, on line 3 after a blank line
+    zebra.write_text(f"{md[0]}\n\n" + md[1].replace(json.loads(md[1])["prompt"], "a photo of a zebra") + "\n")
+    assert main(["geneval", "generate", f"prompts={zebra}", f"output.dir={out}", "n_samples=2", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{zebra}:3: " in err[0] and "geneval_prompts" not in err[0], err  # the user's line
+    assert _files(out) == before
+
+
+def test_a_grid_always_shows_the_samples_of_its_folder(prompts, generated, tmp_path):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(generated, out)
+    md = [json.loads(x) for x in prompts.read_text().splitlines()]
+    md[0]["prompt"] = md[2]["prompt"]  # prompt 0's text changed: its samples are made again
+    edited = tmp_path / "md.jsonl"
+    edited.write_text("".join(json.dumps(m) + "\n" for m in md))
+    old = (out / "00000" / "grid.png").read_bytes()
+    assert main(["geneval", "generate", f"prompts={edited}", f"output.dir={out}", "limit=2", "n_samples=2",
+                 *FAST]) == 0  # no grid=true this time: the grid of the earlier run is redrawn all the same
+    from ttsvar.geneval_jobs import write_grid
+
+    write_grid(tmp_path / "want.png", sorted((out / "00000" / "samples").iterdir()))
+    assert (out / "00000" / "grid.png").read_bytes() != old
+    assert np.array_equal(np.asarray(Image.open(out / "00000" / "grid.png")), np.asarray(Image.open(tmp_path /
+                                                                                                    "want.png")))
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: d / "nope.jsonl", "metadata file not found: "),
+    (lambda d: d, "metadata file is a folder: "),
+    (lambda d: (d / "bin.jsonl").write_bytes(b"\xff\xfe") and d / "bin.jsonl", "not UTF-8 text"),
+    (lambda d: (d / "empty.jsonl").write_text("") or d / "empty.jsonl", "holds no prompts"),
+])
+def test_a_bad_metadata_file_is_one_line_and_writes_nothing(tmp_path, capsys, make, match):
+    src = make(tmp_path)
+    out = tmp_path / "out"
+    assert main(["geneval", "generate", f"prompts={src}", f"output.dir={out}", *FAST]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+    assert not out.exists()
+
+
+def test_a_misspelt_geneval_option_is_named(prompts, tmp_path, capsys):
+    assert main(["geneval", "generate", f"prompts={prompts}", f"output.dir={tmp_path}", "n_sample=2", *FAST]) == 2
+    assert "unknown key 'n_sample': did you mean 'n_samples'?" in capsys.readouterr().err

@@ -141,8 +141,21 @@ def test_unknown_words_are_a_clear_input_error(tmp_path):
     model = build_model(tc, _rendered_data(2, 2)["images"])
     save_shapes_reward(model, tmp_path / "r.safetensors", {"score_scale": 1.0})
     reward = create_reward("shapes-reward", weights=str(tmp_path / "r.safetensors"))
-    with pytest.raises(RewardInputError, match="'dog'"):
+    with pytest.raises(RewardInputError, match="'dog'") as e:
         reward.score(torch.rand(1, 3, 32, 32), ["a photo of a dog"])
+    assert not str(e.value).startswith("shapes-reward: shapes-reward")  # the reward is named once
+    with pytest.raises(RewardInputError, match=r"prompt 'a photo of a dog a photo .{40,}\.\.\.' has words"):
+        reward.score(torch.rand(1, 3, 32, 32), ["a photo of a dog " * 500])  # a long prompt is shown cut short
+
+
+@shipped
+def test_the_reward_reads_a_prompt_as_the_generator_does():
+    """Case and punctuation: the generator reads "A photo of a red circle." as "a photo of a red circle"; the
+    reward refused the period (the audit of session 13) and now scores it as the plain prompt, views included."""
+    reward = create_reward("shapes-reward")
+    images = torch.rand(3, 3, 32, 32)
+    plain = reward.score(images, ["a photo of a red circle"] * 3)
+    assert torch.equal(reward.score(images, ["A photo of a red circle."] * 3), plain)
 
 
 def test_declared_score_scale_is_read_without_building(tmp_path):

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -18,6 +19,9 @@ import traceback
 from pathlib import Path
 
 from .core.errors import Terminated
+from .progress import close_bars
+
+log = logging.getLogger("ttsvar")
 
 
 def _split_job_args(args: list[str]) -> tuple[str | None, list[str]]:
@@ -82,7 +86,20 @@ def cmd_run(ns: argparse.Namespace) -> int:
     return 0 if summary.get("prompts_failed", 0) == 0 else 1
 
 
-GENERATE_DEFAULTS = {"search": {"strategy": "tts-var", "n": 4}, "output": {"dir": "outputs/generate"}}
+PER_PROMPT_DIR = "outputs/generate/<prompt>"  # generate's default output.dir: a folder per prompt (`_prompt_dir`)
+GENERATE_DEFAULTS = {"search": {"strategy": "tts-var", "n": 4}, "output": {"dir": PER_PROMPT_DIR}}
+NOT_FOR_GENERATE = ("prompts", "limit")  # job keys generate has no use for: it runs the one prompt of its line
+
+
+def _prompt_dir(prompt: str) -> Path:
+    """`outputs/generate/<slug>`: one folder per prompt, so a second prompt never replaces the first's image; a
+    short hash of the text is added where the slug loses something (case, punctuation, length)."""
+    import hashlib
+
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60].strip("-")
+    if slug.replace("-", " ") != " ".join(prompt.split()) or not slug:
+        slug = f"{slug}-{hashlib.sha1(prompt.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
+    return Path("outputs/generate") / slug
 
 
 def cmd_generate(ns: argparse.Namespace) -> int:
@@ -91,16 +108,27 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     from omegaconf import OmegaConf
 
     from .config import load_config, read_job_file
-    from .core.errors import InputError, OutputError, PromptError
+    from .core.errors import ConfigError, InputError, OutputError, PromptError
     from .jobs import run_job
     from .output import OutputDir, atomic_write_bytes
+    from .prompts import relabel_problems
 
     if not ns.prompt.strip():
         raise PromptError('the prompt is empty; give the text to generate: ttsvar generate "a photo of a red circle"')
+    text = " ".join(ns.prompt.split())  # the line prompts.txt holds (a newline would make two prompts)
+    for o in ns.overrides:
+        if o.split("=", 1)[0].strip().split(".")[0] in NOT_FOR_GENERATE:
+            raise ConfigError(f"{o}: ttsvar generate runs the one prompt on its command line; run a prompts file "
+                              "with `ttsvar run prompts=FILE`")
     # precedence: generate's defaults < --config YAML < key=value overrides < the flags given on the line
     base = OmegaConf.create(GENERATE_DEFAULTS)
     if ns.config:
-        base = OmegaConf.merge(base, OmegaConf.create(read_job_file(ns.config)))
+        tree = read_job_file(ns.config)
+        ignored = sorted(k for k in NOT_FOR_GENERATE if tree.get(k) is not None)
+        if ignored:
+            log.warning("%s: %s not used by ttsvar generate, which runs the prompt on its command line", ns.config,
+                        " and ".join(ignored))
+        base = OmegaConf.merge(base, OmegaConf.create({k: v for k, v in tree.items() if k not in NOT_FOR_GENERATE}))
     base = OmegaConf.to_container(base)
     flags: dict = {}
     for key, value in (("strategy", ns.strategy), ("n", ns.n)):
@@ -111,20 +139,31 @@ def cmd_generate(ns: argparse.Namespace) -> int:
     if ns.out is not None:
         flags["output"] = {"dir": ns.out}
     job = load_config(base, list(ns.overrides) + _fresh(ns), prompts="prompts.txt", **flags)  # fails before a write
-    out = Path(job.output.dir)  # --out, or output.dir from the YAML or an override: prompts.txt goes there
-    job = replace(job, prompts=str(out / "prompts.txt"))
+    # --out, or output.dir from the YAML or an override, else a folder of this prompt's own: prompts.txt goes there
+    out = _prompt_dir(text) if job.output.dir == PER_PROMPT_DIR else Path(job.output.dir)
+    job = replace(job, prompts=str(out / "prompts.txt"), output=replace(job.output, dir=str(out)))
+    existed = out.exists()
     od = OutputDir(out)
+    if not job.output.overwrite:  # resuming this prompt skips it; another prompt's result would be replaced
+        others = sorted({str(r.get("prompt")) for i, r in od.done(warn=False).items()
+                         if i != 0 or " ".join(str(r.get("prompt")).split()) != text})
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            raise OutputError(f"{out} holds the result of another prompt ({others[0][:60]!r}{more}); choose another "
+                              "--out, or replace it with --fresh")
     prompts = od.root / "prompts.txt"
     before = prompts.read_bytes() if prompts.is_file() else None
     try:
-        atomic_write_bytes(prompts, (ns.prompt.replace("\n", " ") + "\n").encode("utf-8"))
+        atomic_write_bytes(prompts, (text + "\n").encode("utf-8"))
     except OSError as e:
         raise OutputError(f"cannot write {prompts} ({e.strerror or e}); choose another --out") from None
     try:
         summary = run_job(job)
-    except InputError:  # refused before any result (another configuration's results there, ...): as it was
-        if before is not None:
-            atomic_write_bytes(prompts, before)
+    except InputError as e:  # refused before any result (another configuration's results there, ...): as it was
+        _undo_generate(od, prompts, before, existed)
+        problems = relabel_problems(str(e), prompts, lambda n: "the prompt") if isinstance(e, PromptError) else []
+        if problems:
+            raise PromptError("; ".join(problems)) from None
         raise
     rec = od.done(warn=False).get(0)
     if rec is None:
@@ -134,6 +173,27 @@ def cmd_generate(ns: argparse.Namespace) -> int:
         return 1
     print(f"image: {out / rec['image']}  reward: {rec.get('reward')}")
     return 0 if summary.get("prompts_failed", 0) == 0 else 1
+
+
+def _undo_generate(od, prompts: Path, before: bytes | None, existed: bool) -> None:
+    """After a refused `generate`: prompts.txt as it was, and a folder this run made, holding no result, gone."""
+    from .output import atomic_write_bytes
+
+    if before is not None:
+        atomic_write_bytes(prompts, before)
+        return
+    prompts.unlink(missing_ok=True)
+    if existed or od.manifest.exists():
+        return
+    from .output import JOB_FILE, LOCK_FILE
+
+    for name in (JOB_FILE, LOCK_FILE):
+        (od.root / name).unlink(missing_ok=True)
+    for d in (od.root / "images", od.root / "traces", od.root):
+        try:
+            d.rmdir()  # only when empty: anything else in it stays
+        except OSError:
+            pass
 
 
 def cmd_demo(ns: argparse.Namespace) -> int:
@@ -190,10 +250,12 @@ def _detector_options(ns: argparse.Namespace) -> dict:
 def cmd_geneval_score(ns: argparse.Namespace) -> int:
     from .eval.evaluate import evaluate_sample_folder
     from .eval.geneval import format_summary
-    from .eval.registry import create_evaluator
+    from .eval.registry import check_evaluator_name, create_evaluator
 
-    evaluator = create_evaluator(ns.detector, field="--detector", **_detector_options(ns))
-    res = evaluate_sample_folder(Path(ns.dir), evaluator, ns.out, progress=not ns.quiet)
+    check_evaluator_name(ns.detector, "--detector")  # a bad name fails at once; the models load after DIR is checked
+    options = _detector_options(ns)
+    res = evaluate_sample_folder(Path(ns.dir), lambda: create_evaluator(ns.detector, field="--detector", **options),
+                                 ns.out, progress=not ns.quiet)
     print(format_summary(res["summary"]))
     print(f"results: {res['results_path']}")
     return 0
@@ -440,11 +502,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.fn(ns)
     except KeyboardInterrupt as e:
+        close_bars()
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
         hint = getattr(e, "hint", None) or "finished prompts are in the manifest, re-run the same command to resume"
         print(f"ttsvar: {what}; {hint}", file=sys.stderr)
         return code
     except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --debug
+        close_bars()
         code, msg = describe_error(e)
         if debug:
             traceback.print_exc()

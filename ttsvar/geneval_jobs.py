@@ -35,8 +35,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import JobConfig, load_config, read_job_file
-from .core.errors import ConfigError, OutputError, ResumeError
+from .core.errors import ConfigError, InputError, OutputError, PromptError, ResumeError
 from .output import OutputDir, atomic_write_bytes, atomic_write_json, inside
+from .prompts import format_problems, relabel_problems
 
 log = logging.getLogger("ttsvar")
 
@@ -65,6 +66,7 @@ def load_geneval_job(yaml_path: str | Path | None, overrides: list[str],
     mine = {k: tree.pop(k) for k in GENEVAL_KEYS if tree is not None and k in tree}
     ours = [o for o in overrides if o.split("=", 1)[0].strip() in GENEVAL_KEYS]
     rest = [o for o in overrides if o not in ours]
+    _check_near_misses([o.split("=", 1)[0].strip().split(".")[0] for o in rest] + list(tree or {}))
     try:
         conf = OmegaConf.merge(OmegaConf.structured(GenevalOptions), OmegaConf.create(mine),
                                OmegaConf.from_dotlist(ours))
@@ -79,6 +81,21 @@ def load_geneval_job(yaml_path: str | Path | None, overrides: list[str],
     if not job.prompts:
         raise ConfigError("prompts is not set: give GenEval's evaluation_metadata.jsonl (prompts=path)")
     return job, opts
+
+
+def _check_near_misses(keys: list[str]) -> None:
+    """A top-level key that is no job field but close to a GenEval option (`n_sample`) is that option misspelt:
+    the job's own check would suggest a job field instead (`sampling`)."""
+    import difflib
+    from dataclasses import fields
+
+    job_keys = {f.name for f in fields(JobConfig)}
+    for key in keys:
+        if key not in job_keys:
+            near = difflib.get_close_matches(key, GENEVAL_KEYS, n=1, cutoff=0.75)
+            if near:
+                raise ConfigError(f"unknown key {key!r}: did you mean {near[0]!r}? (GenEval's options are "
+                                  f"{', '.join(GENEVAL_KEYS)})")
 
 
 def sample_of(index: int, n_samples: int) -> tuple[int, int]:
@@ -152,6 +169,8 @@ def run_geneval(job: JobConfig, opts: GenevalOptions, generator=None) -> dict:
 
     metadata = load_metadata(job.prompts)
     metadata = metadata[: job.limit] if job.limit else metadata
+    if not metadata:
+        raise PromptError(f"prompts={job.prompts!r} holds no prompts; give GenEval's evaluation_metadata.jsonl")
     root = Path(job.output.dir).expanduser()
     if root.exists() and not root.is_dir():
         raise OutputError(f"output.dir={job.output.dir!r} is a file, not a folder; choose another output.dir")
@@ -159,13 +178,23 @@ def run_geneval(job: JobConfig, opts: GenevalOptions, generator=None) -> dict:
     out = OutputDir(root)
     if not job.output.overwrite:  # with it, the earlier state goes when the new job starts writing, not before
         _check_state(out, opts)
+    expanded = root / PROMPTS_FILE
+    before = expanded.read_bytes() if expanded.is_file() else None
+    manifest_before = _stamp(out.manifest)
     lines = "".join(json.dumps(md) + "\n" for md in metadata for _ in range(opts.n_samples))
-    atomic_write_bytes(root / PROMPTS_FILE, lines.encode("utf-8"))
-    inner = replace(job, prompts=str(root / PROMPTS_FILE), limit=None)
+    atomic_write_bytes(expanded, lines.encode("utf-8"))
+    inner = replace(job, prompts=str(expanded), limit=None)
     try:
         summary = run_job(inner, generator)
-    except BaseException:  # an interrupted or failed job: what finished still goes into the layout
-        try:
+    except BaseException as e:
+        if isinstance(e, InputError) or _stamp(out.manifest) == manifest_before:
+            # refused, or stopped before its first result: the earlier run's prompts and layout stay as they were
+            # (its layout rebuilt under this run's metadata would drop every sample of a changed prompt)
+            _restore(expanded, before)
+            if isinstance(e, PromptError):
+                raise PromptError(_user_problems(str(e), expanded, job.prompts, opts.n_samples, job.limit)) from None
+            raise
+        try:  # an interrupted or failed job: what finished still goes into the layout
             if not (root / STATE_FILE).is_file():
                 atomic_write_json(root / STATE_FILE, {"n_samples": opts.n_samples})
             write_layout(root, metadata, opts.n_samples, opts.grid)
@@ -176,6 +205,34 @@ def run_geneval(job: JobConfig, opts: GenevalOptions, generator=None) -> dict:
     layout = write_layout(root, metadata, opts.n_samples, opts.grid)
     summary.update({"geneval_prompts": len(metadata), "n_samples": opts.n_samples, **layout})
     return summary
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(size, mtime) of a file, None when absent: whether a job appended to its manifest."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _restore(path: Path, before: bytes | None) -> None:
+    """`path` back to `before` (absent when None)."""
+    if before is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write_bytes(path, before)
+
+
+def _user_problems(message: str, expanded: Path, metadata_file: str, n_samples: int, limit: int | None) -> str:
+    """A `PromptError` about lines of the expanded prompts (which the user never wrote) told as the lines of
+    the user's metadata file: line k of the expansion is prompt k // n_samples, on the file's line of that
+    prompt (blank lines are skipped by `load_metadata`)."""
+    with open(metadata_file, encoding="utf-8") as f:
+        numbers = [n for n, line in enumerate(f, 1) if line.strip()]
+    numbers = numbers[:limit] if limit else numbers
+    problems = relabel_problems(message, expanded, lambda n: f"{metadata_file}:{numbers[(n - 1) // n_samples]}")
+    return format_problems(problems) if problems else message
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -218,8 +275,12 @@ def write_layout(root: str | Path, metadata: list[dict], n_samples: int, grid: b
         atomic_write_bytes(folder / "metadata.jsonl", json.dumps(metadata[i]).encode("utf-8"))  # as GenEval writes
         for j, src in sorted(samples.items()):
             _link(src, folder / "samples" / f"{j:05d}.png")
-        if grid and len(samples) == n_samples:
+        # a grid shows the folder's samples as they are now: redrawn when complete (also when an earlier run asked
+        # for it: its samples may have changed since), removed when not
+        if len(samples) == n_samples and (grid or (folder / "grid.png").is_file()):
             write_grid(folder / "grid.png", [samples[j] for j in range(n_samples)])
+        elif (folder / "grid.png").is_file():
+            (folder / "grid.png").unlink()
     _drop_stale_samples(root, by_folder, len(metadata))
     stale = sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit()
                    and int(p.name) >= len(metadata))

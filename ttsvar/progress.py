@@ -12,3 +12,14 @@ def progress_bar(total: int, quiet: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, disable=quiet, unit="prompt", desc="ttsvar", dynamic_ncols=True)
+
+
+def close_bars() -> None:
+    """Close every live tqdm bar: called before the CLI prints why a command stopped, so that the message starts
+    on its own line and no bar is redrawn after it (an exception keeps the bar alive in its traceback)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()

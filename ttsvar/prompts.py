@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,14 +149,35 @@ def resolve_prompts(items: list[PromptItem], path: str | Path, model: str,
     return items
 
 
+_ONE_LINE_TAIL = "; fix or remove that line and re-run"
+
+
 def format_problems(lines: list[str], limit: int = 20) -> str:
     """One message for all bad lines of a prompt file ("path:line: why" each; the first `limit` spelled out).
     A single problem stays on one line."""
     if len(lines) == 1:
-        return f"{lines[0]}; fix or remove that line and re-run"
+        return f"{lines[0]}{_ONE_LINE_TAIL}"
     more = f"\n  ... and {len(lines) - limit} more" if len(lines) > limit else ""
     return (f"{len(lines)} bad prompt lines; fix or remove them and re-run:"
             + "".join(f"\n  {x}" for x in lines[:limit]) + more)
+
+
+def relabel_problems(message: str, path: str | Path, where: Callable[[int], str]) -> list[str]:
+    """The "label: why" problems of a `format_problems` message about the prompts file `path`, each line number
+    n of it named `where(n)` instead, in order and without repeats: for a command that wrote `path` itself from
+    the user's input (`ttsvar generate`'s prompt, `geneval generate`'s expanded metadata), whose line numbers
+    would name a file the user never made. Only the problems of `path` are returned."""
+    head = re.escape(str(path))
+    out: list[str] = []
+    for line in message.splitlines():
+        m = re.match(rf"\s*{head}:(\d+): (.*)$", line)
+        if m is None:
+            continue
+        why = m.group(2).removesuffix(_ONE_LINE_TAIL)
+        item = f"{where(int(m.group(1)))}: {why}"
+        if item not in out:
+            out.append(item)
+    return out
 
 
 def line_number(problem: str) -> int:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -91,20 +92,24 @@ def _readable(path: Path) -> bool:
         return False
 
 
-def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shapes",
+def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | Callable[[], Evaluator] | str = "shapes",
                            outfile: str | Path | None = None, progress: bool = False) -> dict:
-    """Judge every sample of a GenEval image folder with `evaluator` (an instance or a registered name) and write
+    """Judge every sample of a GenEval image folder with `evaluator` (an instance, a registered name, or a function
+    that builds one once the folder and `outfile` are checked) and write
     the results, one line per image, to `outfile` (default `root/results.jsonl`) in GenEval's format: the fields
     of `geneval.result_record`, ``filename`` being the sample's path as GenEval writes it (`root` as given, then
     ``<folder>/samples/<name>``). Returns {"summary": `geneval.summarize`, "results_path": ...}."""
     from tqdm import tqdm
 
-    ev = create_evaluator(evaluator, field="--detector") if isinstance(evaluator, str) else evaluator
     root_text = str(root)
     root = Path(root)
     if not root.is_dir():
         raise OutputError(f"{root} is not a folder; give a folder in GenEval's layout (<dir>/00000/metadata.jsonl, "
                           "<dir>/00000/samples/00000.png, ...)")
+    out = Path(outfile) if outfile is not None else root / "results.jsonl"
+    if out.is_dir() or not out.parent.is_dir():  # found before the scoring pass, not after it
+        raise OutputError(f"{'--out ' + str(outfile) if outfile is not None else out}: give a file in an existing "
+                          "folder (the results are written there)")
     try:
         samples = list(iter_sample_folder(root))
     except FileNotFoundError as e:
@@ -116,6 +121,11 @@ def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shape
     if bad:  # before the expensive pass, so that a damaged file found late does not cost the scores so far
         raise InputError(f"{len(bad)} sample(s) cannot be read as images ({', '.join(map(str, bad[:5]))}"
                          f"{', ...' if len(bad) > 5 else ''}); delete them or write them again")
+    # the evaluator is built once the folder is known good (a detector's models take a while to load)
+    if isinstance(evaluator, str):
+        ev = create_evaluator(evaluator, field="--detector")
+    else:
+        ev = evaluator() if callable(evaluator) and not isinstance(evaluator, Evaluator) else evaluator
     results = []
     bar = tqdm(total=len(samples), disable=not progress, unit="image", desc="geneval score", dynamic_ncols=True)
     for path, md in samples:
@@ -123,6 +133,5 @@ def evaluate_sample_folder(root: str | Path, evaluator: Evaluator | str = "shape
         results.extend(ev.evaluate_records([read_sample(path)], [md], [name]))
         bar.update(1)
     bar.close()
-    out = Path(outfile) if outfile is not None else root / "results.jsonl"
     write_results(out, results)
     return {"summary": summarize(results), "results_path": str(out)}

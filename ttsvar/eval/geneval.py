@@ -131,16 +131,23 @@ def load_metadata(path: str | os.PathLike, **vocab: Any) -> list[dict]:
     ``vocab`` is passed to `validate_metadata` (``classes=``, ``colors=``). Blank lines are skipped.
     """
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path} line {lineno}"
-            try:
-                md = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise MetadataError(f"{where}: not valid JSON ({e})") from e
-            out.append(validate_metadata(md, where, **vocab))
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "not found"
+        raise MetadataError(f"metadata file {what}: {path}; give GenEval's evaluation_metadata.jsonl")
+    try:
+        with open(path, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{path} line {lineno}"
+                try:
+                    md = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise MetadataError(f"{where}: not valid JSON ({e})") from e
+                out.append(validate_metadata(md, where, **vocab))
+    except UnicodeDecodeError as e:
+        raise MetadataError(f"{path}: not UTF-8 text (byte {e.start}); give GenEval's evaluation_metadata.jsonl, "
+                            "saved as UTF-8") from None
     return out
 
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core.checkpoint import load_strict, read_state_dict
+from ..models.text import words as prompt_words
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "shapes_reward.safetensors"
 N_COLORS, N_SHAPES = 6, 3  # the shapes world's palette and shapes (world.PALETTE, world.SHAPES), in order
@@ -369,7 +370,9 @@ class ShapesRewardModel(nn.Module):
             return feats.new_zeros(0)
         rows, ts, texts = [], [], []
         for b, p in enumerate(prompts):
-            for t, q in self.views_of(p, views):
+            # the generator's reading of a prompt ("A photo of a red circle." is "a photo of a red circle"), so
+            # the views find the trained prompts and the reward accepts what the generator does
+            for t, q in self.views_of(" ".join(prompt_words(p)), views):
                 rows.append(b), ts.append(t), texts.append(q)
         rows_t = torch.tensor(rows, device=feats.device)
         x = feats[rows_t]  # [B * views, N_SLOTS, F]
@@ -422,13 +425,14 @@ class ShapesRewardModel(nn.Module):
         table = {w: i for i, w in enumerate(self.cfg.vocab)}
         out = torch.zeros(len(prompts), self.cfg.context_length, dtype=torch.long)
         for b, p in enumerate(prompts):
-            words = p.lower().split()
+            words = prompt_words(p)  # as the generator's text encoder reads it: lower case, no punctuation
+            shown = p if len(p) <= 80 else p[:77] + "..."
             unknown = sorted({w for w in words if w not in table or table[w] == 0})
             if unknown:
-                raise ValueError(f"shapes-reward: prompt {p!r} has words outside its vocabulary: {unknown}; "
-                                 f"it knows {list(self.cfg.vocab[1:])}")
+                raise ValueError(f"shapes-reward: prompt {shown!r} has words outside its vocabulary: {unknown[:20]}"
+                                 f"{' ...' if len(unknown) > 20 else ''}; it knows {list(self.cfg.vocab[1:])}")
             if len(words) > self.cfg.context_length:
-                raise ValueError(f"shapes-reward: prompt {p!r} has {len(words)} words, more than its "
+                raise ValueError(f"shapes-reward: prompt {shown!r} has {len(words)} words, more than its "
                                  f"context_length={self.cfg.context_length}")
             out[b, : len(words)] = torch.tensor([table[w] for w in words], dtype=torch.long)
         return out
