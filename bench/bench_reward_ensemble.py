@@ -13,8 +13,9 @@ both from the `--data` cache of `python -m ttsvar.testbed.train_reward`:
         --weights A.safetensors B.safetensors [C.safetensors ...] [--threads 1] [--json PATH]
 
 Reported for each member, each pair and all of them together: within-prompt AUROC, Best-of-8 (mean of tags),
-the gap closed between random and the oracle, and Best-of-8's per-group difference against the members' mean
-(paired over the same groups: mean ± standard error).
+the gap closed between random and the oracle, Best-of-8's per-group difference against the members' mean
+(paired over the same groups: mean ± standard error), and the std of the scores over all images of the set (on
+the validation set, the declared score scale an ensemble would have).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from ttsvar.testbed.reward import load_shapes_reward
 from ttsvar.testbed.reward_metrics import ranking_metrics
-from ttsvar.testbed.train_reward import _score_features, dev_mask, image_features, score_grid, tag_of
+from ttsvar.testbed.train_reward import _score_features, dev_groups, dev_mask, image_features, score_grid, tag_of
 
 
 def load_cache(path: Path) -> tuple[dict, dict]:
@@ -43,19 +44,6 @@ def load_cache(path: Path) -> tuple[dict, dict]:
     data["prompts"] = [str(x) for x in data["prompts"]]
     val["prompts"], val["tags"] = [str(x) for x in val["prompts"]], [str(x) for x in val["tags"]]
     return data, val
-
-
-def dev_groups(data: dict, k: int = 8) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(image rows [G * k], prompt of each group [G], correct [G, k]) of the dev prompts' images in groups of k,
-    as `train_reward.dev_metrics` forms them."""
-    rows, prompts, correct = [], [], []
-    for p in np.nonzero(dev_mask(data["prompts"]))[0]:
-        idx = np.nonzero(data["prompt_idx"] == p)[0]
-        idx = idx[: len(idx) // k * k]
-        rows.append(idx)
-        prompts += [data["prompts"][p]] * (len(idx) // k)
-        correct.append(data["correct"][idx, p].reshape(-1, k))
-    return np.concatenate(rows), prompts, np.concatenate(correct)
 
 
 def picks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:
@@ -102,7 +90,7 @@ def main() -> int:
     combos = [c for r in range(1, len(members) + 1) for c in itertools.combinations(range(len(members)), r)]
     results = []
     print("| members | set | AUROC | Best-of-k | random | oracle | gap closed | Best-of-k per group vs the members' "
-          "mean (paired, mean ± SE) |\n|---|---|---|---|---|---|---|---|")
+          "mean (paired, mean ± SE) | score std |\n|---|---|---|---|---|---|---|---|---|")
     for name, (scores, correct, tags) in sets.items():
         single = np.mean([picks(s, correct) for s in scores], axis=0)
         for c in combos:
@@ -112,11 +100,11 @@ def main() -> int:
             d = picks(s, correct) - single
             se = d.std(ddof=1) / np.sqrt(len(d))
             label = " + ".join(names[i] for i in c)
-            results.append({"members": [names[i] for i in c], "set": name, **{k: v for k, v in m.items()
-                                                                             if k != "per_tag"},
+            results.append({"members": [names[i] for i in c], "set": name, "score_std": float(s.std()),
+                            **{k: v for k, v in m.items() if k != "per_tag"},
                             "per_tag": m["per_tag"], "vs_members_mean": float(d.mean()), "vs_members_se": float(se)})
             print(f"| {label} | {name} | {m['prompt_auroc']:.3f} | {m['best_of_k']:.3f} | {m['random']:.3f} | "
-                  f"{m['oracle']:.3f} | {m['gap_closed']:.0%} | {d.mean():+.3f} ± {se:.3f} |")
+                  f"{m['oracle']:.3f} | {m['gap_closed']:.0%} | {d.mean():+.3f} ± {se:.3f} | {s.std():.3f} |")
     print(f"({time.perf_counter() - t0:.0f} s)")
     if a.json:
         Path(a.json).write_text(json.dumps({"weights": a.weights, "data": a.data, "results": results}, indent=1))

@@ -590,6 +590,15 @@ def dev_metrics(model: ShapesRewardModel, feats: torch.Tensor, data: dict, k: in
     prompt's images in groups of `k`, so Best-of-k averages over many groups."""
     was = model.training
     model.eval()
+    rows, prompts, correct = dev_groups(data, k)
+    scores = _score_features(model, feats[rows], prompts, k)
+    model.train(was)
+    return ranking_metrics(scores, correct, [tag_of(p) for p in prompts], k=k)
+
+
+def dev_groups(data: dict, k: int = 8) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(image rows [G * k], prompt of each group [G], correct [G, k]): the dev prompts' training images in
+    groups of `k` (a prompt's images beyond a multiple of k are left out)."""
     rows, prompts, correct = [], [], []
     for p in np.nonzero(dev_mask(data["prompts"]))[0]:
         idx = np.nonzero(data["prompt_idx"] == p)[0]
@@ -597,10 +606,7 @@ def dev_metrics(model: ShapesRewardModel, feats: torch.Tensor, data: dict, k: in
         rows.append(idx)
         prompts += [data["prompts"][p]] * (len(idx) // k)
         correct.append(data["correct"][idx, p].reshape(-1, k))
-    rows = np.concatenate(rows)
-    scores = _score_features(model, feats[rows], prompts, k)
-    model.train(was)
-    return ranking_metrics(scores, np.concatenate(correct), [tag_of(p) for p in prompts], k=k)
+    return np.concatenate(rows), prompts, np.concatenate(correct)
 
 
 @torch.no_grad()
