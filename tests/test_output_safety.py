@@ -192,3 +192,86 @@ def test_a_moved_checkpoint_resumes_only_with_the_same_content(tmp_path):
     with pytest.raises(ResumeError, match="reward.options"):
         out.check_fingerprint({"reward.options": {"weights": "/d/r.safetensors", "sigma": 1},
                                "reward.options.weights#content": "4:dd"})
+
+
+def test_a_redone_prompt_never_leaves_a_record_pointing_at_another_prompts_files(tmp_path, monkeypatch):
+    """The audit of session 13: an edited prompt line is redone in place; a kill while its image was replaced left
+    the old record (whose text matched again after the edit was undone) pointing at the new prompt's image, and a
+    redo that saves less (no trace, no candidates) left the old prompt's files looking valid."""
+    run_job(make_job(tmp_path, "output.save_candidates=true"))
+    out = tmp_path / "out"
+    old_trace = (out / "traces" / "1.json").read_bytes()
+    assert any((out / "candidates").glob("00001_*.png"))
+    edited = [*PROMPTS]
+    edited[1] = "a photo of three squares"
+    # killed while the redone prompt's files are written: the index must not read as finished
+    real = OutputDir.write_image
+    monkeypatch.setattr(OutputDir, "write_image", lambda self, rel, im: (_ for _ in ()).throw(SystemExit(137)))
+    with pytest.raises(SystemExit):
+        run_job(make_job(tmp_path, "output.save_candidates=true", prompts=edited))
+    monkeypatch.setattr(OutputDir, "write_image", real)
+    assert manifest(out)[-1] == {"index": 1, "prompt": "a photo of three squares", "status": "redo"}
+    assert 1 not in OutputDir(out, create=False).done()  # the old record no longer stands
+    totals = ttsvar.jobs.ResultWriter(make_job(tmp_path, "output.save_candidates=true"),
+                                      ttsvar.jobs.job_items(make_job(tmp_path))).job_totals()
+    assert (totals["prompts_ok"], totals["prompts_failed"], totals["prompts_not_run"]) == (3, 0, 1)  # not "failed"
+    # redone without traces or candidates: the old prompt's trace and candidates go
+    s = run_job(make_job(tmp_path, "output.save_candidates=false", "output.traces=false", prompts=edited))
+    assert s["prompts_ok"] == 1 and manifest(out)[-1]["prompt"] == "a photo of three squares"
+    assert not (out / "traces" / "1.json").exists() and not any((out / "candidates").glob("00001_*.png"))
+    assert (out / "traces" / "0.json").is_file() and any((out / "candidates").glob("00000_*.png"))  # others kept
+    assert old_trace  # (the trace existed before)
+
+
+def test_report_refuses_to_overwrite_a_runs_own_files_and_a_run_given_twice(tmp_path, capsys):
+    from ttsvar.cli import main
+
+    run_job(make_job(tmp_path, "limit=1"))
+    out = tmp_path / "out"
+    before = snapshot(out)
+    for target in (out / "manifest.jsonl", out / "images" / "00000.png", out / "job.json"):
+        assert main(["report", str(out), "-o", str(target)]) == 2
+        assert "that is the run's own" in capsys.readouterr().err
+    assert snapshot(out) == before
+    assert main(["report", str(out), str(out)]) == 2
+    assert "is given twice" in capsys.readouterr().err
+
+
+def test_evaluate_says_when_its_score_covers_part_of_the_job(tmp_path, caplog):
+    from ttsvar.eval.evaluate import evaluate_output_dir
+
+    run_job(make_job(tmp_path, "limit=2"))
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    summary["job"].update(prompts=4, prompts_not_run=2)  # as an interrupted 4-prompt run records it
+    (out / "summary.json").write_text(json.dumps(summary))
+    res = evaluate_output_dir(out)["summary"]
+    assert (res["prompts"], res["prompts_not_run"]) == (4, 2)
+    assert "2 not yet run of its 4 prompts; the score is over the 2 finished ones" in caplog.text
+    run_job(make_job(tmp_path, "limit=1"))  # the last run counts 1 prompt: the manifest holds 2 finished
+    res = evaluate_output_dir(out)["summary"]
+    assert res["results_beyond_the_job"] == 1 and "results of prompts it no longer had" in caplog.text
+
+
+def test_a_run_folder_with_no_finished_prompt_is_named_as_one(tmp_path, capsys):
+    from ttsvar.cli import main
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "job.json").write_text("{}")
+    for cmd in (["evaluate", str(out)], ["report", str(out)]):
+        assert main(cmd) == 2
+        assert "no prompt has finished there yet" in capsys.readouterr().err
+
+
+def test_a_model_field_the_model_ignores_changes_no_fingerprint(tmp_path, caplog):
+    run_job(make_job(tmp_path, "limit=1"))
+    s = run_job(make_job(tmp_path, "limit=1", "model.dtype=float32"))  # warned as ignored: it must not block
+    assert s["skipped_done"] == 1 and "model.dtype='float32' (model shapes-tiny does not read it)" in caplog.text
+
+
+def test_a_legacy_key_and_its_new_name_with_two_values_is_an_error(tmp_path):
+    yml = tmp_path / "job.yaml"
+    yml.write_text("search:\n  lam: 3\n  options:\n    lam: 5\n")
+    with pytest.raises(ConfigError, match="search.lam=3 and search.options.lam=5 are both set"):
+        make_job(tmp_path, yaml=str(yml))

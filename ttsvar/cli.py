@@ -81,7 +81,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     job = load_config(path, overrides + _fresh(ns))
     summary = run_job(job)
     out = Path(job.output.dir)
-    print(f"images:   {out / 'images'}\nmanifest: {out / 'manifest.jsonl'}\ntraces:   {out / 'traces'}")
+    print(f"images:   {out / 'images'}\nmanifest: {out / 'manifest.jsonl'}"
+          + (f"\ntraces:   {out / 'traces'}" if job.output.traces else ""))
     _print_summary(summary)
     return 0 if summary.get("prompts_failed", 0) == 0 else 1
 

@@ -150,7 +150,10 @@ def _move_legacy_tree(tree: Any, moved: set[tuple[str, str]]) -> Any:
             if opts is None:
                 opts = sec["options"] = {}
             if isinstance(opts, dict):
-                opts.setdefault(key, value)  # the new key wins when both are given
+                if key in opts and opts[key] != value:  # both given: the new key wins, said rather than silent
+                    raise ConfigError(f"{section}.{key}={value!r} and {section}.options.{key}={opts[key]!r} are both "
+                                      f"set; keep only {section}.options.{key}")
+                opts.setdefault(key, value)
             moved.add((section, key))
     return tree
 

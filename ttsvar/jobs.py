@@ -27,7 +27,7 @@ import numpy as np
 
 from search.base import SearchPlan, Strategy
 
-from .config import LEGACY_OPTIONS, JobConfig, check_strategy_name, ignored_fields, saves_previews
+from .config import LEGACY_OPTIONS, JobConfig, ModelConfig, check_strategy_name, ignored_fields, saves_previews
 from .core.device import resolve_device
 from .core.errors import (
     ConfigError,
@@ -53,7 +53,7 @@ from .engine import (
     run_unit,
 )
 from .models.registry import create_generator, list_generators, model_defaults
-from .output import OutputDir
+from .output import REDO, OutputDir
 from .progress import progress_bar
 from .prompts import (
     PromptItem,
@@ -248,9 +248,9 @@ def job_fingerprint(job: JobConfig, prebuilt: str | None = None) -> dict:
     fp: dict = {"seed": job.seed, "runtime.preview_size": job.runtime.preview_size}
     if job.runtime.preview != "full":  # absent when full, so results written before the option still resume
         fp["runtime.preview"] = job.runtime.preview
-    m = job.model
-    for k in ("name", "weights", "dtype"):
-        fp[f"model.{k}"] = getattr(m, k)
+    m, reads = job.model, model_defaults(job.model.name).reads
+    for k in ("name", "weights", "dtype"):  # a field the model does not read (warned as ignored) changes nothing
+        fp[f"model.{k}"] = getattr(m if reads is None or k in reads or k == "name" else ModelConfig(), k)
     fp.update(_flat_options("model", m.options))
     try:
         sampling = asdict(job.sampling.resolve(m.name))
@@ -513,6 +513,8 @@ class ResultWriter:
         self.job, self.prebuilt = job, prebuilt
         self.out = out if out is not None else open_output(job, prebuilt)
         self._start_over = bool(job.output.overwrite)  # done before the first write (`start_over`)
+        # finished results of earlier runs, whose files a redone (edited) prompt replaces (`replace_results`)
+        self._earlier = {} if self._start_over else {r["index"]: r for _, r, _ in self.out.lines() if r is not None}
         self.items = {it.index: it for it in items}
         self.totals: dict[str, float] = {}
         self.ok = self.failed = 0
@@ -528,7 +530,7 @@ class ResultWriter:
         self._futures.append(self._io.submit(self._persist, files, records))
 
     def _persist(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
-        try:
+        def write() -> None:
             for kind, rel, payload in files:
                 if kind == "image":
                     self.out.write_image(rel, payload)
@@ -536,7 +538,9 @@ class ResultWriter:
                     self.out.write_search_data(rel, payload)
                 else:
                     self.out.write_trace(payload[0], payload[1])
-            self.out.append_many(records)
+
+        try:
+            self.out.replace_results(self._earlier, files, records, write)
         except Exception as e:
             lost = sorted(r["index"] for r in records)
             raise OutputWriteError(
@@ -645,7 +649,8 @@ class ResultWriter:
         for _, rec, _ in self.out.lines():
             if rec is not None:
                 latest[rec["index"]] = rec
-        recs = [latest[i] for i, it in self.items.items() if i in latest and latest[i].get("prompt") == it.prompt]
+        recs = [latest[i] for i, it in self.items.items() if i in latest and latest[i].get("prompt") == it.prompt
+                and latest[i].get("status") != REDO]  # a redo line: not run yet
         ok = [r for r in recs if r.get("status") == "ok"]
         rewards = [r["reward"] for r in ok if isinstance(r.get("reward"), (int, float))]
         totals: dict[str, float] = {}

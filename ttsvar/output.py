@@ -23,6 +23,7 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ from .core.files import CONTENT_SUFFIX
 log = logging.getLogger("ttsvar")
 
 MANIFEST, JOB_FILE = "manifest.jsonl", "job.json"
+# a manifest line's status: "ok", "failed", or REDO: the files of an earlier result of the index are being
+# replaced (`OutputDir.replace_results`); the index is not finished until a later line says so
+REDO = "redo"
 # what a job (and `ttsvar evaluate`, and `ttsvar report` by default) writes into output.dir: files by name, and
 # in each folder the files of the names the job gives them (an atomic write's leftover `.NAME.*.tmp` too).
 # `output.overwrite=true` deletes exactly these, in a folder that holds a job's results, and nothing else.
@@ -167,7 +171,10 @@ def write_weights(path: Path, tensors: dict, record: Any) -> None:
 
 def subfolder_runs_hint(root: Path) -> str:
     """For an error about a folder that is not a job's output: "; its subfolders a/, b/ are" when some of its
-    subfolders hold a manifest (the demo's top folder, a sweep's parent), else ""."""
+    subfolders hold a manifest (the demo's top folder, a sweep's parent); "; it is a job's output.dir, but no
+    prompt has finished there yet" when it holds a job's job.json and no manifest; else ""."""
+    if (root / JOB_FILE).is_file() and not (root / MANIFEST).exists():
+        return "; it is a job's output.dir, but no prompt has finished there yet: run (or resume) the job first"
     try:
         runs = sorted(d.name for d in root.iterdir() if d.is_dir() and (d / MANIFEST).is_file())
     except OSError:
@@ -476,6 +483,33 @@ class OutputDir:
         rel = self.trace_path(index)
         atomic_write_json(self.root / rel, trace)
         return rel
+
+    def files_of(self, index: int) -> list[Path]:
+        """The files a result of prompt `index` may have written besides its image (which the next result of the
+        index overwrites): trace, candidates, previews and search data."""
+        found = [self.root / self.trace_path(index), self.root / self.search_data_path(index)]
+        for folder, pattern in (("candidates", f"{index:05d}_*.png"), ("previews", f"{index:05d}_s*.png")):
+            if (self.root / folder).is_dir():
+                found += sorted((self.root / folder).glob(pattern))
+        return [f for f in found if f.is_file()]
+
+    def replace_results(self, earlier: dict[int, dict], files: list[tuple[str, str, object]], records: list[dict],
+                        write: Callable[[], None]) -> None:
+        """Write the files of `records` (`write()`) where results of an earlier prompt text of the same index may
+        lie (`earlier`: index -> that record), then append `records`. A `redo` line for each such index goes first,
+        so that a kill while its files are replaced leaves no ok record pointing at another prompt's image (the
+        index is redone on resume); the earlier result's files the new one does not write (a trace, candidates,
+        previews or search data that this run does not save) are removed before the new record is appended."""
+        redo = [{"index": r["index"], "prompt": r.get("prompt"), "status": REDO} for r in records
+                if r["index"] in earlier]
+        self.append_many(redo)
+        write()
+        new = {self.root / rel for _, rel, _ in files}
+        for r in redo:
+            for f in self.files_of(r["index"]):
+                if f not in new:
+                    f.unlink(missing_ok=True)
+        self.append_many(records)
 
     def append_many(self, records: list[dict]) -> None:
         """Append manifest lines after their files exist, in one write call, fsynced."""

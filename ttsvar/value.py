@@ -246,8 +246,19 @@ def fit_value(data: SearchData, hidden: int = 32, epochs: int = 400, lr: float =
     epoch with the lowest validation loss kept. Returns (per scale: {weights, biases, norm}, metrics)."""
     import torch
 
+    before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(min(int(threads), os.cpu_count() or 1))  # more threads than cores only slows it
+    try:  # the caller's thread count back afterwards: a library call should not change the process's
+        return _fit_value(data, hidden, epochs, lr, weight_decay, val_fraction, seed)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit_value(data: SearchData, hidden: int, epochs: int, lr: float, weight_decay: float, val_fraction: float,
+               seed: int) -> tuple[dict, dict]:
+    import torch
+
     held = split_prompts(data.prompt, val_fraction, seed)
     is_val = np.asarray([p in held for p in data.prompt])
     models, metrics = {}, {"held_out_prompts": len(held), "prompts": len(set(data.prompt)), "scales": {}}

@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +26,8 @@ from ..output import OutputDir, atomic_write_json, inside, subfolder_runs_hint
 from .evaluator import Evaluator
 from .geneval import iter_sample_folder, summarize, write_results
 from .registry import create_evaluator
+
+log = logging.getLogger("ttsvar")
 
 
 def _read_image(out: OutputDir, rec: dict) -> np.ndarray:
@@ -68,8 +72,31 @@ def evaluate_output_dir(root: str | Path, evaluator: Evaluator | str = "shapes")
     write_results(path, results)
     summary = summarize(results)
     summary["skipped_without_metadata"] = skipped
+    summary.update(_job_coverage(out, len(records)))
     atomic_write_json(out.root / "geneval_summary.json", summary)
     return {"summary": summary, "results_path": str(path)}
+
+
+def _job_coverage(out: OutputDir, evaluated: int) -> dict:
+    """How the finished prompts evaluated compare with the job's prompts as its last run counted them
+    (summary.json): failed and not-run prompts, and results of prompts the last run no longer had (a shorter
+    prompts file or a smaller limit), each said in a warning, so that a partial score is never read as whole."""
+    try:
+        job = json.loads((out.root / "summary.json").read_text(encoding="utf-8")).get("job") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    cov = {k: job[k] for k in ("prompts", "prompts_failed", "prompts_not_run") if isinstance(job.get(k), int)}
+    if cov.get("prompts_failed") or cov.get("prompts_not_run"):
+        log.warning("%s: the job's last run counted %d failed and %d not yet run of its %d prompts; the score is "
+                    "over the %d finished ones", out.root, cov.get("prompts_failed", 0), cov.get("prompts_not_run", 0),
+                    cov.get("prompts", 0), evaluated)
+    ok = job.get("prompts_ok")
+    if isinstance(ok, int) and evaluated > ok:
+        log.warning("%s: the manifest holds %d finished prompts, the job's last run %d: the others are results of "
+                    "prompts it no longer had (a shorter prompts file or a smaller limit); all were evaluated",
+                    out.root, evaluated, ok)
+        cov["results_beyond_the_job"] = evaluated - ok
+    return cov
 
 
 def read_sample(path: Path) -> np.ndarray:

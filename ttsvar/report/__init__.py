@@ -59,6 +59,24 @@ def report_path(out: str | Path | None, first_dir: Path) -> Path:
     return path / REPORT_NAME if folder else path
 
 
+def _check_not_a_job_file(target: Path, runs: Sequence[Path]) -> None:
+    """Refuse a page path that is one of the files a job writes in a run folder (`-o RUN/manifest.jsonl` turned
+    the manifest into HTML, and the run could no longer be resumed, evaluated or reported)."""
+    from ..output import JOB_FILE, LOCK_FILE, MANIFEST, WRITTEN_DIRS
+
+    for run in runs:
+        try:
+            rel = target.resolve().relative_to(run.resolve())
+        except ValueError:
+            continue
+        own = (MANIFEST, JOB_FILE, "summary.json", LOCK_FILE, "prompts.txt", "geneval_results.jsonl",
+               "geneval_summary.json", "geneval_prompts.jsonl", "geneval.json", "results.jsonl")
+        # a job's folders, GenEval's numbered sample folders, and the job's own files
+        if rel.parts and (rel.parts[0] in WRITTEN_DIRS or rel.parts[0].isdigit() or str(rel) in own):
+            raise OutputError(f"-o {target}: that is the run's own {rel}; write the report elsewhere (default: "
+                              f"{run / REPORT_NAME})")
+
+
 def build_report(dirs: Sequence[str | Path], out: str | Path | None = None, embed: str = "auto",
                  title: str = "ttsvar report") -> ReportInfo:
     """Write the report of the job output directories `dirs` to `out` (default: `dirs[0]/report.html`).
@@ -71,8 +89,15 @@ def build_report(dirs: Sequence[str | Path], out: str | Path | None = None, embe
     if not dirs:
         raise InputError("give at least one job output folder (the output.dir of `ttsvar run`)")
     paths = [Path(d).expanduser() for d in dirs]
+    seen: dict[Path, str] = {}
+    for d, p in zip(dirs, paths):
+        if p.resolve() in seen:
+            raise InputError(f"{d} is given twice (as {seen[p.resolve()]} too): its results would be counted twice; "
+                             "give each run folder once")
+        seen[p.resolve()] = str(d)
     runs = [load_run(p, label) for p, label in zip(paths, unique_labels(paths))]
     target = report_path(out, paths[0])
+    _check_not_a_job_file(target, paths)
     files = image_files(runs)
     image_bytes = sum(f.stat().st_size for f in files)
     embedded = embed == "all" or (embed == "auto" and image_bytes <= EMBED_LIMIT)

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote
 
 from ..core.errors import ManifestError, OutputError
-from ..output import MANIFEST, OutputDir, inside, subfolder_runs_hint
+from ..output import MANIFEST, REDO, OutputDir, inside, subfolder_runs_hint
 
 log = logging.getLogger("ttsvar")
 
@@ -95,7 +95,7 @@ def load_run(path: str | Path, label: str | None = None) -> Run:
         raise ManifestError(f"{out.manifest} holds no result records; run the job first (`ttsvar run`), then "
                             "make its report")
     records = [latest[i] for i in sorted(latest) if latest[i].get("status") == "ok"]
-    failed = [latest[i] for i in sorted(latest) if latest[i].get("status") != "ok"]
+    failed = [latest[i] for i in sorted(latest) if latest[i].get("status") not in ("ok", REDO)]  # redo: not run
     job = _read_json(root / "job.json")
     config = job.get("fingerprint", {}) if isinstance(job, dict) else {}
     summary = _read_json(root / "summary.json")
