@@ -530,17 +530,8 @@ class ResultWriter:
         self._futures.append(self._io.submit(self._persist, files, records))
 
     def _persist(self, files: list[tuple[str, str, object]], records: list[dict]) -> None:
-        def write() -> None:
-            for kind, rel, payload in files:
-                if kind == "image":
-                    self.out.write_image(rel, payload)
-                elif kind == "search_data":
-                    self.out.write_search_data(rel, payload)
-                else:
-                    self.out.write_trace(payload[0], payload[1])
-
         try:
-            self.out.replace_results(self._earlier, files, records, write)
+            self.out.replace_results(self._earlier, files, records)
         except Exception as e:
             lost = sorted(r["index"] for r in records)
             raise OutputWriteError(

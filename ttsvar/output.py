@@ -23,7 +23,6 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -493,17 +492,28 @@ class OutputDir:
                 found += sorted((self.root / folder).glob(pattern))
         return [f for f in found if f.is_file()]
 
-    def replace_results(self, earlier: dict[int, dict], files: list[tuple[str, str, object]], records: list[dict],
-                        write: Callable[[], None]) -> None:
-        """Write the files of `records` (`write()`) where results of an earlier prompt text of the same index may
-        lie (`earlier`: index -> that record), then append `records`. A `redo` line for each such index goes first,
-        so that a kill while its files are replaced leaves no ok record pointing at another prompt's image (the
-        index is redone on resume); the earlier result's files the new one does not write (a trace, candidates,
-        previews or search data that this run does not save) are removed before the new record is appended."""
+    def write_files(self, files: list[tuple[str, str, object]]) -> None:
+        """A unit's files: ("image", rel, array), ("search_data", rel, arrays) or ("trace", rel, (index, trace))."""
+        for kind, rel, payload in files:
+            if kind == "image":
+                self.write_image(rel, payload)
+            elif kind == "search_data":
+                self.write_search_data(rel, payload)
+            else:
+                self.write_trace(payload[0], payload[1])
+
+    def replace_results(self, earlier: dict[int, dict], files: list[tuple[str, str, object]],
+                        records: list[dict]) -> None:
+        """Write `files` (`write_files`), the files of `records`, where results of an earlier prompt text of the
+        same index may lie (`earlier`: index -> that index's latest record), then append `records`. A `redo` line
+        for each such index goes first, so that a kill while its files are replaced leaves no ok record pointing at
+        another prompt's image (the index is redone on resume); the earlier result's files the new one does not
+        write (a trace, candidates, previews or search data that this run does not save) are removed before the
+        new record is appended."""
         redo = [{"index": r["index"], "prompt": r.get("prompt"), "status": REDO} for r in records
                 if r["index"] in earlier]
         self.append_many(redo)
-        write()
+        self.write_files(files)
         new = {self.root / rel for _, rel, _ in files}
         for r in redo:
             for f in self.files_of(r["index"]):
