@@ -183,3 +183,24 @@ def test_library_log_lines_are_lower_case_one_liners(capsys):
         lg.removeHandler(h)
     assert capsys.readouterr().err.splitlines() == ["ttsvar: warning: retrying prompt 3",
                                                    "ttsvar: error: prompt 4 recorded as failed"]
+
+
+def test_an_interrupt_says_what_the_stopped_command_left(tmp_path, monkeypatch, capsys):
+    """A trainer or `evaluate` stopped by Ctrl-C said "finished prompts are in the manifest", which only a job's
+    commands have."""
+    from ttsvar.eval import evaluate
+    from ttsvar.testbed import train
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "main", stop)
+    assert main(["train-testbed", "--quick"]) == 130
+    assert capsys.readouterr().err.strip() == ("ttsvar: interrupted; the weights are written only when training "
+                                               "finishes: nothing was saved")
+    monkeypatch.setattr(evaluate, "evaluate_output_dir", stop)
+    assert main(["evaluate", str(tmp_path)]) == 130
+    assert capsys.readouterr().err.strip() == "ttsvar: interrupted"
+    monkeypatch.setattr("ttsvar.jobs.run_job", stop)
+    assert main(["run", "prompts=p.txt", *FAST]) == 130
+    assert "re-run the same command to resume" in capsys.readouterr().err

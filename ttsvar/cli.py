@@ -309,6 +309,15 @@ def cmd_train_testbed(ns: argparse.Namespace) -> int:
     return train_main(ns.args)
 
 
+def _interrupt_hint(fn) -> str:
+    """What a stopped command left behind: the jobs resume from their manifest; a trainer saves only at its end."""
+    if fn in (cmd_run, cmd_generate, cmd_geneval_generate):
+        return "finished prompts are in the manifest, re-run the same command to resume"
+    if fn is cmd_train_testbed:
+        return "the weights are written only when training finishes: nothing was saved"
+    return ""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ttsvar", description="Test-time scaling search for next-scale image generators")
     p.add_argument("--debug", action="store_true", help="print the traceback of an error (anywhere on the line)")
@@ -325,7 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--n", type=int, default=None, help="search.n (default 4)")
     s.add_argument("--strategy", default=None, help="search.strategy (default tts-var)")
     s.add_argument("--model", default=None)
-    s.add_argument("--out", default=None, help="output.dir (default outputs/generate)")
+    s.add_argument("--out", default=None, help="output.dir (default outputs/generate/<prompt>: a folder per prompt)")
     s.add_argument("--config", default=None, help="optional job YAML")
     s.add_argument("--fresh", action="store_true", help="delete an earlier result in --out and start over")
     s.add_argument("overrides", nargs="*", help="key=value overrides")
@@ -505,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         close_bars()
         what, code = ("terminated (SIGTERM)", 143) if isinstance(e, Terminated) else ("interrupted", 130)
-        hint = getattr(e, "hint", None) or "finished prompts are in the manifest, re-run the same command to resume"
-        print(f"ttsvar: {what}; {hint}", file=sys.stderr)
+        hint = getattr(e, "hint", None) or _interrupt_hint(ns.fn)
+        print(f"ttsvar: {what}{'; ' + hint if hint else ''}", file=sys.stderr)
         return code
     except Exception as e:  # noqa: BLE001 - one line for the user; the traceback with --debug
         close_bars()
