@@ -177,8 +177,9 @@ def cmd_generate(ns: argparse.Namespace) -> int:
 
 
 def _undo_generate(od, prompts: Path, before: bytes | None, existed: bool) -> None:
-    """After a refused `generate`: prompts.txt as it was, and a folder this run made, holding no result, gone."""
-    from .output import atomic_write_bytes
+    """After a refused `generate` (`od`: its OutputDir): prompts.txt as it was, and a folder this run made, holding
+    no result, gone."""
+    from .output import JOB_FILE, LOCK_FILE, atomic_write_bytes
 
     if before is not None:
         atomic_write_bytes(prompts, before)
@@ -186,8 +187,6 @@ def _undo_generate(od, prompts: Path, before: bytes | None, existed: bool) -> No
     prompts.unlink(missing_ok=True)
     if existed or od.manifest.exists():
         return
-    from .output import JOB_FILE, LOCK_FILE
-
     for name in (JOB_FILE, LOCK_FILE):
         (od.root / name).unlink(missing_ok=True)
     for d in (od.root / "images", od.root / "traces", od.root):
