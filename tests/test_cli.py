@@ -204,3 +204,11 @@ def test_an_interrupt_says_what_the_stopped_command_left(tmp_path, monkeypatch, 
     monkeypatch.setattr("ttsvar.jobs.run_job", stop)
     assert main(["run", "prompts=p.txt", *FAST]) == 130
     assert "re-run the same command to resume" in capsys.readouterr().err
+
+
+def test_config_prints_the_config_then_refuses_what_run_would(capsys):
+    assert main(["config", "reward.name=no-such-reward"]) == 2
+    out, err = capsys.readouterr()
+    assert "reward:" in out and "unknown reward 'no-such-reward'" in err  # the config first, then the error
+    assert main(["config", "search.features=no-such-features"]) == 2
+    assert "search.features='no-such-features' is unknown" in capsys.readouterr().err

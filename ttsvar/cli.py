@@ -288,7 +288,7 @@ def cmd_config(ns: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from .config import load_config, to_yaml
-    from .jobs import features_name, reward_config, search_config
+    from .jobs import features_name, preflight, reward_config, search_config
 
     path, overrides = _split_job_args(ns.args)
     job = load_config(path, overrides)
@@ -299,6 +299,9 @@ def cmd_config(ns: argparse.Namespace) -> int:
     print(f"#   search.options: {dict(options) if options else '{}'}")
     print(f"#   reward.name: {reward_config(job).name}   search.features: {features_name(job)}")
     print(f"#   sampling: {asdict(job.sampling.resolve(job.model.name))}")
+    # then what `ttsvar run` would refuse before loading a model (an unknown reward or features name, a missing
+    # option): after the config, which a user filling in such options wants to see
+    preflight(job)
     return 0
 
 
