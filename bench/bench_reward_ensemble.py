@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ttsvar.testbed.data_cache import split_data_cache
 from ttsvar.testbed.reward import load_shapes_reward
 from ttsvar.testbed.reward_metrics import ranking_metrics
 from ttsvar.testbed.train_reward import _score_features, dev_groups, dev_mask, image_features, score_grid, tag_of
@@ -38,12 +39,7 @@ from ttsvar.testbed.train_reward import _score_features, dev_groups, dev_mask, i
 def load_cache(path: Path) -> tuple[dict, dict]:
     """(training data, validation data) of a `--data` cache, as `train_reward.main` splits it."""
     with np.load(path) as f:
-        stored = {k: f[k] for k in f.files if k != "settings"}
-    data = {k: v for k, v in stored.items() if not k.startswith("val_")}
-    val = {k[4:]: v for k, v in stored.items() if k.startswith("val_")}
-    data["prompts"] = [str(x) for x in data["prompts"]]
-    val["prompts"], val["tags"] = [str(x) for x in val["prompts"]], [str(x) for x in val["tags"]]
-    return data, val
+        return split_data_cache({k: f[k] for k in f.files})
 
 
 def picks(scores: np.ndarray, correct: np.ndarray) -> np.ndarray:

@@ -62,15 +62,16 @@ def report_path(out: str | Path | None, first_dir: Path) -> Path:
 def _check_not_a_job_file(target: Path, runs: Sequence[Path]) -> None:
     """Refuse a page path that is one of the files a job writes in a run folder (`-o RUN/manifest.jsonl` turned
     the manifest into HTML, and the run could no longer be resumed, evaluated or reported)."""
-    from ..output import JOB_FILE, LOCK_FILE, MANIFEST, WRITTEN_DIRS
+    from ..geneval_jobs import PROMPTS_FILE, STATE_FILE
+    from ..output import LOCK_FILE, WRITTEN_DIRS, WRITTEN_FILES
 
+    # what a job, `evaluate` and `geneval generate/score` write there (a report.html is the page's own place)
+    own = {*WRITTEN_FILES, LOCK_FILE, "prompts.txt", PROMPTS_FILE, STATE_FILE, "results.jsonl"} - {REPORT_NAME}
     for run in runs:
         try:
             rel = target.resolve().relative_to(run.resolve())
         except ValueError:
             continue
-        own = (MANIFEST, JOB_FILE, "summary.json", LOCK_FILE, "prompts.txt", "geneval_results.jsonl",
-               "geneval_summary.json", "geneval_prompts.jsonl", "geneval.json", "results.jsonl")
         # a job's folders, GenEval's numbered sample folders, and the job's own files
         if rel.parts and (rel.parts[0] in WRITTEN_DIRS or rel.parts[0].isdigit() or str(rel) in own):
             raise OutputError(f"-o {target}: that is the run's own {rel}; write the report elsewhere (default: "

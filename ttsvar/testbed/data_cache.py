@@ -55,6 +55,16 @@ def read_data_cache(path: Path, expected: dict) -> dict:
     return stored
 
 
+def split_data_cache(stored: dict) -> tuple[dict, dict]:
+    """(training data, validation data) of a cache's arrays (`read_data_cache`): the `val_` keys are the validation
+    samples'; prompts and tags as lists of str."""
+    data = {k: v for k, v in stored.items() if not k.startswith("val_") and k != "settings"}
+    val = {k[4:]: v for k, v in stored.items() if k.startswith("val_")}
+    data["prompts"], val["prompts"], val["tags"] = ([str(x) for x in d] for d in
+                                                    (data["prompts"], val["prompts"], val["tags"]))
+    return data, val
+
+
 def write_data_cache(path: Path, arrays: dict, settings: dict) -> None:
     """The arrays and their `settings` in one .npz, written atomically (a kill mid-write left a truncated cache)."""
     buf = io.BytesIO()

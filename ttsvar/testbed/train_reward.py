@@ -50,6 +50,7 @@ from .data_cache import (  # noqa: F401 - sample_images: imported from here by b
     read_data_cache,
     sample_images,
     sample_settings,
+    split_data_cache,
     write_data_cache,
 )
 from .evaluator import ShapesEvaluator
@@ -714,10 +715,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if stored is not None:
-        data = {k: v for k, v in stored.items() if not k.startswith("val_")}
-        val = {k[4:]: v for k, v in stored.items() if k.startswith("val_")}
-        data["prompts"], val["prompts"], val["tags"] = ([str(x) for x in d] for d in
-                                                        (data["prompts"], val["prompts"], val["tags"]))
+        data, val = split_data_cache(stored)
         print(f"data: {len(data['images'])} images (+ {val['images'].shape[:2]} validation) from {cache}")
     else:
         print(f"data: sampling shapes-tiny for {len(world.prompts_of('train'))} training prompts")
